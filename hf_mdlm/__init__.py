@@ -1,0 +1,1 @@
+"""hf_mdlm: masked diffusion language models for the Hugging Face ecosystem."""
