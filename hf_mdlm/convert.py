@@ -1,0 +1,225 @@
+"""Convert LLaDA checkpoints (GSAI-ML/LLaDA-8B-Base / -Instruct format) into hf_mdlm folders.
+
+    python -m hf_mdlm.convert llada SRC_DIR DST_DIR [--dtype bfloat16]
+
+Tensors are streamed one source shard at a time, so an 8B checkpoint needs about one shard of RAM,
+not twice the model.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .configuration_mdlm import MDLMConfig
+
+# The files that ship to the Hub with every saved model (configuration, modeling, generation).
+HUB_CODE_FILES = ("configuration_mdlm.py", "modeling_mdlm.py", "generation_mdlm.py")
+# Tokenizer files a LLaDA folder may hold; copied as they are.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)
+
+# LLaDA config fields our architecture can represent only with one of these values.
+_SUPPORTED_LLADA_VALUES = {
+    "block_type": ("llama",),
+    "activation_type": ("silu",),
+    "layer_norm_type": ("rms",),
+    "layer_norm_with_affine": (True,),
+    "attention_layer_norm": (False,),
+    "alibi": (False,),
+    "rope": (True,),
+    "include_bias": (False,),
+    "bias_for_layer_norm": (False, None),
+    "input_emb_norm": (False,),
+    "scale_logits": (False,),
+    "clip_qkv": (None,),
+}
+
+_BLOCK_KEYS = {
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "attn_out": "self_attn.o_proj",
+    "ff_proj": "mlp.gate_proj",
+    "up_proj": "mlp.up_proj",
+    "ff_out": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ff_norm": "post_attention_layernorm",
+}
+_TOP_KEYS = {
+    "model.transformer.wte.weight": "model.embed_tokens.weight",
+    "model.transformer.ln_f.weight": "model.norm.weight",
+    "model.transformer.ff_out.weight": "lm_head.weight",
+}
+_BLOCK_PATTERN = re.compile(r"model\.transformer\.blocks\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def llada_config_to_mdlm(llada: dict) -> MDLMConfig:
+    """Map a LLaDA `config.json` dict to an `MDLMConfig`, refusing what the architecture cannot represent."""
+    for field, supported in _SUPPORTED_LLADA_VALUES.items():
+        if field in llada and llada[field] not in supported:
+            raise ValueError(
+                f"LLaDA config field {field!r}={llada[field]!r} cannot be represented by MDLMConfig "
+                f"(supported: {' or '.join(map(repr, supported))})"
+            )
+    for field in ("d_model", "n_heads", "n_layers"):
+        if llada.get(field) is None:
+            raise ValueError(f"LLaDA config field {field!r} is missing")
+    d_model, n_heads = llada["d_model"], llada["n_heads"]
+    if llada.get("multi_query_attention"):
+        n_kv_heads = 1
+    else:
+        n_kv_heads = llada.get("n_kv_heads") or n_heads
+    mlp_hidden = llada.get("mlp_hidden_size") or llada.get("mlp_ratio", 4) * d_model
+    # LLaDA may pad the embedding matrix beyond the tokenizer's vocabulary; the weights have embedding_size rows.
+    vocab = llada.get("embedding_size") or llada["vocab_size"]
+    return MDLMConfig(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        intermediate_size=mlp_hidden,
+        num_hidden_layers=llada["n_layers"],
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=llada.get("max_sequence_length", 4096),
+        rope_theta=llada.get("rope_theta", 10000.0),
+        rms_norm_eps=llada.get("rms_norm_eps", 1e-5),
+        attention_bias=bool(llada.get("include_qkv_bias", False)),
+        attention_dropout=llada.get("attention_dropout", 0.0),
+        initializer_range=llada.get("init_std", 0.02),
+        tie_word_embeddings=bool(llada.get("weight_tying", False)),
+        mask_token_id=llada.get("mask_token_id", 126336),
+        eos_token_id=llada.get("eos_token_id"),
+        pad_token_id=llada.get("pad_token_id"),
+        bos_token_id=llada.get("bos_token_id"),
+    )
+
+
+def llada_key_to_mdlm(key: str) -> str:
+    """Rename one LLaDA state-dict key; an unknown key is an error (a silently dropped weight is a wrong model)."""
+    if key in _TOP_KEYS:
+        return _TOP_KEYS[key]
+    match = _BLOCK_PATTERN.fullmatch(key)
+    if match and match.group(2) in _BLOCK_KEYS:
+        layer, name, kind = match.groups()
+        return f"model.layers.{layer}.{_BLOCK_KEYS[name]}.{kind}"
+    raise ValueError(f"unexpected tensor {key!r} in the LLaDA checkpoint: no hf_mdlm equivalent")
+
+
+def _source_shards(src: Path) -> list[Path]:
+    index = src / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [src / name for name in sorted(set(weight_map.values()))]
+    single = src / "model.safetensors"
+    if single.exists():
+        return [single]
+    shards = sorted(src.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no safetensors weights in {src} (LLaDA checkpoints in .bin are not supported)")
+    return shards
+
+
+def copy_hub_code(dst_dir) -> None:
+    """Put the self-contained model code next to the weights, for `trust_remote_code=True` loading."""
+    here = Path(__file__).parent
+    for name in HUB_CODE_FILES:
+        shutil.copyfile(here / name, Path(dst_dir) / name)
+
+
+def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = None) -> MDLMConfig:
+    """Convert a LLaDA checkpoint folder into an hf_mdlm folder loadable with `AutoModel.from_pretrained`.
+
+    Args:
+        src_dir: folder with LLaDA's `config.json` and safetensors weights (sharded or not).
+        dst_dir: output folder (created). Must not be `src_dir`.
+        dtype: optional dtype to cast the weights to (e.g. "bfloat16"); default keeps the source dtype.
+
+    Returns the written `MDLMConfig`.
+    """
+    src, dst = Path(src_dir), Path(dst_dir)
+    if src.resolve() == dst.resolve():
+        raise ValueError("dst_dir must differ from src_dir: the conversion never overwrites the source")
+    config_path = src / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {src} a LLaDA checkpoint folder?")
+    config = llada_config_to_mdlm(json.loads(config_path.read_text()))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    shards = _source_shards(src)
+    dst.mkdir(parents=True, exist_ok=True)
+
+    weight_map, total_size, seen = {}, 0, set()
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for shard, out_name in zip(shards, names):
+        tensors = {}
+        with safe_open(str(shard), framework="pt") as reader:
+            for key in reader.keys():
+                new_key = llada_key_to_mdlm(key)
+                tensor = reader.get_tensor(key)
+                tensors[new_key] = tensor.to(dtype) if dtype is not None else tensor
+        save_file(tensors, str(dst / out_name), metadata={"format": "pt"})
+        for key, tensor in tensors.items():
+            weight_map[key] = out_name
+            total_size += tensor.numel() * tensor.element_size()
+        seen.update(tensors)
+        del tensors  # one shard in memory at a time
+
+    expected = _expected_keys(config)
+    missing = sorted(expected - seen)
+    if missing:
+        raise ValueError(f"the LLaDA checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    config.architectures = ["MDLMForMaskedLM"]
+    if dtype is not None:
+        config.dtype = dtype
+    config.save_pretrained(dst)
+    copy_hub_code(dst)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+    return config
+
+
+def _expected_keys(config: MDLMConfig) -> set[str]:
+    keys = {"model.embed_tokens.weight", "model.norm.weight"}
+    if not config.tie_word_embeddings:
+        keys.add("lm_head.weight")
+    for layer in range(config.num_hidden_layers):
+        keys.update(f"model.layers.{layer}.{name}.weight" for name in _BLOCK_KEYS.values())
+        if config.attention_bias:
+            keys.update(f"model.layers.{layer}.self_attn.{p}.bias" for p in ("q_proj", "k_proj", "v_proj"))
+    return keys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m hf_mdlm.convert", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="source_format", required=True)
+    llada = sub.add_parser("llada", help="a LLaDA checkpoint folder (config.json + safetensors)")
+    llada.add_argument("src_dir")
+    llada.add_argument("dst_dir")
+    llada.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
+    args = parser.parse_args(argv)
+    config = convert_llada_checkpoint(args.src_dir, args.dst_dir, dtype=args.dtype)
+    print(
+        f"wrote {os.path.abspath(args.dst_dir)}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"vocab {config.vocab_size}, mask_token_id {config.mask_token_id}"
+    )
+
+
+if __name__ == "__main__":
+    main()

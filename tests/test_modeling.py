@@ -1,0 +1,150 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_mdlm import MDLMConfig, MDLMForMaskedLM, MDLMModel
+from conftest import tiny_config
+
+
+def test_forward_shapes_and_maskedlm_output(tiny_model):
+    ids = torch.randint(0, 90, (3, 11))
+    out = tiny_model(ids)
+    assert out.logits.shape == (3, 11, 96)
+    assert out.loss is None
+
+
+def test_attention_is_bidirectional(tiny_model):
+    """Changing the last token must change the first position's logits (a causal model would not)."""
+    ids = torch.randint(0, 90, (1, 8))
+    other = ids.clone()
+    other[0, -1] = (other[0, -1] + 1) % 90
+    with torch.no_grad():
+        assert not torch.allclose(tiny_model(ids).logits[0, 0], tiny_model(other).logits[0, 0])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_attention_mask_really_masks_padding(tiny_model, side):
+    """A padded row gives, at its real positions, the logits of the unpadded sequence, whatever the pad tokens."""
+    ids = torch.randint(0, 90, (1, 7))
+    pad = torch.randint(0, 90, (1, 4))
+    padded = torch.cat([pad, ids], 1) if side == "left" else torch.cat([ids, pad], 1)
+    mask = torch.ones_like(padded)
+    real = slice(4, None) if side == "left" else slice(0, 7)
+    if side == "left":
+        mask[:, :4] = 0
+    else:
+        mask[:, 7:] = 0
+    with torch.no_grad():
+        alone = tiny_model(ids).logits
+        batched = tiny_model(padded, attention_mask=mask).logits[:, real]
+        other_pad = padded.clone()
+        other_pad[mask == 0] = 3
+        batched2 = tiny_model(other_pad, attention_mask=mask).logits[:, real]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched2, batched, atol=1e-6, rtol=1e-6)
+
+
+def test_labels_give_plain_cross_entropy(tiny_model):
+    ids = torch.randint(0, 90, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 4] = 5, 7
+    out = tiny_model(ids, labels=labels)
+    expected = F.cross_entropy(out.logits[labels != -100], labels[labels != -100])
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_inputs_embeds_equivalent(tiny_model):
+    ids = torch.randint(0, 90, (2, 5))
+    embeds = tiny_model.get_input_embeddings()(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(inputs_embeds=embeds).logits, tiny_model(ids).logits)
+
+
+def test_gqa_and_tied_embeddings():
+    model = MDLMForMaskedLM(tiny_config(num_key_value_heads=1, tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.model.layers[0].self_attn.k_proj.out_features == model.config.head_dim
+    untied = MDLMForMaskedLM(tiny_config())
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+
+
+def test_qkv_bias_option():
+    model = MDLMForMaskedLM(tiny_config(attention_bias=True))
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    assert model.model.layers[0].self_attn.o_proj.bias is None
+
+
+def test_initialisation_follows_config():
+    model = MDLMForMaskedLM(tiny_config(hidden_size=64, intermediate_size=256, initializer_range=0.05))
+    weight = model.model.layers[0].mlp.up_proj.weight
+    assert abs(weight.std().item() - 0.05) < 0.01
+    assert torch.equal(model.model.norm.weight, torch.ones(64))
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(1)
+    model = MDLMForMaskedLM(tiny_config()).train()
+    ids = torch.randint(0, 90, (2, 9))
+    model(ids, labels=ids).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.model.gradient_checkpointing
+    model(ids, labels=ids).loss.backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(p.grad, a)
+
+
+def test_bf16_forward_close_to_fp32(tiny_model):
+    ids = torch.randint(0, 90, (2, 10))
+    with torch.no_grad():
+        ref = tiny_model(ids).logits
+        low = tiny_model.to(torch.bfloat16)(ids).logits
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(hidden_size=30, num_attention_heads=4), "num_attention_heads"),
+        (dict(num_key_value_heads=3), "num_key_value_heads"),
+        (dict(mask_token_id=96), "mask_token_id"),
+        (dict(slack_token_id=-1), "slack_token_id"),
+        (dict(eos_token_id=1000), "eos_token_id"),
+        (dict(num_hidden_layers=0), "num_hidden_layers"),
+        (dict(slack_token_id=95), "slack_token_id"),
+        (dict(rope_theta=0.0), "rope_theta"),
+    ],
+)
+def test_config_rejects_contradictions(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_config_round_trip(tmp_path):
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    loaded = MDLMConfig.from_pretrained(tmp_path)
+    for field in ("mask_token_id", "slack_token_id", "num_key_value_heads", "head_dim", "rope_theta"):
+        assert getattr(loaded, field) == getattr(config, field)
+
+
+def test_bad_inputs_have_clear_errors(tiny_model):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tiny_model(torch.tensor([[1, 2, 96]]))
+    with pytest.raises(TypeError, match="integer"):
+        tiny_model(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        tiny_model(torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 4))
+    with pytest.raises(ValueError, match="no real token"):
+        tiny_model(torch.tensor([[1, 2, 3]]), attention_mask=torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="exactly one"):
+        tiny_model()
+
+
+def test_base_model_returns_hidden_states():
+    model = MDLMModel(tiny_config())
+    out = model(torch.randint(0, 90, (1, 4)), output_hidden_states=True)
+    assert out.last_hidden_state.shape == (1, 4, 32)
+    assert len(out.hidden_states) == 3
