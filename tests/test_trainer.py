@@ -1,0 +1,137 @@
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_mdlm import MDLMForMaskedLM, convert_llada_checkpoint
+from hf_mdlm.data import DiffusionCollator
+from hf_mdlm.trainer import MDLMTrainer, MDLMTrainingArguments
+from conftest import LLADA_TINY, tiny_config
+
+CANVAS = 12
+
+
+def toy_dataset(n=16, vocab=90, seed=0):
+    """Rows of prompt/response ids (responses end with EOS=93), with varied lengths and repeated tokens."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        prompt = torch.randint(0, vocab, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+        response = torch.randint(0, 8, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+        rows.append({"prompt_ids": prompt, "response_ids": response + [93]})
+    return Dataset.from_list(rows)
+
+
+def make_trainer(tmp_path, model=None, *, per_device=4, accumulation=1, steps=2, eval_dataset=None, **overrides):
+    torch.manual_seed(0)
+    model = model if model is not None else MDLMForMaskedLM(tiny_config())
+    values = dict(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
+        report_to="none", save_strategy="no", logging_steps=1, seed=7, use_cpu=True, disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    pad = getattr(model.config, "pad_token_id", None) or 0
+    return MDLMTrainer(
+        model=model, args=MDLMTrainingArguments(**values), train_dataset=toy_dataset(), eval_dataset=eval_dataset,
+        data_collator=DiffusionCollator(pad_token_id=pad, canvas_length=CANVAS),
+    )
+
+
+@pytest.mark.parametrize("normalization", ["canvas", "batch_tokens"])
+def test_same_update_whatever_the_accumulation_split(tmp_path, normalization):
+    """1 micro-batch of 4, 2 of 2, 4 of 1: the same losses and the same weights after two optimizer steps."""
+    results = []
+    for per_device, accumulation in [(4, 1), (2, 2), (1, 4)]:
+        trainer = make_trainer(tmp_path / f"{per_device}x{accumulation}", per_device=per_device,
+                               accumulation=accumulation, loss_normalization=normalization)
+        trainer.train()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        results.append((losses, weights))
+    (ref_losses, ref_weights), others = results[0], results[1:]
+    start = torch.cat([p.flatten() for p in MDLMForMaskedLM(tiny_config()).parameters()])
+    assert (ref_weights - start).abs().max() > 1e-4  # training moved the weights
+    for losses, weights in others:
+        assert losses == pytest.approx(ref_losses, rel=1e-5)
+        torch.testing.assert_close(weights, ref_weights, atol=2e-6, rtol=1e-5)
+
+
+def test_loss_parts_are_logged_and_eval_uses_diffusion_loss(tmp_path):
+    trainer = make_trainer(tmp_path, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4,
+                           eval_dataset=toy_dataset(8, seed=1))
+    trainer.train()
+    train_log = next(e for e in trainer.state.log_history if "loss" in e)
+    for key in ("loss_ce", "loss_ctc", "loss_ce_weighted", "loss_ctc_weighted", "slack_per_example"):
+        assert key in train_log and math.isfinite(train_log[key])
+    assert train_log["loss_ctc"] <= train_log["loss_ce"] + 1e-6  # CTC <= CE example by example
+    first = trainer.evaluate()
+    second = trainer.evaluate()
+    assert first["eval_loss"] == pytest.approx(second["eval_loss"])  # evaluation noise is fixed
+    assert "eval_loss_ctc" in first and first["eval_loss_ctc"] <= first["eval_loss_ce"] + 1e-6
+
+
+def test_ce_only_baseline_needs_no_slack(tmp_path):
+    model = MDLMForMaskedLM(tiny_config(slack_token_id=None))
+    trainer = make_trainer(tmp_path, model, ctc_weight=0.0, slack_rule="none")
+    trainer.train()
+    log = next(e for e in trainer.state.log_history if "loss" in e)
+    assert "loss_ctc" not in log and math.isfinite(log["loss"])
+
+
+def test_refuses_without_slack_token_when_ctc_is_on(tmp_path):
+    with pytest.raises(ValueError, match="<slack>"):
+        make_trainer(tmp_path, MDLMForMaskedLM(tiny_config(slack_token_id=None)))
+
+
+def test_refuses_without_mask_token(tmp_path):
+    with pytest.raises(ValueError, match="mask token"):
+        make_trainer(tmp_path, MDLMForMaskedLM(tiny_config(mask_token_id=None)))
+
+
+def test_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="loss_normalization"):
+        MDLMTrainingArguments(output_dir=str(tmp_path), loss_normalization="tokens")
+    with pytest.raises(ValueError, match="slack_rule"):
+        MDLMTrainingArguments(output_dir=str(tmp_path), slack_rule="sometimes")
+    with pytest.raises(ValueError, match="not both 0"):
+        MDLMTrainingArguments(output_dir=str(tmp_path), ce_weight=0.0, ctc_weight=0.0)
+
+
+def _trains(trainer):
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses and all(math.isfinite(x) for x in losses)
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+
+
+def test_trains_a_converted_llada(tmp_path):
+    convert_llada_checkpoint(LLADA_TINY, tmp_path / "llada")
+    model = MDLMForMaskedLM.from_pretrained(tmp_path / "llada")
+    model.config.slack_token_id = 297  # an unused row of the tiny vocabulary plays <slack>
+    _trains(make_trainer(tmp_path / "run", model, learning_rate=1e-3))
+
+
+def test_trains_a_plain_transformers_bert(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=92)
+    config.mask_token_id, config.slack_token_id, config.eos_token_id = 95, 94, 93
+    _trains(make_trainer(tmp_path, BertForMaskedLM(config), learning_rate=1e-3))
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    full = make_trainer(tmp_path / "full", steps=4, learning_rate=0.1)
+    full.train()
+    full_losses = [e["loss"] for e in full.state.log_history if "loss" in e]
+
+    first = make_trainer(tmp_path / "resumed", steps=4, learning_rate=0.1, save_strategy="steps", save_steps=2)
+    first.train()
+    resumed = make_trainer(tmp_path / "resumed", steps=4, learning_rate=0.1, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
+    resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
+    assert resumed_losses[-2:] == pytest.approx(full_losses[-2:], rel=1e-5)
