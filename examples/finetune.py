@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, HfArgumentParser, set_seed
 
 from hf_mdlm import MDLMConfig, MDLMForMaskedLM, MDLMGenerationConfig, convert_llada_checkpoint
 from hf_mdlm.data import DataArguments, DiffusionCollator, bundled_corpus_files, prepare_datasets
@@ -169,6 +169,7 @@ def save_for_hub(trainer, tokenizer, output_dir, data_args, lora):
     )
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the loss curve, for model cards
 
 
 def sample_held_out(output_dir, eval_dataset, tokenizer, num_samples, canvas_length):
@@ -196,6 +197,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
 
+    set_seed(training_args.seed)  # the same initial weights in every process and every run
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.output_dir)
     train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer)
     if training_args.eval_strategy != "no" and eval_dataset is None:
@@ -209,6 +211,7 @@ def main(argv=None):
         train_dataset=train_dataset, eval_dataset=eval_dataset,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    logger.info("trained with %d process(es)", training_args.world_size)
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if losses:
