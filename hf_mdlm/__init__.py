@@ -16,6 +16,15 @@ _EXPORTS = {
     "MDLMGenerationConfig": "generation_mdlm",
     "MDLMGenerationMixin": "generation_mdlm",
     "convert_llada_checkpoint": "convert",
+    "DataArguments": "data",
+    "DiffusionCollator": "data",
+    "build_canvases": "data",
+    "prepare_datasets": "data",
+    "add_diffusion_tokens": "tokenization",
+    "MDLMTrainer": "trainer",
+    "MDLMTrainingArguments": "trainer",
+    "slack_ctc_loss": "losses",
+    "diffusion_loss": "losses",
 }
 
 __all__ = sorted(_EXPORTS)
