@@ -47,3 +47,37 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     single_losses, ddp_losses = logged_losses(single), logged_losses(ddp)
     assert len(ddp_losses) == 3
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
+
+
+def test_bundled_default_path_saves_reloads_and_samples(tmp_path, capsys):
+    """The no-argument job in miniature: train, save a Hub folder, reload with trust_remote_code, sample."""
+    out = tmp_path / "bundled"
+    run_finetune_in_process(TINY + ["--output_dir", str(out), "--num_samples", "1", "--canvas_length", "16",
+                                    "--text_response_length", "12"])
+    printed = capsys.readouterr().out
+    assert "training loss: first logged" in printed and "--- sample:" in printed
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_mdlm.py", "generation_mdlm.py", "configuration_mdlm.py",
+            "generation_config.json", "tokenizer.json", "trainer_state.json"} <= names
+
+
+def test_lora_keeps_new_token_rows_trainable_and_saves_adapter(tmp_path):
+    out = tmp_path / "lora"
+    run_finetune_in_process(TINY + ["--output_dir", str(out), "--num_samples", "0", "--lora_r", "4",
+                                    "--lora_target_modules", "q_proj,v_proj"])
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        saved = list(f.keys())
+    assert any("q_proj.lora_A" in n for n in saved) and any("v_proj.lora_B" in n for n in saved)
+    assert not any("k_proj" in n or "base_layer" in n for n in saved)
+    # the new [MASK]/<slack> rows of the embedding and of the untied LM head travel with the adapter
+    assert any("trainable_tokens" in n and "embed_tokens" in n for n in saved)
+    assert any("trainable_tokens" in n and "lm_head" in n for n in saved)
+    assert (out / "model.safetensors").exists()  # the merged, self-contained model
+
+
+def test_lora_pattern_that_matches_nothing_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="query_key_value"):
+        run_finetune_in_process(TINY + ["--output_dir", str(tmp_path), "--num_samples", "0", "--lora_r", "4",
+                                        "--lora_target_modules", "q_proj,query_key_value"])
