@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokeni
 from hf_mdlm import MDLMConfig, MDLMForMaskedLM, MDLMGenerationConfig, convert_llada_checkpoint
 from hf_mdlm.data import DataArguments, DiffusionCollator, bundled_corpus_files, prepare_datasets
 from hf_mdlm.generation_mdlm import strip_generation
+from hf_mdlm.hub import export_for_hub, push_to_hub, save_run_record
 from hf_mdlm.tokenization import add_diffusion_tokens
 from hf_mdlm.trainer import MDLMTrainer, MDLMTrainingArguments
 
@@ -170,6 +171,7 @@ def save_for_hub(trainer, tokenizer, output_dir, data_args, lora):
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the loss curve, for model cards
+    save_run_record(trainer.args, output_dir, data_args=data_args)  # world size, hardware, versions, data
 
 
 def sample_held_out(output_dir, eval_dataset, tokenizer, num_samples, canvas_length):
@@ -228,15 +230,11 @@ def main(argv=None):
 
 
 def push_folder(training_args):
-    """Upload the complete saved folder (not Trainer's own push, which would save the bare model again)."""
-    from huggingface_hub import HfApi
-
+    """Export the saved folder with its model card, check it, and upload it in one commit."""
     repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-    api = HfApi(token=training_args.hub_token)
-    api.create_repo(repo_id, private=training_args.hub_private_repo, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=training_args.output_dir,
-                      commit_message="Upload masked diffusion LM trained with hf_mdlm",
-                      ignore_patterns=["checkpoint-*", "converted-llada/*", "runs/*"])
+    folder = export_for_hub(training_args.output_dir, None, f"{training_args.output_dir.rstrip('/')}-hub",
+                            repo_id=repo_id)
+    push_to_hub(folder, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Publish a trained hf_mdlm model folder (or its LoRA adapter) on the Hugging Face Hub.
+
+    python examples/push_to_hub.py --model_dir outputs/shakespeare-mdlm --repo_id you/shakespeare-mdlm
+    python examples/push_to_hub.py --model_dir outputs/run --repo_id you/run --dry_run --out_dir /tmp/upload
+    python examples/push_to_hub.py --model_dir outputs/lora-run --repo_id you/run-lora --adapter \\
+        --base_model GSAI-ML/LLaDA-8B-Instruct
+
+The upload folder is built with `hf_mdlm.hub.export_for_hub`: weights (safetensors), config, model code,
+tokenizer, generation_config.json, the run's records (trainer_state.json, training_args.json, run_info.json,
+results.json when MODEL_DIR has them) and a README.md model card written for REPO_ID from those records. It
+is checked before anything is sent, and uploaded in one commit. `--dry_run` builds it in OUT_DIR and prints
+the files that would be uploaded, without any network call.
+
+The token comes from `HF_TOKEN` or `hf auth login`; it is never printed or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    from hf_mdlm.hub import DEFAULT_COMMIT_MESSAGE, export_for_hub, hub_files, push_to_hub
+except ImportError:  # running from a checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hf_mdlm.hub import DEFAULT_COMMIT_MESSAGE, export_for_hub, hub_files, push_to_hub
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model_dir", required=True,
+                        help="a saved model folder (e.g. the --output_dir of examples/finetune.py) or an adapter folder")
+    parser.add_argument("--repo_id", required=True, help="the Hub repository, ORG/NAME")
+    parser.add_argument("--adapter", action="store_true",
+                        help="upload the LoRA adapter (MODEL_DIR/adapter, or MODEL_DIR itself when it is an adapter "
+                             "folder) instead of the merged model")
+    parser.add_argument("--base_model", default=None,
+                        help="Hub id of the base model (required for an adapter whose base is a local folder)")
+    parser.add_argument("--datasets", nargs="+", default=None, help="Hub dataset ids for the card's metadata")
+    parser.add_argument("--license", default="apache-2.0", help="license in the card's metadata")
+    parser.add_argument("--eval_results", default=None, help="a results.json to show in the card "
+                                                               "(default: MODEL_DIR/results.json when present)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created if needed)")
+    parser.add_argument("--commit_message", default=DEFAULT_COMMIT_MESSAGE)
+    parser.add_argument("--dry_run", action="store_true", help="build OUT_DIR and list its files; upload nothing")
+    parser.add_argument("--out_dir", default=None,
+                        help="where to build the upload folder (required with --dry_run; default: a temporary folder)")
+    parser.add_argument("--overwrite", action="store_true", help="delete OUT_DIR first if it exists")
+    return parser
+
+
+def build_folder(args, out_dir: Path) -> Path:
+    """Export MODEL_DIR (or its adapter) into `out_dir`, with the card written for REPO_ID."""
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise SystemExit(f"--model_dir {model_dir} is not a folder")
+    source = model_dir
+    if args.adapter and not (model_dir / "adapter_config.json").exists():
+        source = model_dir / "adapter"
+        if not (source / "adapter_config.json").exists():
+            raise SystemExit(f"--adapter: neither {model_dir} nor {source} holds an adapter_config.json")
+    # The tokenizer and the run's records live in MODEL_DIR, also when the adapter is its subfolder.
+    tokenizer = model_dir if (model_dir / "tokenizer_config.json").exists() and source != model_dir else None
+    return export_for_hub(
+        source, tokenizer, out_dir, repo_id=args.repo_id, base_model=args.base_model, datasets=args.datasets,
+        license=args.license, eval_results=args.eval_results, run_dir=model_dir,
+    )
+
+
+def print_files(folder: Path, repo_id: str, verb: str) -> list[str]:
+    names = hub_files(folder)
+    print(f"{verb} {len(names)} files to {repo_id} (from {folder}):")
+    for name in names:
+        print(f"  {name}  ({(folder / name).stat().st_size:,} bytes)")
+    return names
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.dry_run and args.out_dir is None:
+        raise SystemExit("--dry_run needs --out_dir (the folder to build and inspect)")
+    if args.out_dir is not None:
+        out_dir = Path(args.out_dir)
+        if args.overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)
+        folder = build_folder(args, out_dir)
+        if args.dry_run:
+            print_files(folder, args.repo_id, "would upload")
+            print("dry run: nothing was uploaded")
+            return folder
+        print_files(folder, args.repo_id, "uploading")
+        info = push_to_hub(folder, args.repo_id, private=args.private or None, revision=args.revision,
+                           commit_message=args.commit_message)
+        print(f"uploaded: {info.commit_url}")
+        return info
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_folder(args, Path(tmp) / "upload")
+        print_files(folder, args.repo_id, "uploading")
+        info = push_to_hub(folder, args.repo_id, private=args.private or None, revision=args.revision,
+                           commit_message=args.commit_message)
+        print(f"uploaded: {info.commit_url}")
+        return info
+
+
+if __name__ == "__main__":
+    main()
