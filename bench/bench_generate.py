@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""Benchmark `MDLMForMaskedLM.generate` against a plain per-step reference loop.
+
+    python bench/bench_generate.py            # the default grid (CPU: a few minutes)
+    python bench/bench_generate.py --quick    # smoke run (seconds)
+    python bench/bench_generate.py --device cuda --dtype bfloat16
+
+Prints a Markdown table: for batch sizes x canvas lengths x step counts x decoding modes (low-confidence
+remasking with a fixed schedule, and confidence-threshold decoding), the generated tokens per second and the
+number of model calls of
+
+* `generate`: batched rows, per-row work vectorised, steps that commit nothing skipped, a block ends as soon
+  as it is full (threshold decoding);
+* the reference: the textbook algorithm, one prompt at a time (batch 1), one forward per step over the whole
+  canvas, a per-row top-k commit; prompts of a batch are run one after the other.
+
+Both run greedy decoding (temperature 0) on the same small random `MDLMForMaskedLM`, and the table says whether
+their tokens agree. Random weights give almost uniform predictions that never reach a confidence threshold, so
+the LM head is multiplied by `--head_scale` (default 60) to make the predictions peaked enough for threshold
+decoding to have an effect; use `--head_scale 1` for the raw random model.
+
+The default model (4 layers, hidden 128, vocab 4096) keeps the default grid within a few minutes on one CPU
+core; `--hidden 256` is the larger variant. On a shared machine, `--threads 1` avoids thread oversubscription.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+try:
+    from hf_mdlm import MDLMConfig, MDLMForMaskedLM
+except ImportError:  # running from a checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hf_mdlm import MDLMConfig, MDLMForMaskedLM
+
+
+@torch.no_grad()
+def reference_generate(model, prompt, gen_length, steps, block_length, mask_id, threshold=None):
+    """The plain sampler for one prompt (shape (1, P)): returns (canvas, model calls)."""
+    canvas = torch.cat([prompt, torch.full((1, gen_length), mask_id, device=prompt.device)], dim=1)
+    start = prompt.shape[1]
+    num_blocks = gen_length // block_length
+    steps_per_block = steps // num_blocks
+    calls = 0
+    for b in range(num_blocks):
+        lo, hi = start + b * block_length, start + (b + 1) * block_length
+        masked_total = int((canvas[0, lo:hi] == mask_id).sum())
+        plan = [masked_total // steps_per_block + (1 if s < masked_total % steps_per_block else 0)
+                for s in range(steps_per_block)]
+        for s in range(steps_per_block):
+            is_masked = canvas[0] == mask_id
+            remaining = int(is_masked[lo:hi].sum())
+            if remaining == 0:
+                break
+            if threshold is None and plan[s] == 0:
+                continue
+            logits = model(input_ids=canvas).logits[0].float()
+            calls += 1
+            probs = torch.softmax(logits, dim=-1)
+            logits[:, mask_id] = float("-inf")  # never propose the mask token itself
+            proposal = logits.argmax(-1)
+            confidence = probs.gather(-1, proposal[:, None])[:, 0]
+            confidence[:lo] = float("-inf")
+            confidence[hi:] = float("-inf")
+            confidence[~is_masked] = float("-inf")
+            if threshold is None:
+                count = plan[s]
+            else:
+                passing = int((confidence >= threshold).sum())
+                left_steps = steps_per_block - s
+                count = max(passing, -(-remaining // left_steps))
+            count = min(count, remaining)
+            # The `count` most confident positions; equal confidences: leftmost first (generate's rule).
+            values = confidence.tolist()
+            chosen = sorted(range(len(values)), key=lambda i: (-values[i], i))[:count]
+            for position in chosen:  # one commit at a time
+                canvas[0, position] = proposal[position]
+    return canvas, calls
+
+
+def build_model(args, device, dtype):
+    torch.manual_seed(args.seed)
+    config = MDLMConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate or (args.hidden * 11) // 4,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, max_position_embeddings=4096,
+        mask_token_id=args.vocab - 1, slack_token_id=args.vocab - 2, eos_token_id=args.vocab - 3,
+        pad_token_id=args.vocab - 4,
+    )
+    model = MDLMForMaskedLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(args.head_scale)
+    return model.to(device=device, dtype=dtype)
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and grid: a smoke run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=None, help="default: 2.75 x hidden")
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--head_scale", type=float, default=60.0, help="multiplies the random LM head")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256], help="canvas lengths")
+    parser.add_argument("--step_divisors", type=int, nargs="+", default=[1, 4], help="steps = length / divisor")
+    parser.add_argument("--block_length", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--prompt_length", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no_reference", action="store_true", help="skip the reference loop")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.hidden, args.heads, args.vocab = 2, 64, 2, 512
+        args.batch_sizes, args.lengths, args.block_length, args.head_scale = [1, 4], [32], 16, 100.0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = build_model(args, device, dtype)
+    mask_id = model.config.mask_token_id
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}, {params:.1f}M parameters, "
+          f"{dtype} on {device} ({torch.get_num_threads()} CPU threads), head_scale {args.head_scale}, "
+          f"prompt {args.prompt_length} tokens, block_length {args.block_length}, greedy\n")
+
+    generator = torch.Generator().manual_seed(args.seed)
+    prompts = torch.randint(0, args.vocab - 8, (max(args.batch_sizes), args.prompt_length), generator=generator)
+    prompts = prompts.to(device)
+    # Warm-up (allocator, kernels).
+    model.generate(prompts[:1], max_new_tokens=args.block_length, steps=2, block_length=args.block_length)
+    if not args.no_reference:
+        reference_generate(model, prompts[:1], args.block_length, 2, args.block_length, mask_id)
+
+    header = ("| batch | canvas | steps | decoding | generate tok/s | generate calls | reference tok/s | "
+              "reference calls | speed-up | same tokens |")
+    print(header)
+    print("|---:|---:|---:|:---|---:|---:|---:|---:|---:|:---:|")
+    for length in args.lengths:
+        block = min(args.block_length, length)
+        for divisor in args.step_divisors:
+            steps = length // divisor
+            if steps % (length // block):
+                continue
+            for batch in args.batch_sizes:
+                for mode, threshold in (("low-confidence", None), (f"threshold {args.threshold}", args.threshold)):
+                    ids = prompts[:batch]
+                    out, seconds = timed(lambda: model.generate(
+                        ids, max_new_tokens=length, steps=steps, block_length=block, threshold=threshold,
+                        return_dict_in_generate=True), device)
+                    ours_tps = batch * length / seconds
+                    row = [batch, length, steps, mode, f"{ours_tps:.0f}", out.num_model_calls]
+                    if args.no_reference:
+                        row += ["", "", "", ""]
+                    else:
+                        def run_reference():
+                            results = [reference_generate(model, ids[i:i + 1], length, steps, block, mask_id,
+                                                          threshold) for i in range(batch)]
+                            return torch.cat([c for c, _ in results]), sum(n for _, n in results)
+
+                        (ref_canvas, ref_calls), ref_seconds = timed(run_reference, device)
+                        ref_tps = batch * length / ref_seconds
+                        same = torch.equal(ref_canvas, out.sequences)
+                        row += [f"{ref_tps:.0f}", ref_calls, f"{ours_tps / ref_tps:.2f}x", "yes" if same else "no"]
+                    print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Generate text with a masked diffusion language model (an hf_mdlm folder or Hub id).
+
+Examples::
+
+    python examples/generate.py --model path/to/model --prompt "Write a haiku about rain." \\
+        --max_new_tokens 64 --steps 64 --block_length 32
+    python examples/generate.py --model path/to/model --prompt_file prompts.txt --temperature 0.7 --seed 0 \\
+        --threshold 0.9 --stop_at_eos
+
+Every setting of `MDLMGenerationConfig` is a flag (`--steps`, `--block_length`, `--remasking`, `--threshold`,
+`--shift_rate`, `--suppress_slack`, ...); a flag that is not given keeps the model's `generation_config.json`
+value. Prompts are left-padded and batched; the chat template is applied when the tokenizer has one
+(`--no_chat_template` to disable). The printed text has `<slack>` removed and is cut at the first EOS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, TextStreamer
+
+try:
+    from hf_mdlm.generation_mdlm import GENERATION_FIELDS, strip_generation
+except ImportError:  # running from a checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hf_mdlm.generation_mdlm import GENERATION_FIELDS, strip_generation
+
+CHOICES = {"remasking": ("low_confidence", "random", "entropy", "margin")}
+
+
+def str2bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model)")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    parser.add_argument("--prompt_file", default=None, help="a text file with one prompt per line")
+    parser.add_argument("--no_chat_template", action="store_true", help="do not apply the tokenizer's chat template")
+    parser.add_argument("--system", default=None, help="system message for the chat template")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampler's random generators")
+    parser.add_argument("--batch_size", type=int, default=8, help="prompts per generate() call")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--stream", action="store_true", help="print the blocks as they are final (one prompt only)")
+    parser.add_argument("--show_raw", action="store_true", help="also print the raw canvas, slack included")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar over the steps")
+
+    group = parser.add_argument_group("generation settings (MDLMGenerationConfig; default: the model's)")
+    for name, (kind, default) in GENERATION_FIELDS.items():
+        flag = f"--{name}"
+        helptext = f"default: the model's generation_config.json (MDLMGenerationConfig default: {default})"
+        if name == "return_dict_in_generate":
+            helptext = "accepted for completeness; this script always asks for the dict output"
+        elif name == "output_history":
+            helptext = "print the raw canvas of the first sequence after every step"
+        if kind is bool:
+            group.add_argument(flag, type=str2bool, nargs="?", const=True, default=None, help=helptext)
+        elif name == "eos_token_id":
+            group.add_argument(flag, type=int, nargs="+", default=None, help=helptext)
+        else:
+            group.add_argument(flag, type=kind, default=None, choices=CHOICES.get(name), help=helptext)
+    return parser
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        lines = Path(args.prompt_file).read_text(encoding="utf-8").splitlines()
+        prompts += [line for line in lines if line.strip()]
+    if not prompts:
+        raise SystemExit("give at least one --prompt or a --prompt_file")
+    return prompts
+
+
+def format_prompt(tokenizer, prompt: str, args) -> str:
+    if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
+        return prompt
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def main(argv=None) -> list[str]:
+    args = build_parser().parse_args(argv)
+    prompts = read_prompts(args)
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=True)
+    tokenizer.padding_side = "left"
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(args.device).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    settings = {name: getattr(args, name) for name in GENERATION_FIELDS if getattr(args, name) is not None}
+    if "eos_token_id" in settings and len(settings["eos_token_id"]) == 1:
+        settings["eos_token_id"] = settings["eos_token_id"][0]
+    settings["return_dict_in_generate"] = True
+    config = model.generation_config
+    ids_of = {name: settings.get(name, getattr(config, name, None)) for name in ("mask_token_id", "slack_token_id",
+                                                                                  "eos_token_id")}
+    if ids_of["eos_token_id"] is None:
+        ids_of["eos_token_id"] = tokenizer.eos_token_id
+
+    copies = settings.get("num_return_sequences", getattr(config, "num_return_sequences", 1) or 1)
+    if args.stream and (len(prompts) > 1 or copies > 1):
+        raise SystemExit("--stream needs a single prompt and num_return_sequences 1")
+
+    texts = []
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = prompts[start:start + args.batch_size]
+        formatted = [format_prompt(tokenizer, p, args) for p in chunk]
+        use_template = formatted != chunk
+        enc = tokenizer(formatted, return_tensors="pt", padding=True,
+                        add_special_tokens=not use_template).to(args.device)
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
+        out = model.generate(enc.input_ids, attention_mask=enc.attention_mask, generator=args.seed,
+                             streamer=streamer, progress=args.progress, **settings)
+        prompt_length = enc.input_ids.shape[1]
+        clean = strip_generation(out.sequences, prompt_length=prompt_length, **ids_of)
+        for row, tokens in enumerate(clean):
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            texts.append(text)
+            index = start + row // copies
+            suffix = f" (sample {row % copies + 1}/{copies})" if copies > 1 else ""
+            print(f"=== prompt {index + 1}{suffix} ===\n{chunk[row // copies]}\n--- output ---\n{text}")
+            if args.show_raw:
+                raw = tokenizer.decode(out.sequences[row, prompt_length:], skip_special_tokens=False)
+                print(f"--- raw canvas ---\n{raw}")
+        if out.history:
+            for step, canvas in enumerate(out.history):
+                raw = tokenizer.decode(canvas[0, prompt_length:], skip_special_tokens=False)
+                print(f"--- step {step} (first sequence) ---\n{raw}")
+        print(f"[{out.num_model_calls} model calls]", file=sys.stderr)
+    return texts
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,638 @@
+"""Tests of the diffusion sampler (`hf_mdlm/generation_mdlm.py`)."""
+
+import importlib.util
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers.generation import BaseStreamer
+
+from hf_mdlm import MDLMForMaskedLM, MDLMGenerationConfig
+from hf_mdlm.generation_mdlm import MDLMGenerateOutput, _apply_shift, strip_generation
+from conftest import LLADA_TINY, tiny_config
+
+MASK, SLACK, EOS, PAD = 95, 94, 93, 92
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_model(seed=0, **config_overrides):
+    torch.manual_seed(seed)
+    return MDLMForMaskedLM(tiny_config(**config_overrides)).eval()
+
+
+class BiasedModel(MDLMForMaskedLM):
+    """A tiny model with a constant added to some logits (to make tokens such as EOS or slack likely)."""
+
+    logit_bias = None
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        if self.logit_bias is not None:
+            out.logits = out.logits + self.logit_bias
+        return out
+
+
+def boosted_model(token_ids, boost, seed=0):
+    """A tiny model whose logits for `token_ids` are raised by `boost`."""
+    torch.manual_seed(seed)
+    model = BiasedModel(tiny_config()).eval()
+    model.logit_bias = torch.zeros(model.config.vocab_size)
+    model.logit_bias[token_ids] = boost
+    return model
+
+
+def confident_model(scale=100.0, seed=0):
+    """A tiny model with peaked predictions (a large LM head), so that confidences can pass a threshold."""
+    model = make_model(seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(scale)
+    return model
+
+
+def left_pad(prompts, pad=PAD):
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+PROMPTS = [[5, 17, 33, 2], [40, 41, 7, 8, 9, 60, 61], [12], [70, 71, 72, 73, 74]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and much faster than on two busy ones on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exactness against LLaDA's reference sampler
+
+
+@pytest.fixture(scope="module")
+def llada_model(llada_converted):
+    return MDLMForMaskedLM.from_pretrained(llada_converted).eval()
+
+
+@pytest.mark.parametrize("case", json.loads((LLADA_TINY / "generation_cases.json").read_text()), ids=lambda c: c["name"])
+def test_matches_llada_reference_sampler(llada_model, case):
+    ref = load_file(LLADA_TINY / "reference_outputs.safetensors")
+    prompts = ref["gen_prompts"]
+    out = llada_model.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        steps=case["steps"],
+        max_new_tokens=case["gen_length"],
+        block_length=case["block_length"],
+        temperature=case["temperature"],
+        cfg_scale=case["cfg_scale"],
+        remasking=case["remasking"],
+        mask_token_id=case["mask_token_id"],
+        return_dict_in_generate=True,
+    )
+    assert isinstance(out, MDLMGenerateOutput)
+    torch.testing.assert_close(out.sequences, ref[f"{case['name']}_output"], rtol=0, atol=0)
+    # One model call per step (guidance is batched into the same call).
+    assert out.num_model_calls == case["steps"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batching
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(temperature=0.0),
+        dict(temperature=0.0, block_length=4, steps=8, cfg_scale=1.0),
+        dict(temperature=0.9, top_k=20, top_p=0.9),
+        dict(temperature=0.7, remasking="random", block_length=4),
+        dict(temperature=0.0, threshold=0.9, block_length=8, model="confident"),
+        dict(temperature=0.8, shift_rate=0.3, block_length=4),
+    ],
+    ids=["greedy", "greedy-blocks-cfg", "sampled", "random-remasking", "threshold", "shift"],
+)
+def test_row_does_not_depend_on_the_batch(settings):
+    """A prompt generated alone and inside a left-padded ragged batch gives the same tokens."""
+    settings = dict(settings)
+    # (The confident model makes rows finish their blocks at different steps: rows then leave the forward.)
+    model = confident_model(60.0) if settings.pop("model", None) else make_model()
+    settings.setdefault("steps", 16)
+    ids, mask = left_pad(PROMPTS)
+    batch = model.generate(ids, attention_mask=mask, max_new_tokens=16, generator=1234, **settings)
+    width = ids.shape[1]
+    # Row 0 alone with the same seed (seeds are derived per prompt index).
+    alone = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=16, generator=1234, **settings)
+    assert torch.equal(alone[0, len(PROMPTS[0]):], batch[0, width:])
+    # Every row alone, with per-prompt seeds given as a list, in another order.
+    seeds = [11, 22, 33, 44]
+    batch = model.generate(ids, attention_mask=mask, max_new_tokens=16, generator=seeds, **settings)
+    for i in (3, 1, 2):
+        alone = model.generate(torch.tensor([PROMPTS[i]]), max_new_tokens=16, generator=[seeds[i]], **settings)
+        assert torch.equal(alone[0, len(PROMPTS[i]):], batch[i, width:]), f"row {i}"
+    assert not (batch == MASK).any()
+
+
+def test_seed_controls_sampling():
+    model = make_model()
+    ids = torch.tensor([PROMPTS[0]])
+    a = model.generate(ids, max_new_tokens=16, steps=16, temperature=1.0, generator=5)
+    b = model.generate(ids, max_new_tokens=16, steps=16, temperature=1.0, generator=5)
+    c = model.generate(ids, max_new_tokens=16, steps=16, temperature=1.0, generator=6)
+    d = model.generate(ids, max_new_tokens=16, steps=16, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    e = model.generate(ids, max_new_tokens=16, steps=16, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(d, e)
+    torch.manual_seed(3)
+    f = model.generate(ids, max_new_tokens=16, steps=16, temperature=1.0)
+    torch.manual_seed(3)
+    g = model.generate(ids, max_new_tokens=16, steps=16, temperature=1.0)
+    assert torch.equal(f, g)
+
+
+def test_num_return_sequences():
+    model = make_model()
+    ids, mask = left_pad(PROMPTS[:2])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=12, steps=12, num_return_sequences=3,
+                         temperature=1.0, generator=0)
+    assert out.shape == (6, ids.shape[1] + 12)
+    assert torch.equal(out[:, : ids.shape[1]], ids.repeat_interleave(3, dim=0))
+    copies = out[:3, ids.shape[1]:]
+    assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
+    greedy = model.generate(ids, attention_mask=mask, max_new_tokens=12, steps=12, num_return_sequences=3)
+    single = model.generate(ids, attention_mask=mask, max_new_tokens=12, steps=12)
+    assert torch.equal(greedy, single.repeat_interleave(3, dim=0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schedules
+
+
+def test_step_callback_history_and_schedule():
+    """Each step commits the scheduled number of tokens, inside its block; one callback per step."""
+    model = make_model()
+    ids = torch.tensor([PROMPTS[1]])
+    P = ids.shape[1]
+    calls = []
+    out = model.generate(ids, max_new_tokens=12, block_length=6, steps=4, output_history=True,
+                         return_dict_in_generate=True, step_callback=lambda step, canvas: calls.append((step, canvas)))
+    assert [s for s, _ in calls] == [0, 1, 2, 3] and out.num_model_calls == 4
+    assert len(out.history) == 4
+    assert all(torch.equal(h, c) for h, (_, c) in zip(out.history, calls))
+    assert torch.equal(out.history[-1], out.sequences)
+    previous = torch.cat([ids, torch.full((1, 12), MASK)], dim=1)
+    for step, canvas in calls:
+        new = (previous == MASK) & (canvas != MASK)
+        assert int(new.sum()) == 3  # 6 masked positions over 2 steps per block
+        block = step // 2
+        assert int(new[0, P + 6 * block:P + 6 * (block + 1)].sum()) == 3  # inside the current block
+        assert torch.equal(canvas[previous != MASK], previous[previous != MASK])  # commits are final
+        previous = canvas
+    assert not (out.sequences == MASK).any()
+
+
+class ConstantModel(MDLMForMaskedLM):
+    """Every position gets the same logits: every masked position ties with every other one."""
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        from transformers.modeling_outputs import MaskedLMOutput
+
+        logits = torch.linspace(0.0, 1.0, self.config.vocab_size)
+        return MaskedLMOutput(logits=logits.expand(*input_ids.shape, -1).clone())
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_ties_go_to_the_leftmost_position(threshold):
+    torch.manual_seed(0)
+    model = ConstantModel(tiny_config()).eval()
+    ids, mask = left_pad(PROMPTS)
+    canvases = []
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=12, steps=4, block_length=6, threshold=threshold,
+                         step_callback=lambda s, c: canvases.append(c))
+    P = ids.shape[1]
+    for canvas in canvases:
+        gen = canvas[:, P:] != MASK
+        # Committed positions always form a prefix of the generated region.
+        assert torch.equal(gen, gen.long().cumprod(dim=-1).bool())
+    alone = model.generate(torch.tensor([PROMPTS[2]]), max_new_tokens=12, steps=4, block_length=6, threshold=threshold)
+    assert torch.equal(alone[0, 1:], out[2, P:])
+
+
+def test_more_steps_than_tokens_skips_empty_steps():
+    model = make_model()
+    ids = torch.tensor([PROMPTS[0]])
+    out = model.generate(ids, max_new_tokens=8, steps=16, return_dict_in_generate=True)
+    assert out.num_model_calls == 8
+    assert torch.equal(out.sequences, model.generate(ids, max_new_tokens=8, steps=8))
+
+
+def test_threshold_decoding_commits_at_least_one_and_saves_calls():
+    model = confident_model()
+    ids, mask = left_pad(PROMPTS)
+    canvases = []
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, threshold=0.9,
+                         return_dict_in_generate=True, step_callback=lambda s, c: canvases.append(c))
+    plain = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8,
+                           return_dict_in_generate=True)
+    assert plain.num_model_calls == 16
+    assert out.num_model_calls < 16
+    assert len(canvases) == out.num_model_calls
+    previous = torch.cat([ids, torch.full((4, 16), MASK)], dim=1)
+    for canvas in canvases:
+        newly = ((previous == MASK) & (canvas != MASK)).sum(-1)
+        still_open = (previous == MASK).any(-1)
+        assert (newly[still_open] >= 1).all()
+        previous = canvas
+    assert not (out.sequences == MASK).any()
+    # The step budget is still an upper bound: with an unreachable score (random scores never reach 1.0) the
+    # schedule alone decides, so it takes exactly `steps` calls.
+    capped = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=4, block_length=8, threshold=1.0,
+                            remasking="random", generator=0, return_dict_in_generate=True)
+    assert capped.num_model_calls == 4 and not (capped.sequences == MASK).any()
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random", "entropy", "margin"])
+def test_remasking_strategies_fill_the_canvas(remasking):
+    model = make_model()
+    ids, mask = left_pad(PROMPTS[:2])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=8, steps=4, remasking=remasking, generator=0)
+    assert not (out[:, ids.shape[1]:] == MASK).any()
+
+
+def test_entropy_and_margin_order_commits_differently_from_low_confidence():
+    model = make_model()
+    ids = torch.tensor([PROMPTS[1]])
+    outs = {r: model.generate(ids, max_new_tokens=16, steps=16, remasking=r) for r in ("low_confidence", "entropy", "margin")}
+    assert not torch.equal(outs["low_confidence"], outs["entropy"])
+    assert not torch.equal(outs["low_confidence"], outs["margin"])
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    model = make_model()
+    ids, mask = left_pad(PROMPTS[:3])
+    greedy = model.generate(ids, attention_mask=mask, max_new_tokens=12, steps=6)
+    hot = model.generate(ids, attention_mask=mask, max_new_tokens=12, steps=6, temperature=5.0, generator=0)
+    assert not torch.equal(hot, greedy)
+    for filt in (dict(top_k=1), dict(top_p=1e-6)):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=12, steps=6, temperature=5.0, generator=0, **filt)
+        assert torch.equal(out, greedy), filt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# EOS, slack and the shift intervention
+
+
+def test_suppress_slack_and_eos():
+    model = boosted_model([SLACK, EOS], boost=30.0)
+    ids, mask = left_pad(PROMPTS[:2])
+    free = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=8)
+    gen = free[:, ids.shape[1]:]
+    assert (gen == SLACK).any() and (gen == EOS).any()
+    no_slack = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=8, suppress_slack=True)
+    assert not (no_slack[:, ids.shape[1]:] == SLACK).any()
+    no_eos = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=8, suppress_eos=True,
+                            temperature=1.0, generator=0)
+    assert not (no_eos[:, ids.shape[1]:] == EOS).any()
+    neither = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=8, suppress_eos=True,
+                             suppress_slack=True)
+    assert not torch.isin(neither[:, ids.shape[1]:], torch.tensor([SLACK, EOS, MASK])).any()
+
+
+def test_eos_penalty_changes_eos_frequency():
+    model = make_model()
+    ids, mask = left_pad(PROMPTS)
+
+    def count(penalty):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=8, eos_penalty=penalty,
+                             temperature=1.0, generator=0)
+        return int((out[:, ids.shape[1]:] == EOS).sum())
+
+    assert count(4.0) <= count(0.0) < count(-2.0) < count(-4.0)
+
+
+def test_stop_at_eos_stops_early_with_a_valid_canvas():
+    model = boosted_model([EOS], boost=8.0)
+    ids, mask = left_pad(PROMPTS)
+    P = ids.shape[1]
+    settings = dict(attention_mask=mask, max_new_tokens=32, steps=32, block_length=4, return_dict_in_generate=True)
+    full = model.generate(ids, **settings)
+    stopped = model.generate(ids, stop_at_eos=True, **settings)
+    assert stopped.num_model_calls < full.num_model_calls
+    seqs = stopped.sequences
+    assert not (seqs == MASK).any()
+    # Every row has an EOS, and only EOS after its first one.
+    for row in seqs[:, P:]:
+        first = int((row == EOS).nonzero()[0])
+        assert (row[first:] == EOS).all()
+    kw = dict(mask_token_id=MASK, slack_token_id=SLACK, eos_token_id=EOS, prompt_length=P)
+    assert strip_generation(seqs, **kw) == strip_generation(full.sequences, **kw)
+
+
+def test_shift_rate_zero_is_the_plain_sampler_and_positive_changes_outputs():
+    model = make_model()
+    ids, mask = left_pad(PROMPTS)
+    base = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, generator=0)
+    zero = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, generator=0,
+                          shift_rate=0.0)
+    shifted = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, generator=0,
+                             shift_rate=0.5)
+    assert torch.equal(base, zero)
+    assert not torch.equal(base, shifted)
+    assert not (shifted == MASK).any()
+
+
+def test_shift_moves_a_commit_to_the_adjacent_masked_position():
+    M = -1
+    region = torch.tensor([[1, M, M, M, M, M, 7, M]] * 2)
+    masked = region == M
+    x0 = torch.tensor([[0, 10, 11, 12, 13, 14, 0, 15]] * 2)
+    chosen = torch.tensor([[False, False, True, False, True, True, False, True],
+                           [False, True, False, False, True, True, False, False]])
+    beyond = torch.tensor([[M, M], [M, M]])
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    # rate ~1: every commit that can move does.
+    _apply_shift(region, x0, chosen, masked, 0.999999, gens, beyond, M)
+    # Row 0: pos 2 -> 3 (both neighbours free: the right one wins); pos 4: right chosen, left already taken by
+    # the previous shift -> stays; pos 5: right committed, left chosen -> stays; pos 7 (the window's last)
+    # -> the first position beyond the window.
+    # Row 1: pos 1 -> 2 (right free); pos 4 -> 3 (right chosen, left free); pos 5 stays.
+    assert region.tolist() == [[1, M, M, 11, 13, 14, 7, M], [1, M, 10, 13, M, 14, 7, M]]
+    assert beyond.tolist() == [[15, M], [M, M]]
+    # rate 0: plain commits.
+    region = torch.tensor([[1, M, M, M, M, M, 7, M]] * 2)
+    _apply_shift(region, x0, chosen, masked, 0.0, gens, torch.tensor([[M], [M]]), M)
+    assert region.tolist() == [[1, M, 11, M, 13, 14, 7, 15], [1, 10, M, M, 13, 14, 7, M]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming, progress, training mode
+
+
+class RecordingStreamer(BaseStreamer):
+    def __init__(self, steps_seen):
+        self.puts, self.ended, self.steps_seen, self.put_at = [], False, steps_seen, []
+
+    def put(self, value):
+        assert not self.ended
+        self.puts.append(value.clone())
+        self.put_at.append(len(self.steps_seen))
+
+    def end(self):
+        self.ended = True
+
+
+def test_streamer_receives_each_block_when_final():
+    model = make_model()
+    ids = torch.tensor([PROMPTS[1]])
+    steps = []
+    streamer = RecordingStreamer(steps)
+    out = model.generate(ids, max_new_tokens=12, block_length=4, steps=6, streamer=streamer,
+                         step_callback=lambda s, c: steps.append(s))
+    assert streamer.ended
+    assert torch.equal(streamer.puts[0], ids)
+    blocks = streamer.puts[1:]
+    assert [b.shape for b in blocks] == [torch.Size([4])] * 3
+    assert torch.equal(torch.cat(blocks), out[0, ids.shape[1]:])
+    assert streamer.put_at == [0, 2, 4, 6]  # each block right after its last step
+    with pytest.raises(ValueError, match="streamer"):
+        model.generate(torch.tensor(PROMPTS[:1] * 2), max_new_tokens=4, steps=4, streamer=RecordingStreamer([]))
+
+
+def test_text_streamer_skips_slack(tmp_path, capsys):
+    from transformers import TextStreamer
+
+    tok = make_tokenizer(tmp_path)
+    model = boosted_model([SLACK], boost=8.0)
+    ids = tok(["w5 w6"], return_tensors="pt").input_ids
+    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    out = model.generate(ids, max_new_tokens=8, steps=8, streamer=streamer)
+    printed = capsys.readouterr().out
+    assert (out[0, ids.shape[1]:] == SLACK).any()
+    assert "<slack>" not in printed and printed.strip() == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_progress_bar_and_training_mode_restored(capsys):
+    model = make_model(attention_dropout=0.5)
+    ids = torch.tensor([PROMPTS[0]])
+    expected = model.generate(ids, max_new_tokens=8, steps=8)
+    model.train()
+    out = model.generate(ids, max_new_tokens=8, steps=8, progress=True)
+    assert model.training
+    assert torch.equal(out, expected)  # dropout was off during generation
+    assert "diffusion steps" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+class ExplodingModel(MDLMForMaskedLM):
+    def forward(self, *args, **kwargs):
+        raise AssertionError("the model was called before the inputs were validated")
+
+
+@pytest.fixture(scope="module")
+def exploding():
+    torch.manual_seed(0)
+    return ExplodingModel(tiny_config(max_position_embeddings=32)).eval()
+
+
+GOOD = torch.tensor([[5, 6, 7]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(max_new_tokens=40), "max_position_embeddings"),
+        (dict(max_new_tokens=16, steps=6, block_length=4), "steps"),
+        (dict(max_new_tokens=16, steps=2, block_length=4), "steps"),
+        (dict(max_new_tokens=16, block_length=5), "block_length"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(mask_token_id=None), "mask_token_id"),
+        (dict(threshold=0.0), "threshold"),
+        (dict(threshold=1.5), "threshold"),
+        (dict(shift_rate=1.0), "shift_rate"),
+        (dict(shift_rate=-0.1), "shift_rate"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_k=0), "top_k"),
+        (dict(remasking="lowest"), "remasking"),
+        (dict(cfg_scale=-1.0), "cfg_scale"),
+        (dict(num_return_sequences=0), "num_return_sequences"),
+        (dict(eos_token_id=None, stop_at_eos=True), "eos_token_id"),
+        (dict(eos_token_id=None, suppress_eos=True), "eos_token_id"),
+        (dict(attention_mask=torch.ones(1, 4)), "attention_mask"),
+        (dict(input_ids=torch.tensor([5, 6, 7])), "input_ids"),
+        (dict(input_ids=torch.tensor([[5.0, 6.0]])), "input_ids"),
+        (dict(input_ids=torch.tensor([[5, 600]])), "input_ids"),
+        (dict(stepz=3), "stepz"),
+        (dict(generator=[1, 2]), "generator"),
+    ],
+)
+def test_invalid_settings_fail_before_any_model_call(exploding, kwargs, field):
+    kwargs = dict(kwargs)
+    input_ids = kwargs.pop("input_ids", GOOD)
+    # A token id set to None must not be filled in from the model config either.
+    cleared = {name: getattr(exploding.config, name) for name in ("mask_token_id", "eos_token_id")
+               if name in kwargs and kwargs[name] is None}
+    for name in cleared:
+        setattr(exploding.config, name, None)
+    try:
+        with pytest.raises(ValueError, match=field):
+            exploding.generate(input_ids, **{"max_new_tokens": 8, **kwargs})
+    finally:
+        for name, value in cleared.items():
+            setattr(exploding.config, name, value)
+
+
+def test_exploding_model_is_called_when_settings_are_valid(exploding):
+    with pytest.raises(AssertionError, match="called"):
+        exploding.generate(GOOD, max_new_tokens=8)
+
+
+def test_generation_config_validate_names_the_field():
+    with pytest.raises(ValueError, match="steps"):
+        MDLMGenerationConfig(max_new_tokens=32, block_length=8, steps=6)
+    config = MDLMGenerationConfig()
+    config.threshold = 2.0
+    with pytest.raises(ValueError, match="threshold"):
+        config.validate()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+@pytest.fixture
+def captured_logs():
+    """Everything transformers logs (warning_once caches cleared) and every Python warning."""
+    from transformers.utils import logging as hf_logging
+
+    logging.Logger.warning_once.cache_clear() if hasattr(logging.Logger, "warning_once") else None
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    root = hf_logging.get_logger()
+    root.addHandler(handler)
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield records, caught
+    root.removeHandler(handler)
+    hf_logging.set_verbosity(old)
+
+
+def test_generation_config_round_trip_without_warnings(tmp_path, captured_logs):
+    records, caught = captured_logs
+    config = MDLMGenerationConfig(
+        max_new_tokens=16, steps=8, block_length=4, temperature=0.7, top_k=5, top_p=0.9, remasking="margin",
+        threshold=0.9, cfg_scale=0.5, suppress_eos=True, eos_penalty=1.5, stop_at_eos=True, suppress_slack=True,
+        shift_rate=0.01, mask_token_id=MASK, slack_token_id=SLACK, eos_token_id=[EOS, 1], pad_token_id=PAD,
+        num_return_sequences=2, return_dict_in_generate=True, output_history=True,
+    )
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["steps"] == 8 and saved["shift_rate"] == 0.01 and saved["temperature"] == 0.7
+    loaded = MDLMGenerationConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, MDLMGenerationConfig)
+    assert loaded.to_dict() | {"transformers_version": None} == config.to_dict() | {"transformers_version": None}
+
+    # Through a model: save_pretrained writes it, from_pretrained reads it back as an MDLMGenerationConfig.
+    model = make_model()
+    assert isinstance(model.generation_config, MDLMGenerationConfig)
+    assert model.generation_config.mask_token_id == MASK and model.generation_config.slack_token_id == SLACK
+    model.generation_config = config
+    model.save_pretrained(tmp_path / "model")
+    reloaded = MDLMForMaskedLM.from_pretrained(tmp_path / "model")
+    assert isinstance(reloaded.generation_config, MDLMGenerationConfig)
+    assert reloaded.generation_config.threshold == 0.9 and reloaded.generation_config.remasking == "margin"
+    # generate() uses it: 2 return sequences, dict output with history.
+    out = reloaded.generate(GOOD, temperature=0.0)
+    assert isinstance(out, MDLMGenerateOutput) and out.sequences.shape == (2, 3 + 16) and out.history
+    assert records == []
+    assert [str(w.message) for w in caught] == []
+
+
+def test_generation_config_from_plain_generation_config():
+    from transformers import GenerationConfig
+
+    model = make_model()
+    out = model.generate(GOOD, generation_config=GenerationConfig(max_new_tokens=6), steps=3)
+    assert out.shape == (1, 9) and not (out == MASK).any()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Post-processing
+
+
+def make_tokenizer(path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(92)}
+    specials = {"<pad>": PAD, "<eos>": EOS, "<slack>": SLACK, "[MASK]": MASK}
+    backend = Tokenizer(models.WordLevel({**words, **specials}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="[MASK]",
+                                  unk_token="w0", extra_special_tokens=["<slack>"])
+    tok.padding_side = "left"
+    tok.save_pretrained(path)
+    return tok
+
+
+def test_strip_generation():
+    rows = torch.tensor([[9, 9, 1, SLACK, 2, EOS, 3, EOS], [9, 9, SLACK, SLACK, 4, MASK, 5, 6], [9, 9, EOS, 1, 2, 3, 4, 5]])
+    kw = dict(mask_token_id=MASK, slack_token_id=SLACK, eos_token_id=EOS, prompt_length=2)
+    assert strip_generation(rows, **kw) == [[1, 2], [4, 5, 6], []]
+    assert strip_generation([1, SLACK, 7, 8], mask_token_id=MASK, slack_token_id=SLACK, eos_token_id=[8, 7]) == [[1]]
+    # Without ids nothing is removed but the mask token.
+    assert strip_generation(rows[1].tolist(), mask_token_id=MASK) == [[9, 9, SLACK, SLACK, 4, 5, 6]]
+
+
+def test_skip_special_tokens_drops_slack(tmp_path):
+    tok = make_tokenizer(tmp_path)
+    ids = [5, SLACK, 6, SLACK, EOS]
+    assert "<slack>" in tok.decode(ids)
+    assert tok.decode(ids, skip_special_tokens=True).split() == ["w5", "w6"]
+    assert tok.decode(strip_generation(ids, slack_token_id=SLACK, eos_token_id=EOS)[0]).split() == ["w5", "w6"]
+
+
+def test_example_script_smoke(tmp_path, capsys):
+    model = make_model()
+    model.save_pretrained(tmp_path / "model")
+    make_tokenizer(tmp_path / "model")
+    spec = importlib.util.spec_from_file_location("example_generate", ROOT / "examples" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("w7 w8\n\nw9\n")
+    texts = module.main(["--model", str(tmp_path / "model"), "--prompt", "w1 w2 w3", "--prompt_file", str(prompt_file),
+                         "--max_new_tokens", "8", "--steps", "4", "--block_length", "4", "--temperature", "0.5",
+                         "--seed", "0", "--suppress_slack", "true", "--output_history"])
+    printed = capsys.readouterr().out
+    assert printed.count("=== prompt") == 3
+    assert printed.count("--- step") == 4  # one batch, 4 steps, first sequence
+    assert len(texts) == 3 and all("<slack>" not in t and "[MASK]" not in t and "<eos>" not in t for t in texts)
+    # With a chat template (applied unless --no_chat_template) and several samples per prompt.
+    tok = make_tokenizer(tmp_path / "model")
+    tok.chat_template = "{% for m in messages %}w1 {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w2{% endif %}"
+    tok.save_pretrained(tmp_path / "model")
+    texts = module.main(["--model", str(tmp_path / "model"), "--prompt", "w5 w6", "--max_new_tokens", "4",
+                         "--steps", "2", "--num_return_sequences", "2", "--temperature", "1.0", "--seed", "1"])
+    assert len(texts) == 2 and all("<slack>" not in t for t in texts)
+    assert "sample 2/2" in capsys.readouterr().out
