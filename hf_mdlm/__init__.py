@@ -15,6 +15,8 @@ _EXPORTS = {
     "MDLMForMaskedLM": "modeling_mdlm",
     "MDLMGenerationConfig": "generation_mdlm",
     "MDLMGenerationMixin": "generation_mdlm",
+    "MDLMGenerateOutput": "generation_mdlm",
+    "strip_generation": "generation_mdlm",
     "convert_llada_checkpoint": "convert",
     "DataArguments": "data",
     "DiffusionCollator": "data",

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .configuration_mdlm import MDLMConfig
+from .generation_mdlm import MDLMGenerationConfig
 
 # The files that ship to the Hub with every saved model (configuration, modeling, generation).
 HUB_CODE_FILES = ("configuration_mdlm.py", "modeling_mdlm.py", "generation_mdlm.py")
@@ -188,6 +189,11 @@ def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None =
     if dtype is not None:
         config.dtype = dtype
     config.save_pretrained(dst)
+    # LLaDA's usual sampling settings, so that `model.generate(ids)` works out of the box.
+    MDLMGenerationConfig(
+        mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+        max_new_tokens=128, steps=128, block_length=32, temperature=0.0, remasking="low_confidence",
+    ).save_pretrained(dst)
     copy_hub_code(dst)
     for name in TOKENIZER_FILES:
         if (src / name).exists():

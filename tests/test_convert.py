@@ -34,6 +34,8 @@ def test_config_mapping(llada_converted):
     assert config["mask_token_id"] == 299 and config["eos_token_id"] == 298
     assert config["num_hidden_layers"] == 2 and config["intermediate_size"] == 96
     assert config["rope_theta"] == 500000.0 and config["tie_word_embeddings"] is False
+    generation = json.loads((llada_converted / "generation_config.json").read_text())
+    assert generation["mask_token_id"] == 299 and generation["block_length"] == 32
     assert {"configuration_mdlm.py", "modeling_mdlm.py", "generation_mdlm.py"} <= {
         p.name for p in llada_converted.iterdir()
     }
