@@ -55,8 +55,8 @@ def rotate_half(x):
 
 def apply_rotary(x, cos, sin):
     """Rotate (B, heads, S, head_dim) by per-position angles (B, S, head_dim) in float32."""
-    cos, sin = cos[:, None], sin[:, None]
-    rotated = x.float() * cos + rotate_half(x.float()) * sin
+    x_float = x.float()
+    rotated = x_float * cos[:, None] + rotate_half(x_float) * sin[:, None]
     return rotated.to(x.dtype)
 
 
