@@ -12,10 +12,13 @@ the logits at canvas position ``i``.
   where ``A`` holds every canvas ``a`` with ``collapse(a) = y`` that agrees
   with ``z`` at every unmasked canvas position.
 
-Both are computed without a second (B, S, V) tensor: the log-sum-exp over the
-vocabulary is taken only at masked positions, a few rows at a time, and only
-the few logits the loss needs are gathered.  The backward pass writes
-``grad_output * (softmax - posterior)`` straight into the logits gradient.
+Both are computed without a second (B, S, V) tensor: the normaliser over the
+vocabulary is computed only at masked positions, a cache-sized chunk of rows
+at a time, and only the few log-probabilities the loss needs are kept (k + 2
+per masked position for slack-CTC, k the most slack in a row).  The backward
+pass writes ``grad_output * (softmax - posterior)`` straight into the logits
+gradient; for slack-CTC the posteriors come from a scaled forward-backward
+pass over the band of slack counts s in [0, k].
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from .noise import NoiseSchedule
 
 __all__ = ["masked_cross_entropy", "slack_ctc_loss", "diffusion_loss", "DiffusionLoss"]
 
-# Rows x vocabulary entries handled at once by the chunked log-sum-exp: bounds
-# the float32 temporaries to a few times 8 MB whatever the batch and vocabulary.
-_CHUNK_ELEMENTS = 1 << 21
+# Rows x vocabulary entries handled at once by the chunked log-sum-exp: keeps the
+# float32 temporaries around 1 MB (cache-sized) whatever the batch and vocabulary;
+# a chunk is never smaller than one row.
+_CHUNK_ELEMENTS = 1 << 18
 
 # Finite stand-in for log(0) in the autograd-through-the-loop variant: with a
 # true -inf, logaddexp(-inf, -inf) back-propagates NaN.
@@ -52,57 +56,65 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class _SelectedLogSoftmax(torch.autograd.Function):
     """``log_softmax(logits[b_m, p_m])[tokens[m, j]]`` for M selected positions.
 
-    Forward: one log-sum-exp per selected position, computed a chunk of rows at
-    a time in the compute dtype, plus a gather of the requested entries.
-    Backward: for each selected row, ``scatter(grad) - sum(grad) * softmax``,
-    written into a zero (B, S, V) gradient chunk by chunk.  Nothing of size
-    (B, S, V) is kept between forward and backward except ``logits`` itself.
+    Forward: the float32 log-softmax of a chunk of selected rows at a time
+    (cache-sized), from which only the requested entries are kept.  Backward:
+    for each selected row ``scatter(grad) - sum(grad) * softmax``, recomputed a
+    chunk at a time and written into the (B, S, V) logits gradient, whose other
+    rows are zero.  Nothing of size (B, S, V) is kept between forward and
+    backward except ``logits`` itself, and nothing but the gradient is made in
+    the backward.
     """
 
     @staticmethod
     def forward(ctx, logits, batch_idx, pos_idx, tokens):
         cdt = _compute_dtype(logits.dtype)
-        lse = _selected_logsumexp(logits, batch_idx, pos_idx, cdt)
-        picked = logits[batch_idx[:, None], pos_idx[:, None], tokens].to(cdt)
-        ctx.save_for_backward(logits, batch_idx, pos_idx, tokens, lse)
-        return picked - lse[:, None]
+        out = torch.empty(tokens.shape, dtype=cdt, device=logits.device)
+        for sl in _row_chunks(batch_idx.numel(), logits.shape[-1]):
+            rows = logits[batch_idx[sl], pos_idx[sl]].to(cdt)
+            out[sl] = torch.log_softmax(rows, dim=-1).gather(1, tokens[sl])
+        ctx.save_for_backward(logits, batch_idx, pos_idx, tokens)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, batch_idx, pos_idx, tokens, lse = ctx.saved_tensors
-        grad = torch.zeros_like(logits, memory_format=torch.contiguous_format)
-        grad_out = grad_out.to(lse.dtype)
-        grad_total = grad_out.sum(-1)
-        rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[-1]))
-        for start in range(0, batch_idx.numel(), rows_per_chunk):
-            sl = slice(start, start + rows_per_chunk)
-            b, p = batch_idx[sl], pos_idx[sl]
-            # Advanced indexing copies, so the in-place ops below are safe.
-            rows = logits[b, p].to(lse.dtype)
-            rows.sub_(lse[sl, None]).exp_().mul_(-grad_total[sl, None])
-            rows.scatter_add_(1, tokens[sl], grad_out[sl])
-            grad[b, p] = rows.to(grad.dtype)
+        logits, batch_idx, pos_idx, tokens = ctx.saved_tensors
+        batch, seq, vocab = logits.shape
+        cdt = _compute_dtype(logits.dtype)
+        # Zero only the rows that are not selected; the selected ones are fully
+        # overwritten below (saves a memset of the selected rows).
+        grad = torch.empty((batch, seq, vocab), dtype=logits.dtype, device=logits.device)
+        grad_rows = grad.view(batch * seq, vocab)
+        flat_idx = batch_idx * seq + pos_idx
+        untouched = torch.ones(batch * seq, dtype=torch.bool, device=logits.device)
+        untouched[flat_idx] = False
+        grad_rows.index_fill_(0, untouched.nonzero()[:, 0], 0)
+        grad_out = grad_out.to(cdt)
+        neg_total = -grad_out.sum(-1, keepdim=True)
+        for sl in _row_chunks(batch_idx.numel(), vocab):
+            rows = torch.softmax(logits[batch_idx[sl], pos_idx[sl]].to(cdt), dim=-1)
+            rows.mul_(neg_total[sl]).scatter_add_(1, tokens[sl], grad_out[sl])
+            grad_rows.index_copy_(0, flat_idx[sl], rows.to(grad.dtype))
         return grad, None, None, None
 
 
-def _selected_logsumexp(logits, batch_idx, pos_idx, cdt) -> torch.Tensor:
-    lse = torch.empty(batch_idx.numel(), dtype=cdt, device=logits.device)
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[-1]))
-    for start in range(0, batch_idx.numel(), rows_per_chunk):
-        sl = slice(start, start + rows_per_chunk)
-        lse[sl] = torch.logsumexp(logits[batch_idx[sl], pos_idx[sl]].to(cdt), dim=-1)
-    return lse
+def _row_chunks(num_rows, vocab):
+    """Slices over the selected rows, about ``_CHUNK_ELEMENTS`` logits each (at least one row)."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, vocab))
+    return [slice(start, start + step) for start in range(0, num_rows, step)]
 
 
 def _selected_log_probs(logits, batch_idx, pos_idx, tokens) -> torch.Tensor:
-    """(M, J) log-probabilities of ``tokens`` at the M selected (batch, position) pairs."""
-    return _SelectedLogSoftmax.apply(logits, batch_idx, pos_idx, tokens)
+    """(M, J) log-probabilities of ``tokens`` at the M selected (batch, position) pairs.
+
+    The (batch, position) pairs must be distinct (the backward writes each row once).
+    """
+    return _SelectedLogSoftmax.apply(logits, batch_idx.long(), pos_idx.long(), tokens.long())
 
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_ids(name, ids, shape):
+def _check_ids(name, ids, shape, device):
     if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != tuple(shape):
         raise ValueError(
             f"{name} must be a tensor of shape {tuple(shape)} (batch, seq) matching logits, "
@@ -110,9 +122,11 @@ def _check_ids(name, ids, shape):
         )
     if torch.is_floating_point(ids) or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.device != device:
+        raise ValueError(f"{name} is on {ids.device} but logits are on {device}")
 
 
-def _check_bool(name, mask, shape):
+def _check_bool(name, mask, shape, device):
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         raise ValueError(
             f"{name} must be a bool tensor of shape {tuple(shape)}, "
@@ -120,6 +134,8 @@ def _check_bool(name, mask, shape):
         )
     if mask.dtype != torch.bool:
         raise ValueError(f"{name} must be a bool tensor, got dtype {mask.dtype}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but logits are on {device}")
 
 
 def _check_logits(logits):
@@ -158,8 +174,8 @@ def masked_cross_entropy(logits: torch.Tensor, clean_ids: torch.Tensor, masked: 
     """
     _check_logits(logits)
     shape = logits.shape[:2]
-    _check_ids("clean_ids", clean_ids, shape)
-    _check_bool("masked", masked, shape)
+    _check_ids("clean_ids", clean_ids, shape, logits.device)
+    _check_bool("masked", masked, shape, logits.device)
     batch_idx, pos_idx = masked.nonzero(as_tuple=True)
     tokens = clean_ids[batch_idx, pos_idx][:, None]
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
@@ -196,18 +212,21 @@ class _Canvas:
         target_order = torch.sort(~is_target, dim=1, stable=True).indices[:, :width]
         self.targets = self.clean.gather(1, target_order)  # y, garbage beyond U_b
         self.masked = self.valid & (self.noised == mask_id)
-        self.pinned = self.valid & ~self.masked
 
 
 def _band_emissions(canvas: _Canvas, logits, slack_id):
-    """Emissions of the banded slack lattice.
+    """Emissions of the banded slack lattice, both (B, L, K+1).
 
-    ``e_target[b, i, s]``: log-weight of canvas position ``i`` emitting the next
-    target ``y[i - s]`` when ``s`` slack were used before it (-inf where that
-    target does not exist).  ``e_slack[b, i]``: log-weight of ``i`` being
-    ``<slack>``.  Masked positions get log-probabilities, pinned positions 0 or
-    -inf (agrees with the input or not), padding after the canvas end passes
-    the state through unchanged (target weight 0, slack -inf).
+    State ``s`` = number of slack used so far.  ``e_target[b, i, s]``: log-weight
+    of canvas position ``i`` emitting the next target ``y[i - s]`` (staying in
+    state ``s``); ``e_slack[b, i, s]``: log-weight of position ``i`` being
+    ``<slack>``, entering state ``s`` from ``s - 1``.  Masked positions get
+    log-probabilities, pinned positions 0 or -inf (agrees with the input or
+    not), padding after the canvas end passes the final state through.
+    Transitions into states that can no longer reach the end (too many or too
+    few slack for the positions left, or more targets than y has) are -inf, so
+    no probability mass is spent on them; this also keeps the per-step
+    normalisation of the recursion meaningful.
 
     Also returns the selected log-probabilities (M, K+2) and the (row, step)
     indices of the masked positions, which the anchor CE reuses.
@@ -217,7 +236,8 @@ def _band_emissions(canvas: _Canvas, logits, slack_id):
     device = logits.device
     cdt = _compute_dtype(logits.dtype)
     step_idx = torch.arange(steps, device=device)
-    target_idx = step_idx[:, None] - torch.arange(width, device=device)[None, :]  # (L, K+1)
+    state_idx = torch.arange(width, device=device)
+    target_idx = step_idx[:, None] - state_idx[None, :]  # (L, K+1): target emitted at (i, s)
     exists = (target_idx >= 0)[None] & (target_idx[None] < canvas.num_targets[:, None, None])
     gather_idx = target_idx.clamp(0, canvas.targets.shape[1] - 1).reshape(1, -1).expand(batch, -1)
     target_tokens = canvas.targets.gather(1, gather_idx).view(batch, steps, width)
@@ -225,8 +245,7 @@ def _band_emissions(canvas: _Canvas, logits, slack_id):
     neg_inf = torch.tensor(float("-inf"), dtype=cdt, device=device)
     zero = torch.zeros((), dtype=cdt, device=device)
     agrees = exists & (target_tokens == canvas.noised[..., None])
-    e_target = torch.where(agrees, zero, neg_inf)
-    e_target = torch.where(canvas.valid[..., None], e_target, zero)
+    e_target = torch.where(canvas.valid[..., None], torch.where(agrees, zero, neg_inf), zero)
     e_slack = torch.where(canvas.valid & (canvas.noised == slack_id), zero, neg_inf)
 
     rows, cols = canvas.masked.nonzero(as_tuple=True)
@@ -235,34 +254,59 @@ def _band_emissions(canvas: _Canvas, logits, slack_id):
     log_probs = _selected_log_probs(logits, rows, canvas.positions[rows, cols], candidates)
     e_target = e_target.index_put((rows, cols), torch.where(exists[rows, cols], log_probs[:, :width], neg_inf))
     e_slack = e_slack.index_put((rows, cols), log_probs[:, width])
+
+    # State s after position i is alive iff the rest of the canvas can still
+    # place the remaining k - s slack and the targets emitted fit in y.
+    consumed = torch.minimum(step_idx[None, :] + 1, canvas.lengths[:, None])  # (B, L)
+    remaining = canvas.lengths[:, None] - consumed
+    k = canvas.num_slack[:, None, None]
+    s = state_idx[None, None, :]
+    emitted = consumed[..., None] - s
+    alive = (s <= k) & (s >= k - remaining[..., None]) & (emitted >= 0)
+    alive &= emitted <= canvas.num_targets[:, None, None]
+    e_target = torch.where(alive, e_target, neg_inf)
+    e_slack = torch.where(alive & (s >= 1), e_slack[..., None], neg_inf)
     return e_target, e_slack, log_probs, rows, cols
 
 
 def _forward_alpha(e_target, e_slack):
-    """alpha[:, i, s]: log-weight of all prefixes of i positions using s slack."""
+    """Scaled forward pass.
+
+    Returns ``alpha`` (B, L+1, K+2) and ``log_scale`` (L+1, B, 1).  Column 0 of
+    ``alpha`` is a permanent -inf ("s = -1") so a step is a few tensor ops;
+    ``alpha[:, i, 1 + s]`` is the log-weight of all prefixes of ``i`` positions
+    using ``s`` slack, minus ``log_scale[1..i]`` summed.  Each step is shifted
+    so its largest state is 0: without this the log-weights grow to the size
+    of the whole loss (thousands of nats) and float32 posteriors computed as
+    ``exp(alpha + beta - log Z)`` lose about three digits.
+    """
     batch, steps, width = e_target.shape
-    alpha = e_target.new_full((batch, steps + 1, width), float("-inf"))
-    alpha[:, 0, 0] = 0.0
+    alpha = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
+    alpha[:, 0, 1] = 0.0
+    log_scale = e_target.new_zeros((steps + 1, batch, 1))
     for i in range(steps):
-        prev = alpha[:, i]
-        stay = prev + e_target[:, i]
-        alpha[:, i + 1, 0] = stay[:, 0]
-        if width > 1:
-            alpha[:, i + 1, 1:] = torch.logaddexp(stay[:, 1:], prev[:, :-1] + e_slack[:, i, None])
-    return alpha
+        prev, cur = alpha[:, i], alpha[:, i + 1, 1:]
+        torch.logaddexp(prev[:, 1:] + e_target[:, i], prev[:, :-1] + e_slack[:, i], out=cur)
+        scale = torch.amax(cur, dim=1, keepdim=True, out=log_scale[i + 1])
+        cur.sub_(scale.nan_to_num_(nan=0.0, neginf=0.0))  # an all -inf row stays -inf
+    return alpha, log_scale
 
 
-def _backward_beta(e_target, e_slack, num_slack):
-    """beta[:, i, s]: log-weight of all completions from (i positions, s slack) to the end."""
+def _backward_beta(e_target, e_slack, num_slack, log_scale):
+    """Scaled backward pass with the forward's scales.
+
+    ``beta[:, i, s]`` (B, L+1, K+2; last column a permanent -inf): log-weight of
+    all completions from (i positions, s slack) to the end, minus
+    ``log_scale[i+1..L]`` summed.
+    """
     batch, steps, width = e_target.shape
-    beta = e_target.new_full((batch, steps + 1, width), float("-inf"))
+    beta = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
     beta[torch.arange(batch, device=beta.device), steps, num_slack] = 0.0
+    e_slack_next = torch.cat([e_slack[..., 1:], torch.full_like(e_slack[..., :1], float("-inf"))], dim=-1)
     for i in range(steps - 1, -1, -1):
-        nxt = beta[:, i + 1]
-        stay = e_target[:, i] + nxt
-        beta[:, i, -1] = stay[:, -1]
-        if width > 1:
-            beta[:, i, :-1] = torch.logaddexp(stay[:, :-1], e_slack[:, i, None] + nxt[:, 1:])
+        nxt, cur = beta[:, i + 1], beta[:, i, :-1]
+        torch.logaddexp(e_target[:, i] + nxt[:, :-1], e_slack_next[:, i] + nxt[:, 1:], out=cur)
+        cur.sub_(log_scale[i + 1])
     return beta
 
 
@@ -280,26 +324,31 @@ class _BandedSlackCTC(torch.autograd.Function):
     """-log Z of the banded lattice with an analytic (forward-backward) gradient.
 
     The gradient of ``-log Z`` wrt an emission is minus the posterior
-    probability that the alignment uses it.
+    probability that the alignments use it; with the scaled passes it is
+    ``exp(alpha_i + e_i + beta_{i+1} - log_scale_{i+1} - alpha_L(k))``, every
+    term of order one.
     """
 
     @staticmethod
     def forward(ctx, e_target, e_slack, num_slack):
-        alpha = _forward_alpha(e_target, e_slack)
-        log_z = alpha[torch.arange(alpha.shape[0], device=alpha.device), -1, num_slack]
+        alpha, log_scale = _forward_alpha(e_target, e_slack)
+        rows = torch.arange(alpha.shape[0], device=alpha.device)
+        end = alpha[rows, -1, num_slack + 1]
+        log_z = end + log_scale[:, :, 0].to(torch.float64).sum(0).to(end.dtype)
         _raise_infeasible(log_z)
-        ctx.save_for_backward(e_target, e_slack, num_slack, alpha, log_z)
+        ctx.save_for_backward(e_target, e_slack, num_slack, alpha, log_scale, end)
         return -log_z
 
     @staticmethod
     def backward(ctx, grad_out):
-        e_target, e_slack, num_slack, alpha, log_z = ctx.saved_tensors
-        beta = _backward_beta(e_target, e_slack, num_slack)
+        e_target, e_slack, num_slack, alpha, log_scale, end = ctx.saved_tensors
+        beta = _backward_beta(e_target, e_slack, num_slack, log_scale)
+        # (B, L, K+1) pieces: state s before position i, s - 1 before it, s after it.
+        after = beta[:, 1:, :-1] - log_scale[1:].transpose(0, 1) - end[:, None, None]
+        post_target = torch.exp(alpha[:, :-1, 1:] + e_target + after)
+        post_slack = torch.exp(alpha[:, :-1, :-1] + e_slack + after)
         scale = -grad_out.to(alpha.dtype)[:, None, None]
-        shift = log_z[:, None, None]
-        post_target = torch.exp(alpha[:, :-1] + e_target + beta[:, 1:] - shift)
-        post_slack = torch.exp(alpha[:, :-1, :-1] + e_slack[..., None] + beta[:, 1:, 1:] - shift).sum(-1)
-        return scale * post_target, scale[..., 0] * post_slack, None
+        return scale * post_target, scale * post_slack, None
 
 
 def _banded_ctc_autograd(e_target, e_slack, num_slack):
@@ -307,16 +356,13 @@ def _banded_ctc_autograd(e_target, e_slack, num_slack):
     batch, steps, width = e_target.shape
     e_target = e_target.clamp(min=_NEG)
     e_slack = e_slack.clamp(min=_NEG)
-    prev = e_target.new_full((batch, width), _NEG)
-    prev = torch.cat([torch.zeros_like(prev[:, :1]), prev[:, 1:]], dim=1)
+    pad = e_target.new_full((batch, 1), _NEG)
+    # prev[:, 1 + s] = log-weight of state s; column 0 stands for s = -1.
+    prev = torch.cat([pad, torch.zeros_like(pad), e_target.new_full((batch, width - 1), _NEG)], dim=1)
     for i in range(steps):
-        stay = prev + e_target[:, i]
-        if width > 1:
-            moved = torch.logaddexp(stay[:, 1:], prev[:, :-1] + e_slack[:, i, None])
-            prev = torch.cat([stay[:, :1], moved], dim=1)
-        else:
-            prev = stay
-    log_z = prev.gather(1, num_slack[:, None])[:, 0]
+        cur = torch.logaddexp(prev[:, 1:] + e_target[:, i], prev[:, :-1] + e_slack[:, i])
+        prev = torch.cat([pad, cur], dim=1)
+    log_z = prev.gather(1, num_slack[:, None] + 1)[:, 0]
     _raise_infeasible(torch.where(log_z < 0.5 * _NEG, float("-inf"), log_z.detach()))
     return -log_z
 
@@ -434,9 +480,10 @@ def slack_ctc_loss(
             objective) or ``"ctc"`` (ablation: standard CTC that also merges
             repeats, blank = ``<slack>``; repeated targets then need a slack
             between them).
-        _backward: ``"analytic"`` (default: forward-backward posteriors in a
-            custom autograd Function) or ``"autograd"`` (autograd through the
-            recursion; kept for testing and benchmarking).
+        _backward: ``"analytic"`` (default: scaled forward-backward posteriors
+            in a custom autograd Function; faster, and more accurate in
+            float32) or ``"autograd"`` (autograd through the recursion; kept
+            for testing and for ``bench/bench_losses.py``).
 
     Returns:
         (B,) float32 tensor (float64 for float64 logits), ``-log`` of the total
@@ -444,8 +491,10 @@ def slack_ctc_loss(
         raises ValueError naming its index.
 
     Cost: a banded recursion over ``s`` in [0, k] (k = most slack in a row of
-    the batch), O(L (k + 1)) per example, plus one log-sum-exp over the
-    vocabulary per masked position and a gather of k + 2 logits per position.
+    the batch), O(L (k + 1)) per example, plus one float32 log-softmax over the
+    vocabulary per masked position (a cache-sized chunk of positions at a
+    time) of which k + 2 entries are kept.  Extra memory beyond the logits and
+    their gradient is a few MB plus O(B L k).
     """
     _check_logits(logits)
     shape = logits.shape[:2]
@@ -454,9 +503,9 @@ def slack_ctc_loss(
     slack_id = _check_token_id("slack_token_id", slack_token_id, vocab)
     if mask_id == slack_id:
         raise ValueError("mask_token_id and slack_token_id must differ")
-    _check_ids("input_ids", input_ids, shape)
-    _check_ids("clean_ids", clean_ids, shape)
-    _check_bool("loss_mask", loss_mask, shape)
+    _check_ids("input_ids", input_ids, shape, logits.device)
+    _check_ids("clean_ids", clean_ids, shape, logits.device)
+    _check_bool("loss_mask", loss_mask, shape, logits.device)
     if collapse not in _COLLAPSES:
         raise ValueError(f"unknown collapse {collapse!r}; choose one of {_COLLAPSES}")
     _check_canvas_ids(clean_ids, loss_mask, vocab)
@@ -526,10 +575,10 @@ def diffusion_loss(
     _check_logits(logits)
     shape = logits.shape[:2]
     vocab = logits.shape[-1]
-    _check_ids("input_ids", input_ids, shape)
-    _check_ids("clean_ids", clean_ids, shape)
-    _check_bool("masked", masked, shape)
-    _check_bool("loss_mask", loss_mask, shape)
+    _check_ids("input_ids", input_ids, shape, logits.device)
+    _check_ids("clean_ids", clean_ids, shape, logits.device)
+    _check_bool("masked", masked, shape, logits.device)
+    _check_bool("loss_mask", loss_mask, shape, logits.device)
     if bool((masked & ~loss_mask).any()):
         raise ValueError("masked marks positions outside loss_mask")
     t = torch.as_tensor(t, device=logits.device)
