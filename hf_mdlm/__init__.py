@@ -26,7 +26,16 @@ _EXPORTS = {
     "MDLMTrainer": "trainer",
     "MDLMTrainingArguments": "trainer",
     "slack_ctc_loss": "losses",
+    "masked_cross_entropy": "losses",
     "diffusion_loss": "losses",
+    "DiffusionLoss": "losses",
+    "NoiseSchedule": "noise",
+    "LinearSchedule": "noise",
+    "CosineSchedule": "noise",
+    "get_schedule": "noise",
+    "sample_times": "noise",
+    "low_discrepancy_times": "noise",
+    "mask_canvas": "noise",
 }
 
 __all__ = sorted(_EXPORTS)
