@@ -214,7 +214,7 @@ class MDLMTrainer(Trainer):
             self._step_examples = torch.tensor(
                 [inputs["input_ids"].shape[0], float(inputs["response_lengths"].sum())], dtype=torch.float64
             )
-            self._accumulation = 1
+            self._accumulation, self._micro_step = 1, 0
         total_examples, total_tokens = self._step_examples.tolist()
         positions = self._global_positions(inputs["input_ids"].shape[0], inputs["input_ids"].device)
         result, num_slack = self.diffusion_forward(
@@ -226,6 +226,8 @@ class MDLMTrainer(Trainer):
         scale = self.args.world_size * self._accumulation / max(denominator, 1.0)
         loss = result.per_example.sum() * scale
         self._micro_step += 1
+        if self._micro_step >= self._accumulation:  # the optimizer step is complete
+            self._step_examples = None
         self._record(result, num_slack, "train")
         return (loss, {"loss": loss}) if return_outputs else loss
 
