@@ -585,12 +585,11 @@ def _complete_mdlm_code(out: Path, config: dict) -> None:
 
 
 def _template_path(kind: str) -> Path:
-    name = _TEMPLATE_NAMES[kind]
-    here = Path(__file__).resolve().parent
-    for folder in (here / "model_cards", here.parent / "model_cards"):
-        if (folder / name).exists():
-            return folder / name
-    raise FileNotFoundError(f"model card template {name} not found next to hf_mdlm (model_cards/{name})")
+    # hf_mdlm/model_cards links to the top-level model_cards/ in a checkout; the wheel carries the files.
+    path = Path(__file__).resolve().parent / "model_cards" / _TEMPLATE_NAMES[kind]
+    if not path.is_file():
+        raise FileNotFoundError(f"model card template {path} is missing: reinstall hf_mdlm")
+    return path
 
 
 def _is_missing(value) -> bool:

@@ -411,3 +411,14 @@ def test_script_dry_run_lists_the_files_and_uploads_nothing(exported, adapter_ex
     assert "adapter_model.safetensors" in printed and check_hub_folder(out) == []
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == BASE_REPO
     assert hub_calls == []
+
+
+def test_card_templates_ship_inside_the_package():
+    """The wheel carries hf_mdlm/model_cards/* (package data), so publishing works from a plain install too."""
+    import hf_mdlm
+
+    package = Path(hf_mdlm.__file__).resolve().parent
+    for name in ("model_card.md", "adapter_card.md"):
+        assert (package / "model_cards" / name).read_text() == (ROOT / "model_cards" / name).read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'\[tool\.setuptools\.package-data\][^\[]*hf_mdlm = \["model_cards/\*\.md"\]', pyproject)
