@@ -25,6 +25,7 @@ Extras on top of the reference algorithm:
 """
 
 import copy
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -639,6 +640,10 @@ def _finish_rows_at_eos(gen: torch.Tensor, eos_ids, mask_id, eos_fill):
         gen.masked_fill_(fill, eos_fill)
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def _denoise_step(model, config, x, attention_mask, generators, masked, scheduled, P, block_end, steps_left):
     """One model call for rows that all have something to commit; returns their updated canvases.
 
@@ -655,15 +660,20 @@ def _denoise_step(model, config, x, attention_mask, generators, masked, schedule
     window = slice(P + first, P + block_end)
     w_masked = masked[:, first:]
 
+    def call(input_ids, mask):
+        if _accepts_logits_to_keep(model):  # project only the window onto the vocabulary
+            return model(input_ids=input_ids, attention_mask=mask, logits_to_keep=window).logits
+        return model(input_ids=input_ids, attention_mask=mask).logits[:, window]
+
     if config.cfg_scale > 0:
         uncond = x.clone()
         uncond[:, :P] = mask_id
         both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=0)
-        logits = model(input_ids=torch.cat([x, uncond], dim=0), attention_mask=both_mask).logits
-        cond, unc = logits[:rows, window].float(), logits[rows:, window].float()
+        logits = call(torch.cat([x, uncond], dim=0), both_mask)
+        cond, unc = logits[:rows].float(), logits[rows:].float()
         logits = unc + (config.cfg_scale + 1) * (cond - unc)
     else:
-        logits = model(input_ids=x, attention_mask=attention_mask).logits[:, window].float()
+        logits = call(x, attention_mask).float()
 
     # Adjustments that the scores see too (as LLaDA's EOS switch does).
     eos_ids = _as_id_list(config.eos_token_id, "eos_token_id")

@@ -252,8 +252,14 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
         labels=None,
         output_hidden_states=None,
         return_dict=None,
+        logits_to_keep: int | slice = 0,
         **kwargs,
     ):
+        r"""
+        logits_to_keep (`int` or `slice`, defaults to 0): compute the LM head only where it is needed: an int
+            k > 0 keeps the last k positions, a slice keeps those positions, 0 keeps all. The sampler keeps only
+            the current block, which saves the vocabulary projection of the prompt (`labels` need all positions).
+        """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -261,7 +267,14 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        if labels is not None and (isinstance(logits_to_keep, slice) or logits_to_keep):
+            raise ValueError(f"labels need the logits of every position, but logits_to_keep={logits_to_keep!r}")
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, slice):
+            hidden = hidden[:, logits_to_keep]
+        elif logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             if labels.shape != logits.shape[:2]:

@@ -53,6 +53,18 @@ def test_labels_give_plain_cross_entropy(tiny_model):
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_logits_to_keep_projects_only_the_kept_positions(tiny_model):
+    ids = torch.randint(0, 90, (2, 9))
+    with torch.no_grad():
+        full = tiny_model(input_ids=ids).logits
+        last = tiny_model(input_ids=ids, logits_to_keep=4).logits
+        window = tiny_model(input_ids=ids, logits_to_keep=slice(3, 7)).logits
+    torch.testing.assert_close(last, full[:, -4:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(window, full[:, 3:7], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="labels need the logits of every position"):
+        tiny_model(input_ids=ids, labels=ids, logits_to_keep=4)
+
+
 def test_inputs_embeds_equivalent(tiny_model):
     ids = torch.randint(0, 90, (2, 5))
     embeds = tiny_model.get_input_embeddings()(ids)
