@@ -31,6 +31,7 @@ import argparse
 import copy
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -117,6 +118,16 @@ PRESETS = {
 MODES = ("full", "quick", "smoke")
 
 
+def _numbers(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0 <= v for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default="outputs/replicate")
@@ -125,10 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--smoke", action="store_true", help="tiny everything: the test suite's run (about a minute)")
     p.add_argument("--scale", type=int, default=1, help="multiply width, depth and batch of both models (GPU)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slack_prob", type=float, default=0.1, help="slack insertion probability of the slack arm")
-    p.add_argument("--ctc_weight", type=float, default=1.0, help="lambda_ctc of the slack arm")
+    p.add_argument("--slack_prob", type=_numbers, default=[0.1],
+                   help="slack insertion probability of the slack arm; a comma-separated list trains one arm per value")
+    p.add_argument("--ctc_weight", type=_numbers, default=[1.0],
+                   help="lambda_ctc of the slack arm; a list sweeps it too (one arm per ctc_weight x slack_prob)")
     p.add_argument("--ablation", action="store_true", help="add the arm ce+slack (slack inserted, CE only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice). On cores shared with other jobs, 1 is much "
+                        "faster than oversubscribing them (numbers then differ in the last digits)")
     for f in fields(Preset):  # every preset value can be overridden: --arm_steps 300, --shift_rates 0,0.1 ...
         if f.name == "shift_rates":
             p.add_argument("--shift_rates", type=evaluation_script.parse_rates, default=None)
@@ -231,11 +247,17 @@ def train_mdlm(model, tokenizer, train_ds, output_dir, steps, preset, seed, devi
 
 
 def arms(args):
-    out = {"ce": dict(ce_weight=1.0, ctc_weight=0.0, slack_rule="none"),
-           "ce+slack_ctc": dict(ce_weight=1.0, ctc_weight=args.ctc_weight, slack_rule="bernoulli",
-                                slack_prob=args.slack_prob)}
+    """The CE baseline first, then one slack-CTC arm per (ctc_weight, slack_prob) (and the ablation per slack_prob)."""
+    sweep = len(args.ctc_weight) * len(args.slack_prob) > 1
+    out = {"ce": dict(ce_weight=1.0, ctc_weight=0.0, slack_rule="none")}
+    for w in args.ctc_weight:
+        for p in args.slack_prob:
+            name = f"ce+slack_ctc(w={w:g},p={p:g})" if sweep else "ce+slack_ctc"
+            out[name] = dict(ce_weight=1.0, ctc_weight=w, slack_rule="bernoulli", slack_prob=p)
     if args.ablation:
-        out["ce+slack"] = dict(ce_weight=1.0, ctc_weight=0.0, slack_rule="bernoulli", slack_prob=args.slack_prob)
+        for p in args.slack_prob:
+            name = f"ce+slack(p={p:g})" if len(args.slack_prob) > 1 else "ce+slack"
+            out[name] = dict(ce_weight=1.0, ctc_weight=0.0, slack_rule="bernoulli", slack_prob=p)
     return out
 
 
@@ -262,6 +284,8 @@ def plot_training(curves, path):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     preset = resolve_preset(args)
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("transformers", "datasets", "hf_mdlm.data"):
@@ -318,7 +342,7 @@ def main(argv=None):
     results = {"models": {}, "reference": reference}
     for name, objective in arms(args).items():
         t0 = time.time()
-        folder = out / name.replace("+", "_")
+        folder = out / re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_")
         model, _ = finetune.load_model_and_tokenizer(model_args, out)
         model.load_state_dict(base_state)
         trainer = train_mdlm(model, tokenizer, train_ds, folder, preset.arm_steps, preset, args.seed, device,
@@ -334,7 +358,7 @@ def main(argv=None):
             **evaluation_script.evaluate_model(
                 trainer.model.eval(), tokenizer, heldout, canvas_length=preset.canvas_length, judge=judge,
                 judge_tokenizer=tokenizer, elbo_examples=preset.elbo_examples, elbo_samples=preset.elbo_samples,
-                elbo_slack_prob=args.slack_prob,
+                elbo_slack_prob=objective.get("slack_prob", args.slack_prob[0]),
                 num_prompts=preset.num_prompts, shift_rates=preset.shift_rates, samplers=samplers, seed=args.seed,
                 batch_size=preset.eval_batch, num_bootstrap=preset.num_bootstrap),
             "train_log": trainer.state.log_history,
