@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctc_weight", type=_numbers, default=[1.0],
                    help="lambda_ctc of the slack arm; a list sweeps it too (one arm per ctc_weight x slack_prob)")
     p.add_argument("--ablation", action="store_true", help="add the arm ce+slack (slack inserted, CE only)")
+    p.add_argument("--judge", default=None,
+                   help="reuse the judge/ folder of an earlier run with the same seed and preset instead of training one "
+                        "(e.g. for a ctc_weight/slack_prob sweep)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice). On cores shared with other jobs, 1 is much "
@@ -318,9 +321,18 @@ def main(argv=None):
 
     # 1. the judge
     t0 = time.time()
-    judge, judge_losses = train_judge(train_ds, tokenizer, preset, args.seed, device)
-    judge.save_pretrained(out / "judge")
-    tokenizer.save_pretrained(out / "judge")
+    if args.judge:
+        from transformers import GPT2LMHeadModel
+
+        judge = GPT2LMHeadModel.from_pretrained(args.judge).to(device).eval()
+        if judge.config.n_embd != preset.judge_width or judge.config.n_layer != preset.judge_layers:
+            raise SystemExit(f"--judge {args.judge}: width {judge.config.n_embd} x {judge.config.n_layer} layers does "
+                             f"not match this mode's judge ({preset.judge_width} x {preset.judge_layers})")
+        judge_losses = [float("nan")]
+    else:
+        judge, judge_losses = train_judge(train_ds, tokenizer, preset, args.seed, device)
+        judge.save_pretrained(out / "judge")
+        tokenizer.save_pretrained(out / "judge")
     lap("judge", t0)
     reference = evaluation_script.reference_quality(heldout, tokenizer, judge, tokenizer,
                                                     num_prompts=preset.num_prompts, batch_size=preset.eval_batch)
@@ -390,7 +402,8 @@ def main(argv=None):
                            "slack_prob": args.slack_prob, "ctc_weight": args.ctc_weight, "preset": vars(preset),
                            "samplers": samplers, "num_train_examples": len(train_ds), "num_heldout_examples": len(heldout),
                            "torch_threads": torch.get_num_threads(), "timings_seconds": timings}
-    results["judge"] = {"final_train_loss": sum(judge_losses[-20:]) / len(judge_losses[-20:]),
+    results["judge"] = {"folder": str(args.judge or out / "judge"),
+                        "final_train_loss": sum(judge_losses[-20:]) / len(judge_losses[-20:]),
                         "num_parameters": sum(p.numel() for p in judge.parameters())}
     paths = evaluation_script.write_report(results, out)
     plot_training({k: tuple(zip(*v)) for k, v in curves.items() if v}, out / "training_curves.png")
