@@ -289,6 +289,7 @@ def markdown_tables(results) -> str:
             lines.append(f"| held-out text (reference) | — | {_fmt(ref['gen_ppl'], 2)} | {_fmt(ref['entropy'])} | "
                          + "/".join(_fmt(ref[f"distinct_{n}"], 2) for n in (1, 2, 3))
                          + f" | {ref['num_empty']}/{ref['num_texts']} | {_fmt(ref['mean_tokens'], 1)} | — |")
+    if any(len(curve["per_rate"]) > 1 for curve in curves.values()):  # nothing to show with shift rate 0 alone
         lines += ["", "### Shift robustness: win rate of the unshifted output against the shifted one "
                   "(same prompts and seeds; 0.5 = the shift does no harm)", "",
                   "| model | sampler | shift rate | win rate unshifted [95% CI] | W/T/L | gen-PPL | entropy "
