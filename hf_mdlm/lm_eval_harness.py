@@ -29,6 +29,7 @@ How the three request types are answered:
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from typing import Any
 
@@ -40,6 +41,8 @@ from tqdm import tqdm
 
 from .evaluation import conditional_log_likelihood
 from .generation_mdlm import GENERATION_FIELDS, strip_generation
+
+logger = logging.getLogger(__name__)
 
 # lm_eval generation keys we understand besides the sampler's own fields.
 _HARNESS_GEN_KEYS = {"until", "max_gen_toks", "do_sample"}
@@ -99,8 +102,12 @@ class MDLMEvalLM(TemplateLM):
         if isinstance(pretrained, str):
             torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
             model = AutoModel.from_pretrained(pretrained, trust_remote_code=trust_remote_code, dtype=torch_dtype)
-            if device is not None:
-                model = model.to(device)
+            if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+                # lm_eval's command line asks for cuda by default; fall back rather than fail on a CPU machine
+                if device is not None:
+                    logger.warning("device=%s requested but CUDA is not available: running on the CPU", device)
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = model.to(device)
             tokenizer = tokenizer if tokenizer is not None else pretrained
         else:
             model = pretrained
@@ -123,6 +130,7 @@ class MDLMEvalLM(TemplateLM):
                 raise ValueError(f"the model config has no {name}: it cannot be scored or sampled as a masked "
                                  "diffusion LM")
         self.model = model.eval()
+        self._device = model.device
         self.tokenizer = tokenizer
         self.mc_num = mc_num
         self.batch_size = batch_size

@@ -193,3 +193,28 @@ def test_simple_evaluate_on_tiny_tasks(tmp_path, tokenizer):
                                       bootstrap_iters=0, log_samples=False)["results"]
     assert results["tiny_choice"]["acc,none"] == pytest.approx(2 / 3)
     assert results["tiny_generation"]["exact_match,none"] == pytest.approx(1 / 2)
+
+
+def test_command_line_runs_a_task_on_a_saved_folder(tmp_path, tokenizer, monkeypatch, capsys):
+    """`python -m hf_mdlm.lm_eval_harness --model hf_mdlm ...`: lm_eval's CLI finds the adapter by name, loads
+    the folder with trust_remote_code and writes its results."""
+    from hf_mdlm.lm_eval_harness import main
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    MDLMForMaskedLM(bundled_config(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rows = [{"question": "Who speaks?", "choices": [" the", " king"], "label": 1}]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_cli.yaml").write_text(
+        "task: tiny_cli\ndataset_path: json\ndataset_kwargs:\n  data_files: " + str(tmp_path / "mc.jsonl") + "\n"
+        "test_split: train\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: choices\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n")
+    out = tmp_path / "results"
+    main(["--model", "hf_mdlm", "--model_args", f"pretrained={folder},mc_num=2", "--tasks", "tiny_cli",
+          "--include_path", str(tasks), "--output_path", str(out)])
+    [results_file] = out.rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"]["tiny_cli"]
+    assert results["acc,none"] in (0.0, 1.0)
