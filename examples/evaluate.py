@@ -76,14 +76,20 @@ def parse_samplers(text: str) -> dict:
     return out
 
 
-def parse_rates(text: str) -> list[float]:
+def parse_numbers(text: str, what: str = "values", below: float | None = None) -> list[float]:
+    """Comma-separated numbers >= 0 (and < `below` if given), for argparse."""
     try:
-        rates = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not rates or any(not 0 <= r < 1 for r in rates):
-        raise argparse.ArgumentTypeError(f"shift rates must be numbers in [0, 1), got {text!r}")
-    return rates
+    if not values or any(not (0 <= v and (below is None or v < below)) for v in values):
+        allowed = "non-negative numbers" if below is None else f"numbers in [0, {below:g})"
+        raise argparse.ArgumentTypeError(f"{what} must be {allowed}, got {text!r}")
+    return values
+
+
+def parse_rates(text: str) -> list[float]:
+    return parse_numbers(text, "shift rates", below=1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,16 +118,6 @@ PRESETS = {
 MODES = ("full", "quick", "smoke")
 
 
-def _numbers(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0 <= v for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default="outputs/replicate")
@@ -136,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--smoke", action="store_true", help="tiny everything: the test suite's run (about a minute)")
     p.add_argument("--scale", type=int, default=1, help="multiply width, depth and batch of both models (GPU)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slack_prob", type=_numbers, default=[0.1],
+    p.add_argument("--slack_prob", type=lambda text: evaluation_script.parse_numbers(text, "slack_prob"),
+                   default=[0.1],
                    help="slack insertion probability of the slack arm; a comma-separated list trains one arm per value")
-    p.add_argument("--ctc_weight", type=_numbers, default=[1.0],
+    p.add_argument("--ctc_weight", type=lambda text: evaluation_script.parse_numbers(text, "ctc_weight"),
+                   default=[1.0],
                    help="lambda_ctc of the slack arm; a list sweeps it too (one arm per ctc_weight x slack_prob)")
     p.add_argument("--ablation", action="store_true", help="add the arm ce+slack (slack inserted, CE only)")
     p.add_argument("--judge", default=None,
@@ -217,6 +209,17 @@ def train_judge(train_rows, tokenizer, preset: Preset, seed: int, device: str):
         if (step + 1) % max(1, preset.judge_steps // 10) == 0:
             logger.info("judge step %d/%d loss %.3f", step + 1, preset.judge_steps, sum(losses[-20:]) / len(losses[-20:]))
     return model.eval(), losses
+
+
+def load_judge(folder, preset: Preset, device: str):
+    """The judge of an earlier run, refused unless it has this preset's shape."""
+    from transformers import GPT2LMHeadModel
+
+    judge = GPT2LMHeadModel.from_pretrained(folder).to(device).eval()
+    if judge.config.n_embd != preset.judge_width or judge.config.n_layer != preset.judge_layers:
+        raise SystemExit(f"--judge {folder}: width {judge.config.n_embd} x {judge.config.n_layer} layers does "
+                         f"not match this mode's judge ({preset.judge_width} x {preset.judge_layers})")
+    return judge
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,6 +306,8 @@ def main(argv=None):
         timings[name] = round(time.time() - since, 1)
         logger.info("%s done in %.0fs (total %.0fs)", name, timings[name], time.time() - start)
 
+    judge = load_judge(args.judge, preset, device) if args.judge else None  # a mismatch fails before any work
+
     # data: the train works for training, the held-out works for every measurement
     t0 = time.time()
     from transformers import set_seed
@@ -321,13 +326,7 @@ def main(argv=None):
 
     # 1. the judge
     t0 = time.time()
-    if args.judge:
-        from transformers import GPT2LMHeadModel
-
-        judge = GPT2LMHeadModel.from_pretrained(args.judge).to(device).eval()
-        if judge.config.n_embd != preset.judge_width or judge.config.n_layer != preset.judge_layers:
-            raise SystemExit(f"--judge {args.judge}: width {judge.config.n_embd} x {judge.config.n_layer} layers does "
-                             f"not match this mode's judge ({preset.judge_width} x {preset.judge_layers})")
+    if judge is not None:
         judge_losses = [float("nan")]
     else:
         judge, judge_losses = train_judge(train_ds, tokenizer, preset, args.seed, device)

@@ -640,8 +640,13 @@ def _finish_rows_at_eos(gen: torch.Tensor, eos_ids, mask_id, eos_fill):
         gen.masked_fill_(fill, eos_fill)
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+_ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}  # per model class: inspected once, not at every step
+
+
+def _accepts_logits_to_keep(model_class) -> bool:
+    if model_class not in _ACCEPTS_LOGITS_TO_KEEP:
+        _ACCEPTS_LOGITS_TO_KEEP[model_class] = "logits_to_keep" in inspect.signature(model_class.forward).parameters
+    return _ACCEPTS_LOGITS_TO_KEEP[model_class]
 
 
 def _denoise_step(model, config, x, attention_mask, generators, masked, scheduled, P, block_end, steps_left):
@@ -661,7 +666,7 @@ def _denoise_step(model, config, x, attention_mask, generators, masked, schedule
     w_masked = masked[:, first:]
 
     def call(input_ids, mask):
-        if _accepts_logits_to_keep(model):  # project only the window onto the vocabulary
+        if _accepts_logits_to_keep(type(model)):  # project only the window onto the vocabulary
             return model(input_ids=input_ids, attention_mask=mask, logits_to_keep=window).logits
         return model(input_ids=input_ids, attention_mask=mask).logits[:, window]
 

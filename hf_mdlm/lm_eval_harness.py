@@ -39,8 +39,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from .evaluation import conditional_log_likelihood
-from .generation_mdlm import GENERATION_FIELDS, strip_generation
+from .evaluation import _mix, conditional_log_likelihood
+from .generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, strip_generation
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ _HARNESS_GEN_KEYS = {"until", "max_gen_toks", "do_sample"}
 
 
 def _request_seed(seed: int, ids: list[int]) -> int:
-    digest = hashlib.sha256(str(ids).encode()).digest()
-    return (seed * 0x9E3779B97F4A7C15 + int.from_bytes(digest[:8], "little")) % (1 << 63)
+    """A seed from the run's seed and the context's tokens: the same context gets the same noise in any batch."""
+    return _mix(seed, int.from_bytes(hashlib.sha256(str(ids).encode()).digest()[:8], "little"))
 
 
 class MDLMEvalLM(TemplateLM):
@@ -165,38 +165,39 @@ class MDLMEvalLM(TemplateLM):
 
     # -- likelihood -----------------------------------------------------------------------------------------
 
-    def _score(self, context: list[int], continuation: list[int], what: str) -> float:
-        if not continuation:
-            return 0.0  # the empty continuation has probability 1
+    def _fit(self, context: list[int], continuation: list[int], what: str) -> list[int]:
+        """The context, cut from the left so that context + continuation fit in max_length."""
         if len(continuation) >= self.max_length:
             raise ValueError(f"{what}: the continuation has {len(continuation)} tokens, more than max_length="
                              f"{self.max_length} allows with any context")
-        context = context[-(self.max_length - len(continuation)):]
+        return list(context)[-(self.max_length - len(continuation)):]
+
+    def _score(self, context: list[int], continuation: list[int]) -> float:
         result = conditional_log_likelihood(self.model, context, continuation, num_samples=self.mc_num,
                                             batch_size=self.batch_size, seed=self.seed)
         return result["log_likelihood"]
 
     @torch.no_grad()
     def _is_greedy(self, context: list[int], continuation: list[int]) -> bool:
-        n = len(continuation)
-        context = context[-(self.max_length - n):]
+        # Our sampler's defaults (not the folder's saved ones): temperature 0, low-confidence, one token per step.
+        config = MDLMGenerationConfig.from_model_config(self.model.config)
         prompt = torch.tensor([context], dtype=torch.long, device=self.model.device)
-        canvas = self.model.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, steps=n, block_length=None,
-            temperature=0.0, top_k=None, top_p=None, remasking="low_confidence", threshold=None, cfg_scale=0.0,
-            suppress_eos=False, eos_penalty=0.0, stop_at_eos=False, shift_rate=0.0, num_return_sequences=1,
-            return_dict_in_generate=False, output_history=False)
-        return canvas[0, len(context):].tolist() == list(continuation)
+        canvas = self.model.generate(prompt, generation_config=config, max_new_tokens=len(continuation),
+                                     steps=len(continuation))
+        return canvas[0, len(context):].tolist() == continuation
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         out = []
         for i, ((context_text, continuation_text), context, continuation) in enumerate(
                 tqdm(requests, desc="loglikelihood (Monte Carlo)", disable=disable_tqdm)):
-            what = f"request {i} (continuation {continuation_text[:40]!r})"
-            log_likelihood = self._score(list(context), list(continuation), what)
-            greedy = bool(continuation) and self._is_greedy(list(context), list(continuation))
-            out.append((log_likelihood, greedy))
-            self.cache_hook.add_partial("loglikelihood", (context_text, continuation_text), (log_likelihood, greedy))
+            continuation = list(continuation)
+            if not continuation:  # the empty continuation has probability 1
+                out.append((0.0, False))
+                continue
+            context = self._fit(context, continuation, f"request {i} (continuation {continuation_text[:40]!r})")
+            result = (self._score(context, continuation), self._is_greedy(context, continuation))
+            out.append(result)
+            self.cache_hook.add_partial("loglikelihood", (context_text, continuation_text), result)
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -206,7 +207,8 @@ class MDLMEvalLM(TemplateLM):
             ids = self.tok_encode(text, add_special_tokens=False)
             windows = map(make_disjoint_window, get_rolling_token_windows(
                 ids, prefix_token=self.prefix_token_id, max_seq_len=self.max_length - 1, context_len=1))
-            total = sum(self._score(ctx, pred, f"request {i}, window {w}") for w, (ctx, pred) in enumerate(windows))
+            total = sum(self._score(self._fit(ctx, pred, f"request {i}, window {w}"), pred)
+                        for w, (ctx, pred) in enumerate(windows))
             out.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
         return out

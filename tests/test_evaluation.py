@@ -479,3 +479,33 @@ def test_replicate_smoke_and_evaluate_script(tmp_path):
     assert again["models"]["ce"]["samplers"]["ancestral"]["texts"] == \
         results["models"]["ce"]["samplers"]["ancestral"]["texts"]
     assert {p.name for p in report.iterdir()} >= {"results.json", "results.md", "shift_robustness.png"}
+
+
+def _replicate_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_replicate", ROOT / "examples" / "replicate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replicate_refuses_bad_sweeps_and_a_judge_of_another_shape(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    replicate = _replicate_module()
+    args = replicate.build_parser().parse_args(["--ctc_weight", "0.25,1", "--slack_prob", "0.03,0.1"])
+    assert list(replicate.arms(args)) == ["ce", "ce+slack_ctc(w=0.25,p=0.03)", "ce+slack_ctc(w=0.25,p=0.1)",
+                                          "ce+slack_ctc(w=1,p=0.03)", "ce+slack_ctc(w=1,p=0.1)"]
+    with pytest.raises(SystemExit):
+        replicate.build_parser().parse_args(["--ctc_weight", "1,-0.5"])
+    assert "ctc_weight must be non-negative numbers, got '1,-0.5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        replicate.build_parser().parse_args(["--slack_prob", "0.1,x"])
+    assert "expected comma-separated numbers, got '0.1,x'" in capsys.readouterr().err
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "judge")
+    with pytest.raises(SystemExit, match=r"width 16 x 1 layers does not match this mode's judge \(32 x 1\)"):
+        replicate.main(["--smoke", "--judge", str(tmp_path / "judge"), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "base").exists()  # refused before any training

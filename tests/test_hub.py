@@ -422,3 +422,11 @@ def test_card_templates_ship_inside_the_package():
         assert (package / "model_cards" / name).read_text() == (ROOT / "model_cards" / name).read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'\[tool\.setuptools\.package-data\][^\[]*hf_mdlm = \["model_cards/\*\.md"\]', pyproject)
+
+
+def test_a_missing_card_template_is_named(monkeypatch):
+    from hf_mdlm import hub
+
+    monkeypatch.setitem(hub._TEMPLATE_NAMES, "model", "no_such_card.md")
+    with pytest.raises(FileNotFoundError, match=r"no_such_card\.md is missing: reinstall hf_mdlm"):
+        hub._template_path("model")

@@ -157,6 +157,14 @@ def test_bad_arguments_are_named(model, tokenizer):
         MDLMEvalLM(model, tokenizer, mc_num=0)
     with pytest.raises(ValueError, match="unknown argument.*temprature"):
         MDLMEvalLM(model, tokenizer, temprature=0.5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        MDLMEvalLM(model, tokenizer, batch_size=0)
+    with pytest.raises(ValueError, match="block_length must be a positive integer"):
+        MDLMEvalLM(model, tokenizer, block_length=0)
+    no_mask = MDLMForMaskedLM(bundled_config(tokenizer))
+    no_mask.config.mask_token_id = None
+    with pytest.raises(ValueError, match="no mask_token_id"):
+        MDLMEvalLM(no_mask, tokenizer)
     lm = MDLMEvalLM(model, tokenizer, max_length=16)
     with pytest.raises(ValueError, match=r"request 0.*num_beams"):
         lm.generate_until([request("Hi", {"until": [], "num_beams": 4})], disable_tqdm=True)
