@@ -4,12 +4,12 @@
 Usage (from the repository root; takes a few seconds on one CPU core)::
 
     python examples/build_tokenizer.py
-    # options: --train-file examples/data/shakespeare_train.jsonl.gz
-    #          --out examples/data/tokenizer --vocab-size 4096
+    # options: --train-file hf_mdlm/data/bundled/shakespeare_train.jsonl.gz
+    #          --out hf_mdlm/data/bundled/tokenizer --vocab-size 4096
 
 Only the TRAIN split is read, so the held-out works stay unseen. The result is a transformers
 tokenizer folder (``tokenizer.json`` + ``tokenizer_config.json``) that loads with
-``AutoTokenizer.from_pretrained("examples/data/tokenizer")``.
+``AutoTokenizer.from_pretrained("hf_mdlm/data/bundled/tokenizer")``.
 
 Special tokens (fixed ids, in this order): ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``[MASK]`` 3,
 ``<slack>`` 4. ``<slack>`` is registered as an extra special token, so
@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
+BUNDLED = Path(__file__).resolve().parents[1] / "hf_mdlm" / "data" / "bundled"
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "[MASK]", "<slack>"]
 
 
@@ -72,8 +72,8 @@ def train_tokenizer(texts, vocab_size: int) -> Tokenizer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-file", type=Path, default=ROOT / "data" / "shakespeare_train.jsonl.gz")
-    parser.add_argument("--out", type=Path, default=ROOT / "data" / "tokenizer")
+    parser.add_argument("--train-file", type=Path, default=BUNDLED / "shakespeare_train.jsonl.gz")
+    parser.add_argument("--out", type=Path, default=BUNDLED / "tokenizer")
     parser.add_argument("--vocab-size", type=int, default=4096)
     args = parser.parse_args()
 

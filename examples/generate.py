@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, TextStreamer
 
-try:
-    from hf_mdlm.generation_mdlm import GENERATION_FIELDS, strip_generation
-except ImportError:  # running from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hf_mdlm.generation_mdlm import GENERATION_FIELDS, strip_generation
+from hf_mdlm.generation_mdlm import (
+    GENERATION_FIELDS,
+    REMASKING_STRATEGIES,
+    strip_generation,
+)
 
-CHOICES = {"remasking": ("low_confidence", "random", "entropy", "margin")}
+CHOICES = {"remasking": REMASKING_STRATEGIES}
 
 
 def str2bool(text: str) -> bool:

@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-try:
-    from hf_mdlm.hub import DEFAULT_COMMIT_MESSAGE, export_for_hub, hub_files, push_to_hub
-except ImportError:  # running from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hf_mdlm.hub import DEFAULT_COMMIT_MESSAGE, export_for_hub, hub_files, push_to_hub
+from hf_mdlm.hub import export_for_hub, hub_files, push_to_hub
+from hf_mdlm.hub.upload import DEFAULT_COMMIT_MESSAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

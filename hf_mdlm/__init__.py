@@ -1,5 +1,16 @@
 """hf_mdlm: masked diffusion language models (LLaDA, MDLM and kin) for the Hugging Face ecosystem.
 
+The map (README, "How it fits together"):
+    configuration_mdlm.py, modeling_mdlm.py, generation_mdlm.py   the model and its sampler (ship to the Hub)
+    tokenization.py   [MASK] and <slack>: the token strings, adding them, resolving the special ids
+    data/             datasets in, prompt/response examples and batches out
+    training/         the objective: arguments, canvas + noise, losses, the Trainer
+    evaluation/       likelihood, judged samples, shift robustness, reports, the lm-eval adapter
+    convert/          checkpoints of other families into hf_mdlm folders
+    hub/              output folders, checks, model cards, upload
+    loading.py        models for training and inference: from scratch, a folder, LoRA
+    replication/      the slack-CTC paper in miniature
+
 Attributes are imported lazily, so `import hf_mdlm` stays cheap and has no side effects
 (importing `transformers.Trainer` alone costs seconds).
 """
@@ -17,25 +28,25 @@ _EXPORTS = {
     "MDLMGenerationMixin": "generation_mdlm",
     "MDLMGenerateOutput": "generation_mdlm",
     "strip_generation": "generation_mdlm",
-    "convert_llada_checkpoint": "convert",
-    "DataArguments": "data",
-    "DiffusionCollator": "data",
-    "build_canvases": "data",
-    "prepare_datasets": "data",
     "add_diffusion_tokens": "tokenization",
-    "MDLMTrainer": "trainer",
-    "MDLMTrainingArguments": "trainer",
-    "slack_ctc_loss": "losses",
-    "masked_cross_entropy": "losses",
-    "diffusion_loss": "losses",
-    "DiffusionLoss": "losses",
-    "NoiseSchedule": "noise",
-    "LinearSchedule": "noise",
-    "CosineSchedule": "noise",
-    "get_schedule": "noise",
-    "sample_times": "noise",
-    "low_discrepancy_times": "noise",
-    "mask_canvas": "noise",
+    "convert_llada_checkpoint": "convert.llada",
+    "DataArguments": "data.arguments",
+    "DiffusionCollator": "data.collator",
+    "prepare_datasets": "data.loading",
+    "build_canvases": "training.canvas",
+    "NoiseSchedule": "training.canvas",
+    "LinearSchedule": "training.canvas",
+    "CosineSchedule": "training.canvas",
+    "get_schedule": "training.canvas",
+    "sample_times": "training.canvas",
+    "low_discrepancy_times": "training.canvas",
+    "mask_canvas": "training.canvas",
+    "slack_ctc_loss": "training.losses",
+    "masked_cross_entropy": "training.losses",
+    "diffusion_loss": "training.losses",
+    "DiffusionLoss": "training.losses",
+    "MDLMTrainingArguments": "training.arguments",
+    "MDLMTrainer": "training.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

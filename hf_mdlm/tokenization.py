@@ -15,10 +15,11 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MASK_TOKEN = "[MASK]"
-DEFAULT_SLACK_TOKEN = "<slack>"
+# The one definition of the two token strings of the project (docs/objective.md §1, §4).
+MASK_TOKEN = "[MASK]"
+SLACK_TOKEN = "<slack>"
 
-__all__ = ["DEFAULT_MASK_TOKEN", "DEFAULT_SLACK_TOKEN", "add_diffusion_tokens", "diffusion_token_ids"]
+__all__ = ["MASK_TOKEN", "SLACK_TOKEN", "add_diffusion_tokens", "diffusion_token_ids"]
 
 
 def _special_token_strings(tokenizer) -> set[str]:
@@ -58,8 +59,8 @@ def add_diffusion_tokens(
     tokenizer,
     model=None,
     *,
-    mask_token: str = DEFAULT_MASK_TOKEN,
-    slack_token: str = DEFAULT_SLACK_TOKEN,
+    mask_token: str = MASK_TOKEN,
+    slack_token: str = SLACK_TOKEN,
 ) -> dict[str, Any]:
     """Make ``tokenizer`` (and optionally ``model``) ready for masked-diffusion and slack-CTC training.
 
@@ -162,16 +163,18 @@ def _resize_and_init(model, new_len: int, new_ids: list[int], old_len: int) -> N
             set_rows_to_mean(bias)
 
 
-def diffusion_token_ids(tokenizer, config=None) -> tuple[int, int, int, int]:
-    """Return ``(mask_id, slack_id, eos_id, pad_id)``.
+def diffusion_token_ids(tokenizer=None, config=None, *, need_slack: bool = True, need_pad: bool = True):
+    """Return ``(mask_id, slack_id, eos_id, pad_id)``: the one resolver of the special ids.
 
-    Ids come from the tokenizer, falling back to ``config`` (``mask_token_id``, ``slack_token_id``,
-    ``eos_token_id``, ``pad_token_id``) when the tokenizer lacks one. A tokenizer and a config that
-    both name a mask or slack id but disagree is an error. A missing id is an error that says which
-    one is missing and how to add it.
+    Each id comes from the tokenizer, else from ``config`` (``mask_token_id``, ``slack_token_id``,
+    ``eos_token_id``, ``pad_token_id``); the tokenizer wins because it is what appends EOS to the training
+    responses. A tokenizer and a config that both name a mask or slack id but disagree is an error. EOS falls
+    back to the tokenizer's SEP token (BERT-style tokenizers). A missing id is an error that says which one is
+    missing and how to add it; the slack id may be None when ``need_slack`` is False, and the pad id falls
+    back to EOS when ``need_pad`` is False.
     """
-    mask_id = tokenizer.mask_token_id
-    slack_id = _slack_id(tokenizer, DEFAULT_SLACK_TOKEN)
+    mask_id = getattr(tokenizer, "mask_token_id", None)
+    slack_id = _slack_id(tokenizer, SLACK_TOKEN) if tokenizer is not None else None
     for name, tok_value in (("mask_token_id", mask_id), ("slack_token_id", slack_id)):
         cfg_value = _config_id(config, name)
         if tok_value is not None and cfg_value is not None and int(tok_value) != cfg_value:
@@ -184,22 +187,26 @@ def diffusion_token_ids(tokenizer, config=None) -> tuple[int, int, int, int]:
         mask_id = _config_id(config, "mask_token_id")
     if slack_id is None:
         slack_id = _config_id(config, "slack_token_id")
-    eos_id = tokenizer.eos_token_id
+    eos_id = getattr(tokenizer, "eos_token_id", None)
     if eos_id is None:
         eos_id = _config_id(config, "eos_token_id")
-    pad_id = tokenizer.pad_token_id
+    if eos_id is None:
+        eos_id = getattr(tokenizer, "sep_token_id", None)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         pad_id = _config_id(config, "pad_token_id")
+    if pad_id is None and not need_pad:
+        pad_id = eos_id
 
     missing = []
     if mask_id is None:
-        missing.append("mask token ([MASK]): call hf_mdlm.add_diffusion_tokens(tokenizer, model)")
-    if slack_id is None:
-        missing.append(f"slack token ({DEFAULT_SLACK_TOKEN}): call hf_mdlm.add_diffusion_tokens(tokenizer, model)")
+        missing.append(f"mask token ({MASK_TOKEN}): call hf_mdlm.add_diffusion_tokens(tokenizer, model)")
+    if slack_id is None and need_slack:
+        missing.append(f"slack token ({SLACK_TOKEN}): call hf_mdlm.add_diffusion_tokens(tokenizer, model)")
     if eos_id is None:
         missing.append("eos token: set tokenizer.eos_token (responses end with it and the canvas is filled with it)")
     if pad_id is None:
         missing.append("pad token: set tokenizer.pad_token (for example tokenizer.pad_token = tokenizer.eos_token)")
     if missing:
         raise ValueError("missing special token(s) for diffusion training:\n  - " + "\n  - ".join(missing))
-    return int(mask_id), int(slack_id), int(eos_id), int(pad_id)
+    return int(mask_id), None if slack_id is None else int(slack_id), int(eos_id), int(pad_id)

@@ -22,7 +22,6 @@ from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerFas
 from hf_mdlm.data import (  # noqa: E402
     DataArguments,
     DiffusionCollator,
-    build_canvases,
     bundled_corpus_files,
     detect_data_format,
     load_raw_datasets,
@@ -30,11 +29,12 @@ from hf_mdlm.data import (  # noqa: E402
     preprocess_dataset,
 )
 from hf_mdlm.tokenization import add_diffusion_tokens, diffusion_token_ids  # noqa: E402
+from hf_mdlm.training.canvas import build_canvases  # noqa: E402
 
 datasets.disable_progress_bars()
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "data"
+DATA = ROOT / "hf_mdlm" / "data" / "bundled"
 TOKENIZER_DIR = DATA / "tokenizer"
 PAD, BOS, EOS, MASK, SLACK = 0, 1, 2, 3, 4
 

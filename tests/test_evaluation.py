@@ -29,7 +29,7 @@ from hf_mdlm.evaluation import (
     token_entropy,
     win_rate,
 )
-from hf_mdlm.noise import NoiseSchedule
+from hf_mdlm.training.canvas import NoiseSchedule
 from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_elbo_slack_marginal_credits_the_alignment_entropy(length, canvas, expec
 
 
 def test_elbo_slack_alignments_are_drawn_from_q():
-    from hf_mdlm.evaluation import _slack_alignment
+    from hf_mdlm.evaluation.likelihood import _slack_alignment
 
     g = torch.Generator().manual_seed(0)
     counts = Counter()
@@ -353,7 +353,7 @@ def test_win_rate_errors(judge):
 def bundled_tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(ROOT / "examples" / "data" / "tokenizer")
+    return AutoTokenizer.from_pretrained(ROOT / "hf_mdlm" / "data" / "bundled" / "tokenizer")
 
 
 @pytest.fixture
@@ -496,7 +496,9 @@ def test_replicate_refuses_bad_sweeps_and_a_judge_of_another_shape(tmp_path, cap
 
     replicate = _replicate_module()
     args = replicate.build_parser().parse_args(["--ctc_weight", "0.25,1", "--slack_prob", "0.03,0.1"])
-    assert list(replicate.arms(args)) == ["ce", "ce+slack_ctc(w=0.25,p=0.03)", "ce+slack_ctc(w=0.25,p=0.1)",
+    from hf_mdlm.replication import arms
+
+    assert list(arms(args.ctc_weight, args.slack_prob)) == ["ce", "ce+slack_ctc(w=0.25,p=0.03)", "ce+slack_ctc(w=0.25,p=0.1)",
                                           "ce+slack_ctc(w=1,p=0.03)", "ce+slack_ctc(w=1,p=0.1)"]
     with pytest.raises(SystemExit):
         replicate.build_parser().parse_args(["--ctc_weight", "1,-0.5"])

@@ -20,7 +20,7 @@ from hf_mdlm import MDLMForMaskedLM
 from hf_mdlm.hub import check_hub_folder, export_for_hub, hub_files, push_to_hub, save_run_record
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = ROOT / "examples" / "data" / "tokenizer"
+TOKENIZER_DIR = ROOT / "hf_mdlm" / "data" / "bundled" / "tokenizer"
 TOKEN = "hf_" + "NotARealTokenButLooksLikeOne" * 2
 REPO, BASE_REPO, ADAPTER_REPO = "org/tiny-mdlm", "org/tiny-base", "org/tiny-mdlm-lora"
 FULL_FILES = [
@@ -66,7 +66,7 @@ def trained_looking_model(tokenizer, seed=0):
 
 @pytest.fixture(scope="module")
 def training_args(tmp_path_factory):
-    from hf_mdlm.trainer import MDLMTrainingArguments
+    from hf_mdlm.training.arguments import MDLMTrainingArguments
 
     return MDLMTrainingArguments(
         output_dir=str(tmp_path_factory.mktemp("run")), ce_weight=1.0, ctc_weight=0.5, slack_prob=0.2,
@@ -413,20 +413,26 @@ def test_script_dry_run_lists_the_files_and_uploads_nothing(exported, adapter_ex
     assert hub_calls == []
 
 
-def test_card_templates_ship_inside_the_package():
-    """The wheel carries hf_mdlm/model_cards/* (package data), so publishing works from a plain install too."""
+def test_card_templates_and_bundled_data_ship_inside_the_package():
+    """The wheel and sdist carry the card templates and the bundled corpus (package data, no symlink), so
+    publishing and the default data work from a plain install too."""
     import hf_mdlm
 
     package = Path(hf_mdlm.__file__).resolve().parent
     for name in ("model_card.md", "adapter_card.md"):
-        assert (package / "model_cards" / name).read_text() == (ROOT / "model_cards" / name).read_text()
+        template = package / "hub" / "templates" / name
+        assert template.is_file() and not template.is_symlink() and "{{" in template.read_text()
+    assert not any(p.is_symlink() for p in package.rglob("*"))
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'\[tool\.setuptools\.package-data\][^\[]*hf_mdlm = \["model_cards/\*\.md"\]', pyproject)
+    data = re.search(r'\[tool\.setuptools\.package-data\][^\[]*hf_mdlm = \[([^\]]*)\]', pyproject).group(1)
+    for pattern in ("hub/templates/*.md", "data/bundled/*.gz", "data/bundled/tokenizer/*.json"):
+        assert f'"{pattern}"' in data
+        assert list(package.glob(pattern)), pattern
 
 
 def test_a_missing_card_template_is_named(monkeypatch):
-    from hf_mdlm import hub
+    from hf_mdlm.hub import cards
 
-    monkeypatch.setitem(hub._TEMPLATE_NAMES, "model", "no_such_card.md")
+    monkeypatch.setitem(cards._TEMPLATE_NAMES, "model", "no_such_card.md")
     with pytest.raises(FileNotFoundError, match=r"no_such_card\.md is missing: reinstall hf_mdlm"):
-        hub._template_path("model")
+        cards._template_path("model")

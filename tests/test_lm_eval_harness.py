@@ -14,9 +14,9 @@ lm_eval = pytest.importorskip("lm_eval")  # the `eval` extra; .ci/run installs i
 
 from hf_mdlm import MDLMForMaskedLM  # noqa: E402
 from hf_mdlm.evaluation import conditional_log_likelihood  # noqa: E402
-from hf_mdlm.lm_eval_harness import MDLMEvalLM  # noqa: E402
+from hf_mdlm.evaluation.lm_eval import MDLMEvalLM  # noqa: E402
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "examples" / "data" / "tokenizer"
+TOKENIZER = Path(__file__).resolve().parents[1] / "hf_mdlm" / "data" / "bundled" / "tokenizer"
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_generate_until_matches_generate_and_does_not_depend_on_the_batch(model,
     assert batched == alone
     # the same call by hand: canvas 8 (6 rounded up to whole blocks of 4), 2 blocks x 2 steps, the request's seed
     from hf_mdlm.generation_mdlm import strip_generation
-    from hf_mdlm.lm_eval_harness import _request_seed
+    from hf_mdlm.evaluation.lm_eval import _request_seed
 
     ctx = lm.tok_encode(contexts[1])
     canvas = model.generate(torch.tensor([ctx]), max_new_tokens=8, block_length=4, steps=4, temperature=1.0,
@@ -206,7 +206,7 @@ def test_simple_evaluate_on_tiny_tasks(tmp_path, tokenizer):
 def test_command_line_runs_a_task_on_a_saved_folder(tmp_path, tokenizer, monkeypatch, capsys):
     """`python -m hf_mdlm.lm_eval_harness --model hf_mdlm ...`: lm_eval's CLI finds the adapter by name, loads
     the folder with trust_remote_code and writes its results."""
-    from hf_mdlm.lm_eval_harness import main
+    from hf_mdlm.evaluation.lm_eval import main
 
     torch.manual_seed(0)
     folder = tmp_path / "model"

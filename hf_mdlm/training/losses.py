@@ -1,0 +1,624 @@
+"""Training losses of masked diffusion LMs: masked cross-entropy and slack-CTC.
+
+Notation (per example): the *canvas* is the response region, marked by
+``loss_mask``; its positions are taken in order, wherever they are in the row.
+``c`` is the clean canvas (it may contain ``<slack>`` tokens), ``z`` the noised
+model input, ``y = collapse(c)`` the canvas with every ``<slack>`` deleted (all
+other tokens, repeats included, kept).  ``l_i`` is the float32 log-softmax of
+the logits at canvas position ``i``.
+
+* Masked CE: ``sum over masked i of -l_i(c_i)``.
+* Slack-CTC: ``-log sum over a in A of prod over masked i of exp l_i(a_i)``,
+  where ``A`` holds every canvas ``a`` with ``collapse(a) = y`` that agrees
+  with ``z`` at every unmasked canvas position.
+
+Both are computed without a second (B, S, V) tensor: the normaliser over the
+vocabulary is computed only at masked positions, a cache-sized chunk of rows
+at a time, and only the few log-probabilities the loss needs are kept (k + 2
+per masked position for slack-CTC, k the most slack in a row).  The backward
+pass writes ``grad_output * (softmax - posterior)`` straight into the logits
+gradient; for slack-CTC the posteriors come from a scaled forward-backward
+pass over the band of slack counts s in [0, k].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .canvas import NoiseSchedule
+
+__all__ = ["masked_cross_entropy", "slack_ctc_loss", "diffusion_loss", "DiffusionLoss"]
+
+# Rows x vocabulary entries handled at once by the chunked log-sum-exp: keeps the
+# float32 temporaries around 1 MB (cache-sized) whatever the batch and vocabulary;
+# a chunk is never smaller than one row.
+_CHUNK_ELEMENTS = 1 << 18
+
+# Finite stand-in for log(0) in the autograd-through-the-loop variant: with a
+# true -inf, logaddexp(-inf, -inf) back-propagates NaN.
+_NEG = -1e30
+
+# How a per-example loss is normalised (docs/objective.md §5); the one list, also the trainer's choices.
+NORMALIZATIONS = ("canvas", "masked", "batch_tokens")
+_COLLAPSES = ("slack", "ctc")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (tests); every other float dtype is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- emissions
+
+
+class _SelectedLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits[b_m, p_m])[tokens[m, j]]`` for M selected positions.
+
+    Forward: the float32 log-softmax of a chunk of selected rows at a time
+    (cache-sized), from which only the requested entries are kept.  Backward:
+    for each selected row ``scatter(grad) - sum(grad) * softmax``, recomputed a
+    chunk at a time and written into the (B, S, V) logits gradient, whose other
+    rows are zero.  Nothing of size (B, S, V) is kept between forward and
+    backward except ``logits`` itself, and nothing but the gradient is made in
+    the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, batch_idx, pos_idx, tokens):
+        cdt = _compute_dtype(logits.dtype)
+        out = torch.empty(tokens.shape, dtype=cdt, device=logits.device)
+        for sl in _row_chunks(batch_idx.numel(), logits.shape[-1]):
+            rows = logits[batch_idx[sl], pos_idx[sl]].to(cdt)
+            out[sl] = torch.log_softmax(rows, dim=-1).gather(1, tokens[sl])
+        ctx.save_for_backward(logits, batch_idx, pos_idx, tokens)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, batch_idx, pos_idx, tokens = ctx.saved_tensors
+        batch, seq, vocab = logits.shape
+        cdt = _compute_dtype(logits.dtype)
+        # Zero only the rows that are not selected; the selected ones are fully
+        # overwritten below (saves a memset of the selected rows).
+        grad = torch.empty((batch, seq, vocab), dtype=logits.dtype, device=logits.device)
+        grad_rows = grad.view(batch * seq, vocab)
+        flat_idx = batch_idx * seq + pos_idx
+        untouched = torch.ones(batch * seq, dtype=torch.bool, device=logits.device)
+        untouched[flat_idx] = False
+        grad_rows.index_fill_(0, untouched.nonzero()[:, 0], 0)
+        grad_out = grad_out.to(cdt)
+        neg_total = -grad_out.sum(-1, keepdim=True)
+        for sl in _row_chunks(batch_idx.numel(), vocab):
+            rows = torch.softmax(logits[batch_idx[sl], pos_idx[sl]].to(cdt), dim=-1)
+            rows.mul_(neg_total[sl]).scatter_add_(1, tokens[sl], grad_out[sl])
+            grad_rows.index_copy_(0, flat_idx[sl], rows.to(grad.dtype))
+        return grad, None, None, None
+
+
+def _row_chunks(num_rows, vocab):
+    """Slices over the selected rows, about ``_CHUNK_ELEMENTS`` logits each (at least one row)."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, vocab))
+    return [slice(start, start + step) for start in range(0, num_rows, step)]
+
+
+def _selected_log_probs(logits, batch_idx, pos_idx, tokens) -> torch.Tensor:
+    """(M, J) log-probabilities of ``tokens`` at the M selected (batch, position) pairs.
+
+    The (batch, position) pairs must be distinct (the backward writes each row once).
+    """
+    return _SelectedLogSoftmax.apply(logits, batch_idx.long(), pos_idx.long(), tokens.long())
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_ids(name, ids, shape, device):
+    if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must be a tensor of shape {tuple(shape)} (batch, seq) matching logits, "
+            f"got {tuple(getattr(ids, 'shape', ())) if isinstance(ids, torch.Tensor) else type(ids).__name__}"
+        )
+    if torch.is_floating_point(ids) or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.device != device:
+        raise ValueError(f"{name} is on {ids.device} but logits are on {device}")
+
+
+def _check_bool(name, mask, shape, device):
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must be a bool tensor of shape {tuple(shape)}, "
+            f"got {tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}"
+        )
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor, got dtype {mask.dtype}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but logits are on {device}")
+
+
+def _check_logits(logits):
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError(
+            "logits must be a (batch, seq, vocab) tensor, got "
+            f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
+        )
+    if not torch.is_floating_point(logits):
+        raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
+
+
+def _check_token_id(name, value, vocab):
+    if value is None:
+        raise ValueError(f"{name} is None: the tokenizer/model config must define it")
+    value = int(value)
+    if not 0 <= value < vocab:
+        raise ValueError(f"{name}={value} is outside the logits vocabulary [0, {vocab})")
+    return value
+
+
+# ----------------------------------------------------------------------------- masked CE
+
+
+def masked_cross_entropy(logits: torch.Tensor, clean_ids: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Per-example ``sum over masked positions of -log p(clean token)``.
+
+    Args:
+        logits: (B, S, V), any float dtype.
+        clean_ids: (B, S) target token ids.
+        masked: (B, S) bool, the positions that enter the loss.
+
+    Returns:
+        (B,) float32 (float64 for float64 logits).  The log-softmax is computed
+        only at masked positions, in float32, a few rows at a time.
+    """
+    _check_logits(logits)
+    shape = logits.shape[:2]
+    _check_ids("clean_ids", clean_ids, shape, logits.device)
+    _check_bool("masked", masked, shape, logits.device)
+    batch_idx, pos_idx = masked.nonzero(as_tuple=True)
+    tokens = clean_ids[batch_idx, pos_idx][:, None]
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
+        raise ValueError("clean_ids at masked positions contain ids outside the logits vocabulary")
+    log_probs = _selected_log_probs(logits, batch_idx, pos_idx, tokens)[:, 0]
+    out = torch.zeros(shape[0], dtype=log_probs.dtype, device=logits.device)
+    return out.index_add(0, batch_idx, -log_probs)
+
+
+# ----------------------------------------------------------------------------- slack-CTC lattice
+
+
+class _Canvas:
+    """Canvas positions of each row gathered in order and padded to the batch maximum."""
+
+    def __init__(self, input_ids, clean_ids, loss_mask, mask_id, slack_id):
+        batch = loss_mask.shape[0]
+        device = loss_mask.device
+        self.lengths = loss_mask.sum(1)  # L_b
+        self.max_len = int(self.lengths.max()) if batch else 0
+        # A stable sort puts the canvas positions first, in their order.
+        self.positions = torch.sort(~loss_mask, dim=1, stable=True).indices[:, : self.max_len]
+        steps = torch.arange(self.max_len, device=device)
+        self.valid = steps[None, :] < self.lengths[:, None]
+        self.clean = clean_ids.gather(1, self.positions)
+        self.noised = input_ids.gather(1, self.positions)
+        self.is_slack = self.valid & (self.clean == slack_id)
+        self.num_slack = self.is_slack.sum(1)  # k_b
+        self.max_slack = int(self.num_slack.max()) if batch else 0
+        self.num_targets = self.lengths - self.num_slack  # U_b
+        self.max_targets = int(self.num_targets.max()) if batch else 0
+        is_target = self.valid & ~self.is_slack
+        width = max(self.max_targets, 1)  # keep one (unused) column for empty targets
+        target_order = torch.sort(~is_target, dim=1, stable=True).indices[:, :width]
+        self.targets = self.clean.gather(1, target_order)  # y, garbage beyond U_b
+        self.masked = self.valid & (self.noised == mask_id)
+
+
+def _band_emissions(canvas: _Canvas, logits, slack_id):
+    """Emissions of the banded slack lattice, both (B, L, K+1).
+
+    State ``s`` = number of slack used so far.  ``e_target[b, i, s]``: log-weight
+    of canvas position ``i`` emitting the next target ``y[i - s]`` (staying in
+    state ``s``); ``e_slack[b, i, s]``: log-weight of position ``i`` being
+    ``<slack>``, entering state ``s`` from ``s - 1``.  Masked positions get
+    log-probabilities, pinned positions 0 or -inf (agrees with the input or
+    not), padding after the canvas end passes the final state through.
+    Transitions into states that can no longer reach the end (too many or too
+    few slack for the positions left, or more targets than y has) are -inf, so
+    no probability mass is spent on them; this also keeps the per-step
+    normalisation of the recursion meaningful.
+
+    Also returns the selected log-probabilities (M, K+2) and the (row, step)
+    indices of the masked positions, which the anchor CE reuses.
+    """
+    batch, steps = canvas.valid.shape
+    width = canvas.max_slack + 1
+    device = logits.device
+    cdt = _compute_dtype(logits.dtype)
+    step_idx = torch.arange(steps, device=device)
+    state_idx = torch.arange(width, device=device)
+    target_idx = step_idx[:, None] - state_idx[None, :]  # (L, K+1): target emitted at (i, s)
+    exists = (target_idx >= 0)[None] & (target_idx[None] < canvas.num_targets[:, None, None])
+    gather_idx = target_idx.clamp(0, canvas.targets.shape[1] - 1).reshape(1, -1).expand(batch, -1)
+    target_tokens = canvas.targets.gather(1, gather_idx).view(batch, steps, width)
+
+    neg_inf = torch.tensor(float("-inf"), dtype=cdt, device=device)
+    zero = torch.zeros((), dtype=cdt, device=device)
+    agrees = exists & (target_tokens == canvas.noised[..., None])
+    e_target = torch.where(canvas.valid[..., None], torch.where(agrees, zero, neg_inf), zero)
+    e_slack = torch.where(canvas.valid & (canvas.noised == slack_id), zero, neg_inf)
+
+    rows, cols = canvas.masked.nonzero(as_tuple=True)
+    slack_col = torch.full((rows.numel(), 1), slack_id, dtype=target_tokens.dtype, device=device)
+    candidates = torch.cat([target_tokens[rows, cols], slack_col], dim=1)  # (M, K+2)
+    log_probs = _selected_log_probs(logits, rows, canvas.positions[rows, cols], candidates)
+    e_target = e_target.index_put((rows, cols), torch.where(exists[rows, cols], log_probs[:, :width], neg_inf))
+    e_slack = e_slack.index_put((rows, cols), log_probs[:, width])
+
+    # State s after position i is alive iff the rest of the canvas can still
+    # place the remaining k - s slack and the targets emitted fit in y.
+    consumed = torch.minimum(step_idx[None, :] + 1, canvas.lengths[:, None])  # (B, L)
+    remaining = canvas.lengths[:, None] - consumed
+    k = canvas.num_slack[:, None, None]
+    s = state_idx[None, None, :]
+    emitted = consumed[..., None] - s
+    alive = (s <= k) & (s >= k - remaining[..., None]) & (emitted >= 0)
+    alive &= emitted <= canvas.num_targets[:, None, None]
+    e_target = torch.where(alive, e_target, neg_inf)
+    e_slack = torch.where(alive & (s >= 1), e_slack[..., None], neg_inf)
+    return e_target, e_slack, log_probs, rows, cols
+
+
+def _forward_alpha(e_target, e_slack):
+    """Scaled forward pass.
+
+    Returns ``alpha`` (B, L+1, K+2) and ``log_scale`` (L+1, B, 1).  Column 0 of
+    ``alpha`` is a permanent -inf ("s = -1") so a step is a few tensor ops;
+    ``alpha[:, i, 1 + s]`` is the log-weight of all prefixes of ``i`` positions
+    using ``s`` slack, minus ``log_scale[1..i]`` summed.  Each step is shifted
+    so its largest state is 0: without this the log-weights grow to the size
+    of the whole loss (thousands of nats) and float32 posteriors computed as
+    ``exp(alpha + beta - log Z)`` lose about three digits.
+    """
+    batch, steps, width = e_target.shape
+    alpha = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
+    alpha[:, 0, 1] = 0.0
+    log_scale = e_target.new_zeros((steps + 1, batch, 1))
+    for i in range(steps):
+        prev, cur = alpha[:, i], alpha[:, i + 1, 1:]
+        torch.logaddexp(prev[:, 1:] + e_target[:, i], prev[:, :-1] + e_slack[:, i], out=cur)
+        scale = torch.amax(cur, dim=1, keepdim=True, out=log_scale[i + 1])
+        cur.sub_(scale.nan_to_num_(nan=0.0, neginf=0.0))  # an all -inf row stays -inf
+    return alpha, log_scale
+
+
+def _backward_beta(e_target, e_slack, num_slack, log_scale):
+    """Scaled backward pass with the forward's scales.
+
+    ``beta[:, i, s]`` (B, L+1, K+2; last column a permanent -inf): log-weight of
+    all completions from (i positions, s slack) to the end, minus
+    ``log_scale[i+1..L]`` summed.
+    """
+    batch, steps, width = e_target.shape
+    beta = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
+    beta[torch.arange(batch, device=beta.device), steps, num_slack] = 0.0
+    e_slack_next = torch.cat([e_slack[..., 1:], torch.full_like(e_slack[..., :1], float("-inf"))], dim=-1)
+    for i in range(steps - 1, -1, -1):
+        nxt, cur = beta[:, i + 1], beta[:, i, :-1]
+        torch.logaddexp(e_target[:, i] + nxt[:, :-1], e_slack_next[:, i] + nxt[:, 1:], out=cur)
+        cur.sub_(log_scale[i + 1])
+    return beta
+
+
+def _raise_infeasible(log_z, what="slack-CTC"):
+    bad = (~torch.isfinite(log_z) & ~torch.isnan(log_z)).nonzero().flatten().tolist()
+    if bad:
+        label = "example" if len(bad) == 1 else "examples"
+        raise ValueError(
+            f"{what}: infeasible {label} {', '.join(map(str, bad))}: no alignment of the target "
+            "agrees with the unmasked canvas tokens (input_ids inconsistent with clean_ids?)"
+        )
+
+
+class _BandedSlackCTC(torch.autograd.Function):
+    """-log Z of the banded lattice with an analytic (forward-backward) gradient.
+
+    The gradient of ``-log Z`` wrt an emission is minus the posterior
+    probability that the alignments use it; with the scaled passes it is
+    ``exp(alpha_i + e_i + beta_{i+1} - log_scale_{i+1} - alpha_L(k))``, every
+    term of order one.
+    """
+
+    @staticmethod
+    def forward(ctx, e_target, e_slack, num_slack):
+        alpha, log_scale = _forward_alpha(e_target, e_slack)
+        rows = torch.arange(alpha.shape[0], device=alpha.device)
+        end = alpha[rows, -1, num_slack + 1]
+        log_z = end + log_scale[:, :, 0].to(torch.float64).sum(0).to(end.dtype)
+        _raise_infeasible(log_z)
+        ctx.save_for_backward(e_target, e_slack, num_slack, alpha, log_scale, end)
+        return -log_z
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        e_target, e_slack, num_slack, alpha, log_scale, end = ctx.saved_tensors
+        beta = _backward_beta(e_target, e_slack, num_slack, log_scale)
+        # (B, L, K+1) pieces: state s before position i, s - 1 before it, s after it.
+        after = beta[:, 1:, :-1] - log_scale[1:].transpose(0, 1) - end[:, None, None]
+        post_target = torch.exp(alpha[:, :-1, 1:] + e_target + after)
+        post_slack = torch.exp(alpha[:, :-1, :-1] + e_slack + after)
+        scale = -grad_out.to(alpha.dtype)[:, None, None]
+        return scale * post_target, scale * post_slack, None
+
+
+def _banded_ctc_autograd(e_target, e_slack, num_slack):
+    """Same value as :class:`_BandedSlackCTC`, differentiated by autograd through the loop."""
+    batch, steps, width = e_target.shape
+    e_target = e_target.clamp(min=_NEG)
+    e_slack = e_slack.clamp(min=_NEG)
+    pad = e_target.new_full((batch, 1), _NEG)
+    # prev[:, 1 + s] = log-weight of state s; column 0 stands for s = -1.
+    prev = torch.cat([pad, torch.zeros_like(pad), e_target.new_full((batch, width - 1), _NEG)], dim=1)
+    for i in range(steps):
+        cur = torch.logaddexp(prev[:, 1:] + e_target[:, i], prev[:, :-1] + e_slack[:, i])
+        prev = torch.cat([pad, cur], dim=1)
+    log_z = prev.gather(1, num_slack[:, None] + 1)[:, 0]
+    _raise_infeasible(torch.where(log_z < 0.5 * _NEG, float("-inf"), log_z.detach()))
+    return -log_z
+
+
+# ----------------------------------------------------------------------------- standard-CTC ablation
+
+
+def _standard_ctc(canvas: _Canvas, logits, slack_id):
+    """Standard CTC (merge repeats, blank = ``<slack>``) on the same canvas, with pins.
+
+    Extended labels with a virtual start state in front: state 0 = nothing
+    emitted yet, state 2u+1 = blank number u, state 2u+2 = target y[u].
+    Autograd through the loop (an ablation, not a hot path).
+    """
+    batch, steps = canvas.valid.shape
+    device = logits.device
+    cdt = _compute_dtype(logits.dtype)
+    num_y = canvas.targets.shape[1]
+    states = 2 * canvas.max_targets + 2
+    # Token emitted by each state (state 0 emits nothing; its column is a dummy).
+    state_tokens = torch.full((batch, states), slack_id, dtype=canvas.targets.dtype, device=device)
+    if canvas.max_targets:
+        state_tokens[:, 2::2] = canvas.targets[:, : canvas.max_targets]
+    # Skip transition s-2 -> s: into the first target from the start, or between different targets.
+    can_skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
+    if canvas.max_targets:
+        can_skip[:, 2] = True
+        if canvas.max_targets > 1:
+            can_skip[:, 4::2] = canvas.targets[:, 1 : canvas.max_targets] != canvas.targets[:, : canvas.max_targets - 1]
+    state_ok = torch.arange(states, device=device)[None] <= 2 * canvas.num_targets[:, None] + 1
+    state_ok[:, 0] = False
+
+    # Emissions (B, L, states): pinned 0/-inf, masked from the distinct tokens (targets + slack).
+    agrees = state_tokens[:, None, :] == canvas.noised[:, :, None]
+    emis = torch.where(agrees & state_ok[:, None, :], 0.0, _NEG).to(cdt)
+    rows, cols = canvas.masked.nonzero(as_tuple=True)
+    slack_col = torch.full((rows.numel(), 1), slack_id, dtype=canvas.targets.dtype, device=device)
+    candidates = torch.cat([canvas.targets[rows], slack_col], dim=1)  # (M, U+1)
+    log_probs = _selected_log_probs(logits, rows, canvas.positions[rows, cols], candidates)
+    # Map each state to its candidate column: blanks -> last column, target u -> column u.
+    col_of_state = torch.full((states,), num_y, dtype=torch.long, device=device)
+    col_of_state[2::2] = torch.arange(canvas.max_targets, device=device)
+    masked_emis = log_probs[:, col_of_state].clamp(min=_NEG)
+    masked_emis = torch.where(state_ok[rows], masked_emis, torch.full_like(masked_emis, _NEG))
+    emis = emis.index_put((rows, cols), masked_emis)
+
+    alpha = torch.full((batch, states), _NEG, dtype=cdt, device=device)
+    alpha = torch.cat([torch.zeros_like(alpha[:, :1]), alpha[:, 1:]], dim=1)
+    neg_col = torch.full((batch, 1), _NEG, dtype=cdt, device=device)
+    for i in range(steps):
+        from_prev = torch.cat([neg_col, alpha[:, :-1]], dim=1)
+        from_skip = torch.cat([neg_col, neg_col, alpha[:, :-2]], dim=1)
+        from_skip = torch.where(can_skip, from_skip, torch.full_like(from_skip, _NEG))
+        incoming = torch.logaddexp(torch.logaddexp(alpha, from_prev), from_skip) + emis[:, i]
+        incoming = torch.cat([neg_col, incoming[:, 1:]], dim=1)  # the start state cannot be re-entered
+        alpha = torch.where(canvas.valid[:, i, None], incoming, alpha)
+    last = 2 * canvas.num_targets + 1
+    end_blank = alpha.gather(1, last[:, None])[:, 0]
+    end_target = alpha.gather(1, (last - 1)[:, None])[:, 0]
+    log_z = torch.logaddexp(end_blank, end_target)
+    _raise_infeasible(torch.where(log_z < 0.5 * _NEG, float("-inf"), log_z.detach()), what="standard CTC")
+    return -log_z
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _slack_ctc_and_ce(logits, input_ids, clean_ids, mask_id, slack_id, loss_mask, collapse, backward, want_ce):
+    canvas = _Canvas(input_ids, clean_ids, loss_mask, mask_id, slack_id)
+    if collapse == "ctc":
+        return _standard_ctc(canvas, logits, slack_id), None
+    e_target, e_slack, log_probs, rows, cols = _band_emissions(canvas, logits, slack_id)
+    if backward == "analytic":
+        ctc = _BandedSlackCTC.apply(e_target, e_slack, canvas.num_slack)
+    elif backward == "autograd":
+        ctc = _banded_ctc_autograd(e_target, e_slack, canvas.num_slack)
+    else:
+        raise ValueError(f"unknown backward {backward!r}; use 'analytic' or 'autograd'")
+    ce = None
+    if want_ce:
+        # The anchor token of a masked position is one of its candidates: slack
+        # (last column) or the target y[i - s] with s = slack before it in c.
+        slack_before = torch.cumsum(canvas.is_slack.long(), dim=1) - canvas.is_slack.long()
+        anchor_col = torch.where(canvas.is_slack, canvas.max_slack + 1, slack_before)[rows, cols]
+        anchor_lp = log_probs.gather(1, anchor_col[:, None])[:, 0]
+        ce = torch.zeros(logits.shape[0], dtype=anchor_lp.dtype, device=logits.device).index_add(0, rows, -anchor_lp)
+    return ctc, ce
+
+
+def slack_ctc_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    clean_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    slack_token_id: int,
+    loss_mask: torch.Tensor,
+    collapse: str = "slack",
+    _backward: str = "analytic",
+) -> torch.Tensor:
+    """Per-example slack-CTC negative log-likelihood (unweighted), shape (B,).
+
+    Args:
+        logits: (B, S, V) model outputs, any float dtype (math in float32;
+            float64 logits are computed in float64).
+        input_ids: (B, S) noised model input ``z``; a canvas position is
+            masked where it holds ``mask_token_id``, otherwise it pins the
+            alignment to its token.
+        clean_ids: (B, S) clean sequence; on the canvas it is the anchor ``c``.
+        mask_token_id, slack_token_id: ids of ``[MASK]`` and ``<slack>``.
+        loss_mask: (B, S) bool, True on canvas positions (prompt and padding
+            False).  The canvas need not be contiguous; its positions are
+            taken in order.
+        collapse: ``"slack"`` (delete ``<slack>``, keep repeats: the project's
+            objective) or ``"ctc"`` (ablation: standard CTC that also merges
+            repeats, blank = ``<slack>``; repeated targets then need a slack
+            between them).
+        _backward: ``"analytic"`` (default: scaled forward-backward posteriors
+            in a custom autograd Function; faster, and more accurate in
+            float32) or ``"autograd"`` (autograd through the recursion; kept
+            for testing and for ``bench/bench_losses.py``).
+
+    Returns:
+        (B,) float32 tensor (float64 for float64 logits), ``-log`` of the total
+        probability of the alignments.  An example with no valid alignment
+        raises ValueError naming its index.
+
+    Cost: a banded recursion over ``s`` in [0, k] (k = most slack in a row of
+    the batch), O(L (k + 1)) per example, plus one float32 log-softmax over the
+    vocabulary per masked position (a cache-sized chunk of positions at a
+    time) of which k + 2 entries are kept.  Extra memory beyond the logits and
+    their gradient is a few MB plus O(B L k).
+    """
+    _check_logits(logits)
+    shape = logits.shape[:2]
+    vocab = logits.shape[-1]
+    mask_id = _check_token_id("mask_token_id", mask_token_id, vocab)
+    slack_id = _check_token_id("slack_token_id", slack_token_id, vocab)
+    if mask_id == slack_id:
+        raise ValueError("mask_token_id and slack_token_id must differ")
+    _check_ids("input_ids", input_ids, shape, logits.device)
+    _check_ids("clean_ids", clean_ids, shape, logits.device)
+    _check_bool("loss_mask", loss_mask, shape, logits.device)
+    if collapse not in _COLLAPSES:
+        raise ValueError(f"unknown collapse {collapse!r}; choose one of {_COLLAPSES}")
+    _check_canvas_ids(clean_ids, loss_mask, vocab)
+    ctc, _ = _slack_ctc_and_ce(
+        logits, input_ids, clean_ids, mask_id, slack_id, loss_mask, collapse, _backward, want_ce=False
+    )
+    return ctc
+
+
+def _check_canvas_ids(clean_ids, loss_mask, vocab):
+    canvas_ids = clean_ids[loss_mask]
+    if canvas_ids.numel() and (int(canvas_ids.min()) < 0 or int(canvas_ids.max()) >= vocab):
+        raise ValueError("clean_ids on the canvas contain ids outside the logits vocabulary")
+
+
+@dataclass
+class DiffusionLoss:
+    """Per-example pieces of the diffusion training loss, all shape (B,).
+
+    ``per_example = weight * (ce_weight * ce + ctc_weight * ctc) / normalizer``;
+    ``ce`` and ``ctc`` are the raw sums (unweighted, unnormalised) for logging,
+    ``ctc`` is None when it was not computed (``ctc_weight == 0``).
+    """
+
+    per_example: torch.Tensor
+    ce: torch.Tensor
+    ctc: Optional[torch.Tensor]
+    weight: torch.Tensor
+    normalizer: torch.Tensor
+
+
+def diffusion_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    clean_ids: torch.Tensor,
+    *,
+    masked: torch.Tensor,
+    loss_mask: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    mask_token_id: Optional[int],
+    slack_token_id: Optional[int],
+    ce_weight: float = 1.0,
+    ctc_weight: float = 1.0,
+    normalization: str = "canvas",
+    collapse: str = "slack",
+) -> DiffusionLoss:
+    """The MDLM SFT loss, optionally with slack-CTC, per example.
+
+    ``per_example[b] = w(t_b) * (ce_weight * CE_b + ctc_weight * CTC_b) / N_b``
+    with ``N_b`` chosen by ``normalization``:
+
+    * ``"canvas"`` (default): number of canvas positions of the example, LLaDA's
+      per-answer-length normalisation; it keeps long and short answers on one
+      scale without depending on how many tokens the noise happened to mask;
+    * ``"masked"``: number of masked positions (at least 1);
+    * ``"batch_tokens"``: 1; the caller divides the batch sum by its response token count.
+
+    The caller averages or sums ``per_example`` over the global batch, which
+    keeps gradient accumulation and multi-process training exact.  With
+    ``ctc_weight == 0`` the CTC is skipped and ``ctc`` is None (``mask_token_id``
+    and ``slack_token_id`` may then be None).  When both are computed the CE
+    reuses the CTC's log-sum-exp and gradient buffer.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+    _check_logits(logits)
+    shape = logits.shape[:2]
+    vocab = logits.shape[-1]
+    _check_ids("input_ids", input_ids, shape, logits.device)
+    _check_ids("clean_ids", clean_ids, shape, logits.device)
+    _check_bool("masked", masked, shape, logits.device)
+    _check_bool("loss_mask", loss_mask, shape, logits.device)
+    if bool((masked & ~loss_mask).any()):
+        raise ValueError("masked marks positions outside loss_mask")
+    t = torch.as_tensor(t, device=logits.device)
+    if t.dim() == 0:
+        t = t.expand(shape[0])
+    if tuple(t.shape) != (shape[0],):
+        raise ValueError(f"t must have shape ({shape[0]},), got {tuple(t.shape)}")
+
+    ctc = None
+    if ctc_weight != 0:
+        mask_id = _check_token_id("mask_token_id", mask_token_id, vocab)
+        slack_id = _check_token_id("slack_token_id", slack_token_id, vocab)
+        if mask_id == slack_id:
+            raise ValueError("mask_token_id and slack_token_id must differ")
+        if not torch.equal(masked, loss_mask & (input_ids == mask_id)):
+            raise ValueError("masked must equal loss_mask & (input_ids == mask_token_id)")
+        if collapse not in _COLLAPSES:
+            raise ValueError(f"unknown collapse {collapse!r}; choose one of {_COLLAPSES}")
+        _check_canvas_ids(clean_ids, loss_mask, vocab)
+        ctc, ce = _slack_ctc_and_ce(
+            logits, input_ids, clean_ids, mask_id, slack_id, loss_mask, collapse, "analytic",
+            want_ce=collapse == "slack",
+        )
+        if ce is None:
+            ce = masked_cross_entropy(logits, clean_ids, masked)
+    else:
+        ce = masked_cross_entropy(logits, clean_ids, masked)
+
+    cdt = ce.dtype
+    weight = schedule.weight(t).to(cdt)
+    if normalization == "canvas":
+        normalizer = loss_mask.sum(1).clamp(min=1).to(cdt)
+    elif normalization == "masked":
+        normalizer = masked.sum(1).clamp(min=1).to(cdt)
+    else:
+        normalizer = torch.ones(shape[0], dtype=cdt, device=logits.device)
+    total = ce_weight * ce
+    if ctc is not None:
+        total = total + ctc_weight * ctc
+    return DiffusionLoss(
+        per_example=weight * total / normalizer, ce=ce, ctc=ctc, weight=weight, normalizer=normalizer
+    )

@@ -1,0 +1,197 @@
+"""`MDLMTrainer`: masked-diffusion SFT with the slack-CTC objective, as a `transformers.Trainer`.
+
+Every random choice of a training example (its slack placement, its time t, its masked positions) is drawn
+from a generator seeded by (seed, optimizer step, the example's position in the global batch). The loss of
+an optimizer step is therefore the same whatever the split into processes and gradient-accumulation
+micro-batches, and a resumed run draws exactly what the uninterrupted run drew.
+"""
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from ..data.collator import DiffusionCollator
+from ..tokenization import diffusion_token_ids
+from .arguments import MDLMTrainingArguments
+from .canvas import build_canvases, get_schedule, low_discrepancy_times, mask_canvas
+from .losses import diffusion_loss
+
+
+def _row_seed(*parts):
+    """Mix integers into one 63-bit seed (deterministic across processes and runs)."""
+    seed = 0x9E3779B97F4A7C15
+    for part in parts:
+        seed = (seed ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 % (1 << 63)
+    return seed
+
+
+class MDLMTrainer(Trainer):
+    """A `Trainer` whose `compute_loss` is the masked-diffusion ELBO plus slack-CTC.
+
+    Works with any model whose forward takes `input_ids` and `attention_mask` and returns `.logits`
+    (hf_mdlm models, converted LLaDA, BERT-style masked LMs, PEFT-wrapped versions of them).
+    The batches come from `hf_mdlm.data.DiffusionCollator` (prompt ⊕ response, right padded).
+    """
+
+    def __init__(self, model=None, args: MDLMTrainingArguments = None, data_collator=None, **kwargs):
+        if args is None or not isinstance(args, MDLMTrainingArguments):
+            raise TypeError("MDLMTrainer needs args=MDLMTrainingArguments(...)")
+        tokenizer = kwargs.get("processing_class")
+        self.mask_id, self.slack_id, self.eos_id, _ = diffusion_token_ids(
+            tokenizer, getattr(model, "config", None), need_pad=False,
+            need_slack=args.ctc_weight > 0 or args.slack_rule != "none" or args.canvas_padding == "slack",
+        )
+        if not isinstance(data_collator, DiffusionCollator):
+            raise TypeError(
+                "MDLMTrainer needs data_collator=hf_mdlm.data.DiffusionCollator(pad_token_id, canvas_length) "
+                f"(batches of prompt/response ids); got {type(data_collator).__name__}"
+            )
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        self.schedule = get_schedule(args.noise_schedule, args.time_eps)
+        # We scale the loss for gradient accumulation ourselves (see compute_loss): tell Trainer to divide it
+        # by the accumulation steps uniformly, whatever the transformers version.
+        self.model_accepts_loss_kwargs = False
+        self._step_examples = None  # examples and response tokens in the current optimizer step, all processes
+        self._micro_step = 0
+        self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}  # sums, plus a "count"
+
+    # ---- global-batch bookkeeping --------------------------------------------------------------------------
+    def get_batch_samples(self, *args, **kwargs):
+        batch_samples, num_items = super().get_batch_samples(*args, **kwargs)
+        counts = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        for batch in batch_samples:
+            counts[0] += batch["input_ids"].shape[0]
+            counts[1] += batch["response_lengths"].sum()
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        self._step_examples = counts
+        self._micro_step = 0
+        self._accumulation = max(len(batch_samples), 1)
+        return batch_samples, num_items
+
+    def _global_positions(self, batch_size, device):
+        """Index of each row of this micro-batch in the optimizer step's global batch (same for every layout)."""
+        first = (self._micro_step * self.args.world_size + self.args.process_index) * self.args.per_device_train_batch_size
+        return torch.arange(first, first + batch_size, device=device)
+
+    # ---- the objective -------------------------------------------------------------------------------------
+    def diffusion_forward(self, model, inputs, step, positions, total):
+        """Build canvases, noise them, run the model and return the per-example `DiffusionLoss`."""
+        args = self.args
+        input_ids = inputs["input_ids"]
+        prompt_lengths, response_lengths = inputs["prompt_lengths"], inputs["response_lengths"]
+        canvas_length = input_ids.shape[1] - int(prompt_lengths.max())
+        generators = [
+            torch.Generator().manual_seed(_row_seed(args.seed, step, int(j))) for j in positions.tolist()
+        ]
+        clean_ids, canvas_mask, attention_mask = build_canvases(
+            input_ids.cpu(), prompt_lengths.cpu(), response_lengths.cpu(),
+            canvas_length=canvas_length,
+            slack_token_id=self.slack_id,
+            fill_token_id=self.eos_id if args.canvas_padding == "eos" else self.slack_id,
+            slack_rule=args.slack_rule,
+            slack_prob=args.slack_prob,
+            generators=generators,
+        )
+        if args.antithetic_time:
+            offset = torch.rand(1, generator=torch.Generator().manual_seed(_row_seed(args.seed, step, -1)))
+            t = low_discrepancy_times(offset, positions.cpu() % total, total)
+        else:
+            t = torch.stack([torch.rand((), generator=g) for g in generators])
+        noised_ids, masked = mask_canvas(
+            clean_ids, t, canvas_mask, mask_token_id=self.mask_id, schedule=self.schedule, generator=generators
+        )
+        device = input_ids.device
+        logits = model(input_ids=noised_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        result = diffusion_loss(
+            logits, noised_ids.to(device), clean_ids.to(device),
+            masked=masked.to(device), loss_mask=canvas_mask.to(device), t=t.to(device), schedule=self.schedule,
+            mask_token_id=self.mask_id, slack_token_id=self.slack_id,
+            ce_weight=args.ce_weight, ctc_weight=args.ctc_weight,
+            normalization=args.loss_normalization,
+        )
+        num_slack = ((clean_ids == self.slack_id) & canvas_mask).sum(1) if self.slack_id is not None else None
+        return result, num_slack
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._step_examples is None:  # called outside the training loop (e.g. by a user): this batch alone
+            self._step_examples = torch.tensor(
+                [inputs["input_ids"].shape[0], float(inputs["response_lengths"].sum())], dtype=torch.float64
+            )
+            self._accumulation, self._micro_step = 1, 0
+        total_examples, total_tokens = self._step_examples.tolist()
+        positions = self._global_positions(inputs["input_ids"].shape[0], inputs["input_ids"].device)
+        result, num_slack = self.diffusion_forward(
+            model, inputs, self.state.global_step, positions, max(int(total_examples), 1)
+        )
+        denominator = total_tokens if self.args.loss_normalization == "batch_tokens" else total_examples
+        # Sum over this micro-batch / global denominator; times (processes x accumulation steps) because DDP
+        # averages over processes and Trainer divides by the accumulation steps.
+        scale = self.args.world_size * self._accumulation / max(denominator, 1.0)
+        loss = result.per_example.sum() * scale
+        self._micro_step += 1
+        if self._micro_step >= self._accumulation:  # the optimizer step is complete
+            self._step_examples = None
+        self._record(result, num_slack, "train")
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    # ---- evaluation with the diffusion loss ----------------------------------------------------------------
+    def evaluate(self, *args, **kwargs):
+        self._eval_position = 0
+        return super().evaluate(*args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        batch = inputs["input_ids"].shape[0]
+        start = getattr(self, "_eval_position", 0)
+        positions = torch.arange(start, start + batch, device=inputs["input_ids"].device)
+        self._eval_position = start + batch
+        with torch.no_grad():
+            # A fixed pseudo-step makes every evaluation draw the same noise: losses are comparable over time.
+            result, num_slack = self.diffusion_forward(model, inputs, -1, positions, max(batch, 1))
+        self._record(result, num_slack, "eval")
+        denominator = (
+            float(inputs["response_lengths"].sum()) / batch if self.args.loss_normalization == "batch_tokens" else 1.0
+        )
+        loss = result.per_example.mean() / max(denominator, 1.0)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        for name, value in self._flush_metrics("eval").items():
+            output.metrics[f"{prefix}_{name}"] = value
+        return output
+
+    # ---- logging -------------------------------------------------------------------------------------------
+    def _record(self, result, num_slack, phase):
+        """Accumulate the loss parts (per example, averaged at the next log) for `phase` 'train' or 'eval'."""
+        normalizer = result.normalizer
+        parts = {"loss_ce": result.ce / normalizer,
+                 "loss_ce_weighted": self.args.ce_weight * result.weight * result.ce / normalizer}
+        if result.ctc is not None:
+            parts["loss_ctc"] = result.ctc / normalizer
+            parts["loss_ctc_weighted"] = self.args.ctc_weight * result.weight * result.ctc / normalizer
+        if num_slack is not None:
+            parts["slack_per_example"] = num_slack.float()
+        sums = self._metrics[phase]
+        for name, values in parts.items():
+            sums[name] += float(values.detach().float().sum())
+        sums["count"] += int(result.ce.shape[0])
+
+    def _flush_metrics(self, phase):
+        """Means since the last flush, over all processes (every process calls this: it is a collective)."""
+        sums = self._metrics[phase]
+        self._metrics[phase] = defaultdict(float)
+        names = sorted(n for n in sums if n != "count")
+        values = torch.tensor([sums[n] for n in names] + [sums["count"]], dtype=torch.float64, device=self.args.device)
+        if self.args.world_size > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        count = values[-1].item()
+        return {n: round(v / count, 6) for n, v in zip(names, values[:-1].tolist())} if count else {}
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs:  # a training log: add the loss parts averaged since the previous one
+            logs.update(self._flush_metrics("train"))
+        return super().log(logs, *args, **kwargs)

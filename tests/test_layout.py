@@ -1,0 +1,136 @@
+"""The package's layout: imports flow one way, the Hub files stand alone, old import paths still work, examples
+stay thin and never import each other."""
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hf_mdlm"
+HUB_FILES = ("configuration_mdlm", "modeling_mdlm", "generation_mdlm")
+# Lower layers first: a module may import its own layer (its own subpackage) and layers below it, never above.
+LAYERS = [
+    set(HUB_FILES),
+    {"tokenization"},
+    {"data"},
+    {"training"},
+    {"hub"},
+    {"convert"},
+    {"evaluation"},
+    {"loading"},
+    {"replication"},
+    {"losses", "noise", "trainer", "lm_eval_harness"},  # aliases of the modules' old paths
+]
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        yield path, parts[:-1] if parts[-1] == "__init__" else parts, parts[-1] == "__init__"
+
+
+def _imports(path, name, is_package):
+    """Absolute names of the hf_mdlm modules that `path` imports (relative imports resolved)."""
+    package = name if is_package else name[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = base + tuple(node.module.split(".")) if node.module else base
+            else:
+                target = tuple((node.module or "").split("."))
+            if target[0] == "hf_mdlm":
+                yield target, [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "hf_mdlm":
+                    yield tuple(alias.name.split(".")), []
+
+
+def test_every_module_has_a_layer():
+    assert {name[1] for _, name, _ in _modules() if len(name) > 1} == set(RANK)
+
+
+def test_imports_flow_one_way():
+    wrong = []
+    for path, name, is_package in _modules():
+        if len(name) == 1:  # hf_mdlm/__init__.py: lazy exports only
+            continue
+        for target, names in _imports(path, name, is_package):
+            if len(target) == 1:  # the package root: only its version
+                if names != ["__version__"]:
+                    wrong.append(f"{'.'.join(name)} imports {names} from hf_mdlm itself")
+                continue
+            if target[1] == name[1]:  # within one subpackage: never through the subpackage's own __init__
+                if not is_package and len(name) > 2 and target == name[:2]:
+                    wrong.append(f"{'.'.join(name)} imports its own package {'.'.join(target)}")
+                continue
+            if RANK[target[1]] > RANK[name[1]] or (RANK[target[1]] == RANK[name[1]] and RANK[name[1]] != 0):
+                wrong.append(f"{'.'.join(name)} (layer {RANK[name[1]]}) imports {'.'.join(target)} "
+                             f"(layer {RANK[target[1]]})")
+    assert wrong == []
+
+
+def test_hub_files_import_only_torch_transformers_and_each_other():
+    allowed_roots = {"torch", "transformers", "copy", "inspect", "math", "dataclasses", "typing", "collections",
+                     "functools", "warnings", "tqdm"}  # tqdm: a dependency of transformers
+    for stem in HUB_FILES:
+        tree = ast.parse((PACKAGE / f"{stem}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module in HUB_FILES, (stem, node.module)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.module.split(".")[0] in allowed_roots, (stem, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] in allowed_roots for a in node.names), stem
+
+
+@pytest.mark.parametrize("old,new,name", [
+    ("hf_mdlm.losses", "hf_mdlm.training.losses", "slack_ctc_loss"),
+    ("hf_mdlm.noise", "hf_mdlm.training.canvas", "mask_canvas"),
+    ("hf_mdlm.trainer", "hf_mdlm.training.trainer", "MDLMTrainer"),
+    ("hf_mdlm.lm_eval_harness", "hf_mdlm.evaluation.lm_eval", "MDLMEvalLM"),
+])
+def test_old_module_paths_are_the_new_modules(old, new, name):
+    assert importlib.import_module(old) is importlib.import_module(new)
+    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
+
+
+def test_old_names_stay_importable():
+    import hf_mdlm
+    from hf_mdlm.data import Canvases, build_canvases  # moved to hf_mdlm.training.canvas
+    from hf_mdlm.evaluation import elbo_perplexity, shift_robustness, win_rate  # noqa: F401
+    from hf_mdlm.hub import check_hub_folder, export_for_hub, push_to_hub, render_model_card  # noqa: F401
+    from hf_mdlm.training.canvas import build_canvases as moved
+
+    assert build_canvases is moved and Canvases._fields == ("clean_ids", "canvas_mask", "attention_mask")
+    assert hf_mdlm.MDLMTrainingArguments.__module__ == "hf_mdlm.training.arguments"
+    for name in hf_mdlm.__all__:
+        assert getattr(hf_mdlm, name) is not None
+    from hf_mdlm.convert import convert_llada_checkpoint, main  # noqa: F401
+    assert hf_mdlm.trainer.MDLMTrainer is hf_mdlm.MDLMTrainer
+
+
+def test_python_dash_m_convert_still_runs():
+    result = subprocess.run([sys.executable, "-m", "hf_mdlm.convert", "--help"], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 0 and "llada" in result.stdout
+
+
+def test_examples_are_thin_and_import_no_example():
+    for script in sorted((ROOT / "examples").glob("*.py")):
+        text = script.read_text()
+        assert len(text.splitlines()) <= 160, f"{script.name} has {len(text.splitlines())} lines"
+        assert "sys.path" not in text and "spec_from_file_location" not in text, script.name
+        tree = ast.parse(text)
+        siblings = {p.stem for p in (ROOT / "examples").glob("*.py")}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not {a.name for a in node.names} & siblings, script.name
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module.split(".")[0] not in siblings, script.name
