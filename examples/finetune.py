@@ -40,6 +40,13 @@ BUNDLED_DEFAULTS = [
 ]
 
 
+def with_bundled_defaults(argv):
+    """The bundled default run's flags before the user's, unless a model or a dataset is named (the exact flags:
+    `--dataset_cache_dir` and the other `--dataset*` options keep the defaults)."""
+    named = any(arg.split("=")[0] in ("--model_name_or_path", "--dataset") for arg in argv)
+    return list(argv) if named else BUNDLED_DEFAULTS + list(argv)
+
+
 def sample_held_out(output_dir, eval_dataset, tokenizer, num_samples, seed):
     """Reload the saved folder as a Hub user would and sample continuations of held-out prompts, at temperature
     0.7: small models trained for minutes otherwise commit their most confident tokens (newlines, EOS) first."""
@@ -60,10 +67,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, MDLMTrainingArguments))
     parser.add_argument("--num_samples", type=int, default=3, help="Held-out prompts sampled after training.")
-    bundled_run = not any(a.startswith("--model_name_or_path") or a.startswith("--dataset") for a in argv)
-    model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(
-        args=(BUNDLED_DEFAULTS if bundled_run else []) + argv
-    )
+    model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(args=with_bundled_defaults(argv))
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
 

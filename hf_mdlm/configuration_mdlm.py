@@ -33,7 +33,7 @@ class MDLMConfig(PretrainedConfig):
         rope_theta (`float`): base of the rotary embedding frequencies.
         rms_norm_eps (`float`): epsilon of the RMSNorm layers.
         attention_bias (`bool`): bias on the query/key/value projections.
-        mlp_bias (`bool`): bias on the MLP and output projections.
+        mlp_bias (`bool`): bias on the MLP projections (gate, up, down); the attention output projection has none.
         attention_dropout (`float`): dropout on attention probabilities during training.
         initializer_range (`float`): std of the normal initialisation.
         tie_word_embeddings (`bool`): share the input embedding and the LM head.

@@ -75,6 +75,28 @@ _MODEL_TOKEN_FIELDS = ("mask_token_id", "slack_token_id", "eos_token_id", "pad_t
 _MASK64 = (1 << 64) - 1
 
 
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (order matters; negative parts allowed), the same on every platform and run.
+
+    The one seed mixer of hf_mdlm: the sampler's rows, the trainer's examples, evaluation and the lm-eval adapter
+    all draw from `torch.Generator().manual_seed(mix_seed(...))`. Each part is folded into the state through
+    SplitMix64's finaliser, so nearby tuples (seed, step, position) give unrelated seeds; a CPU generator keeps
+    only the low 32 bits, and those behave like an ideal 32-bit hash (tests/test_trainer.py counts collisions
+    against the birthday bound).
+    """
+    h = 0x243F6A8885A308D3
+    for part in parts:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    return h >> 1
+
+
 class MDLMGenerationConfig(GenerationConfig):
     r"""
     Settings of [`MDLMGenerationMixin.generate`] (masked-diffusion sampling). Saved as `generation_config.json`.
@@ -464,13 +486,6 @@ def _prepare(model, config, input_ids, attention_mask, generator, streamer, step
     )
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
 def _seed_of(source) -> int:
     if isinstance(source, torch.Generator):
         return int(torch.randint(0, 2**62, (1,), generator=source, device=source.device).item())
@@ -480,20 +495,19 @@ def _seed_of(source) -> int:
 
 
 def _row_generators(generator, batch, copies, device) -> list:
-    """One torch.Generator per output row, seeded from (seed, prompt index, copy index)."""
+    """One torch.Generator per output row, seeded from (prompt seed, copy index); the prompt seed is the list's
+    entry, or (seed, prompt index) mixed."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"generator is a list of {len(generator)} entries for a batch of {batch} prompts")
-        prompt_seeds = [_splitmix64(_seed_of(g)) for g in generator]
+        prompt_seeds = [_seed_of(g) for g in generator]
     else:
         base = _seed_of(generator) if generator is not None else int(torch.randint(0, 2**62, (1,)).item())
-        prompt_seeds = [_splitmix64(_splitmix64(base) ^ index) for index in range(batch)]
+        prompt_seeds = [mix_seed(base, index) for index in range(batch)]
     generators = []
     for seed in prompt_seeds:
         for copy_index in range(copies):
-            g = torch.Generator(device=device)
-            g.manual_seed(_splitmix64(seed ^ (copy_index * 0x2545F4914F6CDD1D & _MASK64)) >> 1)
-            generators.append(g)
+            generators.append(torch.Generator(device=device).manual_seed(mix_seed(seed, copy_index)))
     return generators
 
 

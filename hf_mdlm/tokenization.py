@@ -139,14 +139,12 @@ def _resize_and_init(model, new_len: int, new_ids: list[int], old_len: int) -> N
     inp = model.get_input_embeddings()
     out = model.get_output_embeddings()
     new_index = torch.tensor(new_ids, dtype=torch.long, device=inp.weight.device)
-    # The rows of the tokens that existed before this call (never a spare padding row beyond them).
+    # The rows of the tokens that existed before this call (never a spare padding row beyond them); new ids are
+    # all >= old_len, so none of them is among these rows.
     n_old = min(old_len, n_rows)
-    keep = torch.ones(n_old, dtype=torch.bool, device=inp.weight.device)
-    keep[new_index[new_index < n_old]] = False
 
     def set_rows_to_mean(tensor: torch.Tensor) -> None:
-        old = tensor[:n_old][keep.to(tensor.device)]
-        mean = old.float().mean(dim=0).to(tensor.dtype)
+        mean = tensor[:n_old].float().mean(dim=0).to(tensor.dtype)
         tensor[new_index.to(tensor.device)] = mean
 
     set_rows_to_mean(inp.weight)

@@ -15,13 +15,25 @@ TINY = ["--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers
         "true"]
 
 
-def run_finetune_in_process(argv):
+def finetune_script():
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         import finetune
     finally:
         sys.path.pop(0)
-    return finetune.main(argv)
+    return finetune
+
+
+def run_finetune_in_process(argv):
+    return finetune_script().main(argv)
+
+
+def test_only_a_model_or_dataset_flag_drops_the_bundled_defaults():
+    script = finetune_script()
+    for argv in (["--dataset_cache_dir", "/tmp/c"], ["--dataset_config=x"], ["--max_steps", "3"]):
+        assert script.with_bundled_defaults(argv)[: len(script.BUNDLED_DEFAULTS)] == script.BUNDLED_DEFAULTS
+    for argv in (["--dataset", "d.jsonl"], ["--dataset=d.jsonl"], ["--model_name_or_path", "m"]):
+        assert script.with_bundled_defaults(argv) == argv
 
 
 def logged_losses(output_dir):

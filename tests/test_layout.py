@@ -134,3 +134,31 @@ def test_examples_are_thin_and_import_no_example():
                 assert not {a.name for a in node.names} & siblings, script.name
             elif isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module.split(".")[0] not in siblings, script.name
+
+
+@pytest.mark.slow
+def test_wheel_and_sdist_carry_the_templates_and_the_bundled_corpus(tmp_path):
+    """A plain install trains on the bundled corpus and renders model cards: the files are package data."""
+    import shutil
+    import tarfile
+    import zipfile
+
+    source = tmp_path / "src"  # build from a copy: the build leaves no build/ folder in the checkout
+    shutil.copytree(ROOT / "hf_mdlm", source / "hf_mdlm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [wheel] = tmp_path.glob("hf_mdlm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    needed = {"hf_mdlm/hub/templates/model_card.md", "hf_mdlm/hub/templates/adapter_card.md",
+              "hf_mdlm/data/bundled/shakespeare_train.jsonl.gz", "hf_mdlm/data/bundled/shakespeare_heldout.jsonl.gz",
+              "hf_mdlm/data/bundled/tokenizer/tokenizer.json", "hf_mdlm/data/bundled/tokenizer/tokenizer_config.json"}
+    assert needed <= names
+    result = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; "
+                             f"print(b.build_sdist({str(tmp_path)!r}))"], capture_output=True, text=True, cwd=source)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sdist = tmp_path / result.stdout.strip().splitlines()[-1]
+    members = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
+    assert needed <= members

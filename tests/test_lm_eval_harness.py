@@ -55,7 +55,7 @@ def request(*args):
 
 def test_one_token_continuation_is_the_exact_log_probability(model, tokenizer):
     # One masked token: every Monte-Carlo sample masks it alone, so the estimate is log p exactly.
-    lm = MDLMEvalLM(model, tokenizer, mc_num=3)
+    lm = MDLMEvalLM(model, tokenizer, mc_num=3, compute_is_greedy=True)
     context, continuation = "KING. Speak", " on"
     ctx, cont = lm._encode_pair(context, continuation)
     assert len(cont) == 1 and ctx[0] == tokenizer.bos_token_id
@@ -85,7 +85,7 @@ def test_loglikelihood_is_the_mc_estimate_with_one_seed_for_all_requests(model, 
 
 
 def test_is_greedy_is_true_exactly_for_the_greedy_canvas(model, tokenizer):
-    lm = MDLMEvalLM(model, tokenizer, mc_num=2)
+    lm = MDLMEvalLM(model, tokenizer, mc_num=2, compute_is_greedy=True)
     ctx = lm.tok_encode("Good morrow")
     prompt = torch.tensor([ctx])
     canvas = model.generate(prompt, max_new_tokens=3, steps=3, temperature=0.0)[0, len(ctx):].tolist()
@@ -94,6 +94,16 @@ def test_is_greedy_is_true_exactly_for_the_greedy_canvas(model, tokenizer):
     other = (("Good morrow", "other"), ctx, canvas[:2] + [canvas[2] + 1 if canvas[2] > 10 else 50])
     [(_, g1), (_, g2)] = lm._loglikelihood_tokens([greedy_request, other], disable_tqdm=True)
     assert (g1, g2) == (True, False), text
+    # Off by default (LLaDA's harness does not compute it): no generate call, is_greedy False.
+    calls = []
+    default = MDLMEvalLM(model, tokenizer, mc_num=2)
+    original = model.generate
+    model.generate = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        [(_, g)] = default._loglikelihood_tokens([greedy_request], disable_tqdm=True)
+    finally:
+        del model.generate
+    assert g is False and calls == []
 
 
 def test_rolling_loglikelihood_sums_disjoint_windows(model, tokenizer):

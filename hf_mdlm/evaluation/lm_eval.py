@@ -16,8 +16,10 @@ How the three request types are answered:
   `hf_mdlm.evaluation.conditional_log_likelihood` with `mc_num` samples (LLaDA's estimator). Every request uses
   the same seed, so the choices of a multiple-choice question are scored with common random numbers (the same
   numbers of masks), which makes their comparison far less noisy than independent estimates. `is_greedy` is
-  exact: temperature-0 low-confidence decoding of a canvas as long as the continuation, one token per step,
-  reproduces the continuation.
+  False unless `compute_is_greedy=True` (as in LLaDA's own harness, which does not compute it): then it is
+  exact (temperature-0 low-confidence decoding of a canvas as long as the continuation, one token per step,
+  reproduces the continuation), at the cost of one forward pass per continuation token. Only tasks scored by
+  greedy match (e.g. lambada's `acc`) need it.
 - `loglikelihood_rolling(text)`: the same bound summed over lm_eval's disjoint rolling windows of
   `max_length` tokens, each conditioned on the tokens before it.
 - `generate_until(context, gen_kwargs)`: `model.generate` on a canvas of `max_gen_toks` (rounded up to a
@@ -39,9 +41,13 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from ..generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, strip_generation
+from ..generation_mdlm import (
+    GENERATION_FIELDS,
+    MDLMGenerationConfig,
+    mix_seed,
+    strip_generation,
+)
 from .likelihood import conditional_log_likelihood
-from .utils import _mix
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ _HARNESS_GEN_KEYS = {"until", "max_gen_toks", "do_sample"}
 
 def _request_seed(seed: int, ids: list[int]) -> int:
     """A seed from the run's seed and the context's tokens: the same context gets the same noise in any batch."""
-    return _mix(seed, int.from_bytes(hashlib.sha256(str(ids).encode()).digest()[:8], "little"))
+    return mix_seed(seed, int.from_bytes(hashlib.sha256(str(ids).encode()).digest()[:8], "little"))
 
 
 class MDLMEvalLM(TemplateLM):
@@ -71,6 +77,8 @@ class MDLMEvalLM(TemplateLM):
         add_bos_token: prepend BOS to every context (our training prompts start with it).
         device, dtype: where and in which precision to run a model loaded from `pretrained`.
         seed: seeds every Monte-Carlo estimate and every sample.
+        compute_is_greedy: compute the exact `is_greedy` of `loglikelihood` (one forward per continuation token);
+            off by default, when `is_greedy` is always False.
     """
 
     backend = "causal"  # encode context + continuation together, then split (lm_eval's convention)
@@ -90,6 +98,7 @@ class MDLMEvalLM(TemplateLM):
         dtype: str | torch.dtype | None = None,
         seed: int = 0,
         trust_remote_code: bool = True,
+        compute_is_greedy: bool = False,
         max_batch_size: int | None = None,  # passed by lm_eval's CLI; one fixed batch size is used
         **generation_kwargs,
     ):
@@ -139,6 +148,7 @@ class MDLMEvalLM(TemplateLM):
         self.block_length = block_length
         self.tokens_per_step = tokens_per_step
         self.add_bos_token = add_bos_token
+        self.compute_is_greedy = compute_is_greedy
         self.seed = int(seed)
         self.generation_kwargs = generation_kwargs
 
@@ -196,7 +206,8 @@ class MDLMEvalLM(TemplateLM):
                 out.append((0.0, False))
                 continue
             context = self._fit(context, continuation, f"request {i} (continuation {continuation_text[:40]!r})")
-            result = (self._score(context, continuation), self._is_greedy(context, continuation))
+            greedy = self.compute_is_greedy and self._is_greedy(context, continuation)
+            result = (self._score(context, continuation), greedy)
             out.append(result)
             self.cache_hook.add_partial("loglikelihood", (context_text, continuation_text), result)
         return out

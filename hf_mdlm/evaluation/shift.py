@@ -19,7 +19,6 @@ from .utils import (
     _config_value,
     _device,
     _id_list,
-    _mix,
 )
 
 # The shift rate of the unshifted reference in `shift_robustness` (see there): positive, so that the sampler
@@ -66,7 +65,7 @@ def generate_continuations(
     Returns one dict per prompt: ``prompt_ids``, ``prompt_text``, ``ids`` (clean generated ids), ``text``,
     ``num_slack`` (``<slack>`` tokens the sampler committed before the first EOS).
     """
-    from ..generation_mdlm import strip_generation
+    from ..generation_mdlm import mix_seed, strip_generation
 
     ids_list = _prompt_id_lists(prompts, tokenizer)
     seed = _check_seed(seed)
@@ -88,7 +87,7 @@ def generate_continuations(
     for length in sorted(groups):
         for batch in _batches(groups[length], batch_size):
             input_ids = torch.tensor([ids_list[i] for i in batch], dtype=torch.long, device=device)
-            seeds = [_mix(seed, _TAG_PROMPT, i) for i in batch]
+            seeds = [mix_seed(seed, _TAG_PROMPT, i) for i in batch]
             canvas = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generator=seeds, **kwargs)
             if not isinstance(canvas, torch.Tensor):
                 canvas = canvas.sequences

@@ -9,28 +9,14 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-_MASK64 = (1 << 64) - 1
+from ..generation_mdlm import mix_seed
+
 # Stream tags, so that the different random draws of one call never share a generator.
 _TAG_OFFSET, _TAG_ELBO, _TAG_CLL, _TAG_PROMPT, _TAG_SLACK = 0x0FF5E7, 0xE1B0, 0xC11, 0x5EED, 0x51AC
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (order matters); the same on every platform and run."""
-    h = 0x243F6A8885A308D3
-    for part in parts:
-        h = _splitmix64(h ^ (int(part) & _MASK64))
-    return h >> 1
-
-
 def _generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_mix(*parts))
+    return torch.Generator().manual_seed(mix_seed(*parts))
 
 
 def _check_seed(seed) -> int:

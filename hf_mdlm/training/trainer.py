@@ -12,18 +12,18 @@ import torch
 from transformers import Trainer
 
 from ..data.collator import DiffusionCollator
+from ..generation_mdlm import mix_seed
 from ..tokenization import diffusion_token_ids
 from .arguments import MDLMTrainingArguments
 from .canvas import build_canvases, get_schedule, low_discrepancy_times, mask_canvas
 from .losses import diffusion_loss
 
 
-def _row_seed(*parts):
-    """Mix integers into one 63-bit seed (deterministic across processes and runs)."""
-    seed = 0x9E3779B97F4A7C15
-    for part in parts:
-        seed = (seed ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 % (1 << 63)
-    return seed
+def global_positions(micro_step, world_size, process_index, per_device_batch, batch_size, device=None):
+    """Positions of a micro-batch's rows among all processes' rows: micro-step k of process r holds rows
+    (k * world_size + r) * per_device_batch + [0, batch_size)."""
+    first = (micro_step * world_size + process_index) * per_device_batch
+    return torch.arange(first, first + batch_size, device=device)
 
 
 class MDLMTrainer(Trainer):
@@ -72,8 +72,8 @@ class MDLMTrainer(Trainer):
 
     def _global_positions(self, batch_size, device):
         """Index of each row of this micro-batch in the optimizer step's global batch (same for every layout)."""
-        first = (self._micro_step * self.args.world_size + self.args.process_index) * self.args.per_device_train_batch_size
-        return torch.arange(first, first + batch_size, device=device)
+        return global_positions(self._micro_step, self.args.world_size, self.args.process_index,
+                                self.args.per_device_train_batch_size, batch_size, device)
 
     # ---- the objective -------------------------------------------------------------------------------------
     def diffusion_forward(self, model, inputs, step, positions, total):
@@ -83,7 +83,7 @@ class MDLMTrainer(Trainer):
         prompt_lengths, response_lengths = inputs["prompt_lengths"], inputs["response_lengths"]
         canvas_length = input_ids.shape[1] - int(prompt_lengths.max())
         generators = [
-            torch.Generator().manual_seed(_row_seed(args.seed, step, int(j))) for j in positions.tolist()
+            torch.Generator().manual_seed(mix_seed(args.seed, step, int(j))) for j in positions.tolist()
         ]
         clean_ids, canvas_mask, attention_mask = build_canvases(
             input_ids.cpu(), prompt_lengths.cpu(), response_lengths.cpu(),
@@ -95,7 +95,7 @@ class MDLMTrainer(Trainer):
             generators=generators,
         )
         if args.antithetic_time:
-            offset = torch.rand(1, generator=torch.Generator().manual_seed(_row_seed(args.seed, step, -1)))
+            offset = torch.rand(1, generator=torch.Generator().manual_seed(mix_seed(args.seed, step, -1)))
             t = low_discrepancy_times(offset, positions.cpu() % total, total)
         else:
             t = torch.stack([torch.rand((), generator=g) for g in generators])
@@ -138,15 +138,17 @@ class MDLMTrainer(Trainer):
 
     # ---- evaluation with the diffusion loss ----------------------------------------------------------------
     def evaluate(self, *args, **kwargs):
-        self._eval_position = 0
+        self._eval_step = 0
         return super().evaluate(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         batch = inputs["input_ids"].shape[0]
-        start = getattr(self, "_eval_position", 0)
-        positions = torch.arange(start, start + batch, device=inputs["input_ids"].device)
-        self._eval_position = start + batch
+        # Global positions (every process draws different noise for its examples), the same in every evaluation.
+        step = getattr(self, "_eval_step", 0)
+        positions = global_positions(step, self.args.world_size, self.args.process_index,
+                                     self.args.per_device_eval_batch_size, batch, inputs["input_ids"].device)
+        self._eval_step = step + 1
         with torch.no_grad():
             # A fixed pseudo-step makes every evaluation draw the same noise: losses are comparable over time.
             result, num_slack = self.diffusion_forward(model, inputs, -1, positions, max(batch, 1))
