@@ -6,7 +6,8 @@ How a call works, in short. The canvas is the (left-padded) prompt followed by `
 The canvas is filled block by block, left to right. Each block gets `steps // num_blocks` denoising steps.
 At every step the model sees the whole canvas, proposes a token for every masked position of the current
 block (argmax, or Gumbel-max sampling at `temperature > 0`), scores each proposal (`remasking`), and commits
-the best-scored ones; the others stay masked for a later step. With the default settings and
+the best-scored ones; the others stay masked for a later step (docs/objective.md §6; LLaDA, arXiv 2502.09992,
+its semi-autoregressive low-confidence remasking). With the default settings and
 `temperature=0` this reproduces LLaDA's reference sampler token for token, with two deliberate differences
 that only matter in degenerate cases: the mask token itself is never proposed, and equal scores are broken
 towards the leftmost position (LLaDA's `torch.topk` leaves the order of ties unspecified, which would make a
@@ -14,13 +15,15 @@ row's result depend on its padding).
 
 Extras on top of the reference algorithm:
 
-* `threshold`: commit every proposal whose score reaches it (confidence-aware parallel decoding); the
+* `threshold`: commit every proposal whose score reaches it (Fast-dLLM's confidence-aware parallel decoding,
+  arXiv 2505.22618); the
   step budget still guarantees the block finishes in `steps // num_blocks` steps, and a block that is done
   early ends early, so fewer model calls are made.
 * `<slack>` (slack-CTC) is an ordinary token while sampling; `strip_generation` removes it from the output.
   `suppress_slack=True` forbids it.
 * EOS controls (`suppress_eos`, `eos_penalty`, `stop_at_eos`).
-* `shift_rate`: the positional-shift intervention of the slack-CTC specification (section 6).
+* `shift_rate`: the positional-shift intervention (docs/objective.md §7; the sensitivity test of slack-CTC,
+  arXiv 2601.22947).
 * Per-row random generators: a row's samples do not depend on what else is in the batch.
 """
 
@@ -684,7 +687,7 @@ def _denoise_step(model, config, x, attention_mask, generators, masked, schedule
             return model(input_ids=input_ids, attention_mask=mask, logits_to_keep=window).logits
         return model(input_ids=input_ids, attention_mask=mask).logits[:, window]
 
-    if config.cfg_scale > 0:
+    if config.cfg_scale > 0:  # classifier-free guidance with a masked prompt (LLaDA, arXiv 2502.09992; docs §6)
         uncond = x.clone()
         uncond[:, :P] = mask_id
         both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=0)
@@ -716,7 +719,8 @@ def _denoise_step(model, config, x, attention_mask, generators, masked, schedule
             where = w_masked[r].nonzero().flatten()
             u = torch.rand((where.numel(), choice.shape[-1]), generator=generators[r], dtype=torch.float64,
                            device=choice.device)
-            # Gumbel-max at this temperature: argmax(logits - T * log(-log u)).
+            # Gumbel-max at this temperature: argmax(logits - T * log(-log u)), in float64: lower precision
+            # truncates the Gumbel noise and lowers the sampling temperature (arXiv 2409.02908; docs §6).
             choice[r, where] -= temperature * torch.log(-torch.log(u))
         x0 = choice.argmax(dim=-1)
 
@@ -733,7 +737,8 @@ def _denoise_step(model, config, x, attention_mask, generators, masked, schedule
     if scheduled is not None:
         k = torch.minimum(scheduled, left)
     else:
-        needed = (left + steps_left - 1) // steps_left  # enough to finish the block within its step budget
+        # Fast-dLLM's threshold rule (arXiv 2505.22618), with at least enough to finish within the step budget.
+        needed = (left + steps_left - 1) // steps_left
         passing = (score >= config.threshold).sum(-1)
         k = torch.minimum(torch.maximum(passing, needed), left)
 

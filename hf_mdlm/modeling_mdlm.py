@@ -13,6 +13,12 @@ from .configuration_mdlm import MDLMConfig
 from .generation_mdlm import MDLMGenerationMixin
 
 
+def _values_are_free(tensor) -> bool:
+    """Checks that read tensor values cost nothing on the CPU; on an accelerator (or while compiling) they would
+    stall the device, so there the entry points (`generate`, the data pipeline) check values instead."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 class MDLMRMSNorm(nn.Module):
     def __init__(self, hidden_size, eps=1e-5):
         super().__init__()
@@ -189,7 +195,7 @@ class MDLMModel(MDLMPreTrainedModel):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         vocab = self.config.vocab_size
-        if input_ids.numel() and ((input_ids < 0) | (input_ids >= vocab)).any():
+        if _values_are_free(input_ids) and input_ids.numel() and ((input_ids < 0) | (input_ids >= vocab)).any():
             bad = input_ids[(input_ids < 0) | (input_ids >= vocab)][0].item()
             raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab})")
 
@@ -204,11 +210,12 @@ class MDLMModel(MDLMPreTrainedModel):
                 f"{(batch, length)} like input_ids (1 = real token, 0 = padding)"
             )
         keep = attention_mask.bool()
-        empty = ~keep.any(dim=1)
-        if empty.any():
-            raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} has no real token")
-        if keep.all():
-            return None
+        if _values_are_free(keep):  # on an accelerator these reads would stall it at every forward
+            empty = ~keep.any(dim=1)
+            if empty.any():
+                raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} has no real token")
+            if keep.all():
+                return None
         return keep[:, None, None, :]
 
     @staticmethod

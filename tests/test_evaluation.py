@@ -511,3 +511,15 @@ def test_replicate_refuses_bad_sweeps_and_a_judge_of_another_shape(tmp_path, cap
     with pytest.raises(SystemExit, match=r"width 16 x 1 layers does not match this mode's judge \(32 x 1\)"):
         replicate.main(["--smoke", "--judge", str(tmp_path / "judge"), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "base").exists()  # refused before any training
+
+
+def test_sampler_names_are_checked_against_the_sampler():
+    import argparse
+
+    from hf_mdlm.evaluation.suite import parse_samplers
+
+    assert parse_samplers("ancestral,mine:entropy:0.5")["mine"] == {"remasking": "entropy", "temperature": 0.5}
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown remasking 'entropi' in sampler 'x:entropi:1'"):
+        parse_samplers("x:entropi:1")
+    with pytest.raises(argparse.ArgumentTypeError, match="bad temperature"):
+        parse_samplers("x:random:hot")

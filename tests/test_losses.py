@@ -522,6 +522,19 @@ def test_infeasible_several_examples_listed():
         slack_ctc_loss(logits, inputs, clean, mask_token_id=mask_id, slack_token_id=slack_id, loss_mask=loss_mask)
 
 
+def test_on_an_accelerator_infeasibility_is_asserted_without_a_host_sync(monkeypatch):
+    """Where reading values would stall the device, the loss skips value checks and asserts feasibility
+    asynchronously (torch._assert_async): still an error, never a silent inf."""
+    logits, inputs, clean, loss_mask, mask_id, slack_id = _distinct_target_case(1)
+    monkeypatch.setattr(losses, "_values_are_free", lambda tensor: False)
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or [])
+    inputs[2][loss_mask[2]] = slack_id
+    with pytest.raises(RuntimeError, match="no alignment that agrees with its unmasked canvas tokens"):
+        slack_ctc_loss(logits, inputs, clean, mask_token_id=mask_id, slack_token_id=slack_id, loss_mask=loss_mask)
+    assert reads == []
+
+
 def test_argument_errors():
     logits, inputs, clean, loss_mask, mask_id, slack_id = make_case(0, 2, 6, 5, 0.3, 0.5)
     kw = dict(mask_token_id=mask_id, slack_token_id=slack_id, loss_mask=loss_mask)

@@ -48,6 +48,7 @@ def _canvas_rows(pairs, canvas_length, fill_token_id):
     return rows
 
 
+# The proposal of the slack-marginal bound: the training insertion rule, sampled exactly (docs/objective.md §8).
 def _slack_alignment(response, room, prob, slack_token_id, generator):
     """One draw of the slack insertion q(a | response) and its log-probability.
 
@@ -81,6 +82,7 @@ def _resolve_schedule(schedule, time_eps) -> NoiseSchedule:
     return get_schedule(schedule, time_eps)
 
 
+# The masked-diffusion ELBO as a perplexity bound (docs/objective.md §8; MDLM arXiv 2406.07524).
 def elbo_perplexity(
     model,
     dataset,
@@ -257,6 +259,7 @@ def paired_elbo_difference(result_a: Mapping, result_b: Mapping) -> dict[str, fl
             "same_seed": result_a.get("seed") == result_b.get("seed")}
 
 
+# LLaDA's Monte-Carlo lower bound on log p(completion | prompt) (arXiv 2502.09992; docs/objective.md §8).
 def conditional_log_likelihood(
     model,
     prompt_ids,

@@ -126,7 +126,7 @@ def shift_robustness(
     num_examples: int = 3,
     paired_reference: bool = True,
 ) -> dict[str, Any]:
-    """The positional-shift diagnostic (slack-CTC specification, section 6).
+    """The positional-shift diagnostic (docs/objective.md §7; the sensitivity study of arXiv 2601.22947).
 
     For every rate in ``shift_rates`` (0 is always added as the reference), the same ``prompts`` are
     sampled with the same per-prompt seeds (:func:`generate_continuations`) and the sampler's

@@ -8,6 +8,7 @@ import logging
 import time
 
 from ..data.loading import spread_indices
+from ..generation_mdlm import REMASKING_STRATEGIES
 from .judge import generative_perplexity
 from .likelihood import elbo_perplexity
 from .shift import shift_robustness
@@ -36,6 +37,9 @@ def parse_samplers(text: str) -> dict:
         if len(parts) != 3:
             raise argparse.ArgumentTypeError(
                 f"unknown sampler {item!r}: use {', '.join(SAMPLERS)} or NAME:REMASKING:TEMPERATURE")
+        if parts[1] not in REMASKING_STRATEGIES:
+            raise argparse.ArgumentTypeError(
+                f"unknown remasking {parts[1]!r} in sampler {item!r}: expected one of {REMASKING_STRATEGIES}")
         try:
             out[parts[0]] = {"remasking": parts[1], "temperature": float(parts[2])}
         except ValueError:

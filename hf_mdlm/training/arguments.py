@@ -4,13 +4,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .canvas import get_schedule
+from .canvas import CANVAS_PADDINGS, SLACK_RULES, get_schedule
 from .losses import NORMALIZATIONS
 
 
 @dataclass
 class MDLMTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the masked-diffusion / slack-CTC objective (spec: shared design, sections 1-3)."""
+    """`TrainingArguments` plus the masked-diffusion / slack-CTC objective (docs/objective.md §1-§5)."""
 
     ce_weight: float = field(
         default=1.0, metadata={"help": "Weight of the masked cross-entropy on the anchor alignment (lambda_ce)."}
@@ -57,12 +57,12 @@ class MDLMTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"ce_weight={self.ce_weight} and ctc_weight={self.ctc_weight} must be >= 0 and not both 0"
             )
-        if self.slack_rule not in ("bernoulli", "fixed", "none"):
-            raise ValueError(f"slack_rule={self.slack_rule!r}: expected 'bernoulli', 'fixed' or 'none'")
+        if self.slack_rule not in SLACK_RULES:
+            raise ValueError(f"slack_rule={self.slack_rule!r}: expected one of {SLACK_RULES}")
         if not 0.0 <= self.slack_prob <= 1.0:
             raise ValueError(f"slack_prob={self.slack_prob} must be in [0, 1]")
-        if self.canvas_padding not in ("eos", "slack"):
-            raise ValueError(f"canvas_padding={self.canvas_padding!r}: expected 'eos' or 'slack'")
+        if self.canvas_padding not in CANVAS_PADDINGS:
+            raise ValueError(f"canvas_padding={self.canvas_padding!r}: expected one of {CANVAS_PADDINGS}")
         if self.loss_normalization not in NORMALIZATIONS:
             raise ValueError(f"loss_normalization={self.loss_normalization!r}: expected one of {NORMALIZATIONS}")
         if not 0.0 <= self.time_eps < 1.0:

@@ -54,11 +54,10 @@ class NoiseSchedule:
 
 
 class LinearSchedule(NoiseSchedule):
-    """``m(t) = (1 - eps) t + eps`` with weight ``w(t) = 1 / m(t)`` (the default).
+    """LLaDA's schedule (arXiv 2502.09992; docs/objective.md §2): ``m(t) = (1 - eps) t + eps`` with weight ``w(t) = 1 / m(t)`` (the default).
 
     The continuous-time ELBO weight is ``m'(t) / m(t) = (1 - eps) / m(t)``.  We
-    use ``1 / m(t)`` instead, which is the project specification's choice and
-    LLaDA's; it differs from the ELBO weight only by the constant factor
+    use ``1 / m(t)`` instead, which is LLaDA's (arXiv 2502.09992; docs/objective.md §5); it differs from the ELBO weight only by the constant factor
     ``1 - eps``, so it rescales the loss (and the effective learning rate) by
     0.1% and leaves the optimum unchanged.
     """
@@ -107,6 +106,7 @@ def get_schedule(name: str, eps: float = 1e-3) -> NoiseSchedule:
     return cls(eps=eps)
 
 
+# MDLM's low-discrepancy sampler (arXiv 2406.07524): stratified times lower the variance of the batch loss (§2).
 def low_discrepancy_times(u, positions, total: int) -> torch.Tensor:
     """``t = frac(u + positions / total)``: stratified times for a global batch.
 
@@ -177,6 +177,7 @@ def _uniforms(shape, generator: GeneratorArg, device) -> torch.Tensor:
     return torch.stack(rows)
 
 
+# The forward process q(z_t | x): each canvas position masked independently with probability m(t) (§2).
 def mask_canvas(
     clean_ids: torch.Tensor,
     t,
@@ -237,7 +238,10 @@ def mask_canvas(
     return noised, masked
 
 
+# How many <slack> a response gets (docs/objective.md §1): one per gap with probability p, round(p * n) at random
+# gaps, or none. And what fills the canvas after the response: EOS (LLaDA; the model learns to stop) or <slack>.
 SLACK_RULES = ("bernoulli", "fixed", "none")
+CANVAS_PADDINGS = ("eos", "slack")
 
 
 class Canvases(NamedTuple):
@@ -276,6 +280,7 @@ def _draw_slack_gaps(n: int, room: int, rule: str, prob: float, gen: torch.Gener
     return gaps
 
 
+# The clean canvas and its anchor alignment (docs/objective.md §1; slack insertion from arXiv 2601.22947).
 def build_canvases(
     input_ids: torch.Tensor,
     prompt_lengths: torch.Tensor,

@@ -115,6 +115,13 @@ def _selected_log_probs(logits, batch_idx, pos_idx, tokens) -> torch.Tensor:
 # ----------------------------------------------------------------------------- validation
 
 
+def _values_are_free(tensor) -> bool:
+    """Whether checks that read tensor values cost nothing: on the CPU and not while compiling. On an accelerator
+    such a check stalls the device every step, so there the inputs' values are the caller's to check (the trainer
+    builds them consistent by construction) and only infeasibility is asserted, asynchronously."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _check_ids(name, ids, shape, device):
     if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != tuple(shape):
         raise ValueError(
@@ -161,6 +168,7 @@ def _check_token_id(name, value, vocab):
 # ----------------------------------------------------------------------------- masked CE
 
 
+# The masked-diffusion CE on the anchor alignment (docs/objective.md §3; MDLM arXiv 2406.07524, LLaDA 2502.09992).
 def masked_cross_entropy(logits: torch.Tensor, clean_ids: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Per-example ``sum over masked positions of -log p(clean token)``.
 
@@ -179,7 +187,7 @@ def masked_cross_entropy(logits: torch.Tensor, clean_ids: torch.Tensor, masked: 
     _check_bool("masked", masked, shape, logits.device)
     batch_idx, pos_idx = masked.nonzero(as_tuple=True)
     tokens = clean_ids[batch_idx, pos_idx][:, None]
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
+    if _values_are_free(tokens) and tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
         raise ValueError("clean_ids at masked positions contain ids outside the logits vocabulary")
     log_probs = _selected_log_probs(logits, batch_idx, pos_idx, tokens)[:, 0]
     out = torch.zeros(shape[0], dtype=log_probs.dtype, device=logits.device)
@@ -270,6 +278,8 @@ def _band_emissions(canvas: _Canvas, logits, slack_id):
     return e_target, e_slack, log_probs, rows, cols
 
 
+# The slack-CTC forward recursion over s = slacks used so far (docs/objective.md §4; arXiv 2601.22947's idea,
+# CTC's alpha recursion of Graves et al. 2006 restricted to a band of k + 1 states).
 def _forward_alpha(e_target, e_slack):
     """Scaled forward pass.
 
@@ -293,6 +303,7 @@ def _forward_alpha(e_target, e_slack):
     return alpha, log_scale
 
 
+# The matching backward recursion: posteriors of each alignment state give the analytic gradient (§4).
 def _backward_beta(e_target, e_slack, num_slack, log_scale):
     """Scaled backward pass with the forward's scales.
 
@@ -312,6 +323,10 @@ def _backward_beta(e_target, e_slack, num_slack, log_scale):
 
 
 def _raise_infeasible(log_z, what="slack-CTC"):
+    if not _values_are_free(log_z):
+        torch._assert_async((torch.isfinite(log_z) | torch.isnan(log_z)).all(),
+                            f"{what}: an example has no alignment that agrees with its unmasked canvas tokens")
+        return
     bad = (~torch.isfinite(log_z) & ~torch.isnan(log_z)).nonzero().flatten().tolist()
     if bad:
         label = "example" if len(bad) == 1 else "examples"
@@ -371,6 +386,7 @@ def _banded_ctc_autograd(e_target, e_slack, num_slack):
 # ----------------------------------------------------------------------------- standard-CTC ablation
 
 
+# The collapse="ctc" ablation: standard CTC, repeats merged (Graves et al. 2006; docs/objective.md §4).
 def _standard_ctc(canvas: _Canvas, logits, slack_id):
     """Standard CTC (merge repeats, blank = ``<slack>``) on the same canvas, with pins.
 
@@ -517,6 +533,8 @@ def slack_ctc_loss(
 
 
 def _check_canvas_ids(clean_ids, loss_mask, vocab):
+    if not _values_are_free(clean_ids):
+        return
     canvas_ids = clean_ids[loss_mask]
     if canvas_ids.numel() and (int(canvas_ids.min()) < 0 or int(canvas_ids.max()) >= vocab):
         raise ValueError("clean_ids on the canvas contain ids outside the logits vocabulary")
@@ -538,6 +556,7 @@ class DiffusionLoss:
     normalizer: torch.Tensor
 
 
+# w(t) (CE + CTC) / N per example: the ELBO weight and the normalisations of docs/objective.md §5.
 def diffusion_loss(
     logits: torch.Tensor,
     input_ids: torch.Tensor,
@@ -580,7 +599,7 @@ def diffusion_loss(
     _check_ids("clean_ids", clean_ids, shape, logits.device)
     _check_bool("masked", masked, shape, logits.device)
     _check_bool("loss_mask", loss_mask, shape, logits.device)
-    if bool((masked & ~loss_mask).any()):
+    if _values_are_free(masked) and bool((masked & ~loss_mask).any()):
         raise ValueError("masked marks positions outside loss_mask")
     t = torch.as_tensor(t, device=logits.device)
     if t.dim() == 0:
@@ -594,7 +613,7 @@ def diffusion_loss(
         slack_id = _check_token_id("slack_token_id", slack_token_id, vocab)
         if mask_id == slack_id:
             raise ValueError("mask_token_id and slack_token_id must differ")
-        if not torch.equal(masked, loss_mask & (input_ids == mask_id)):
+        if _values_are_free(masked) and not torch.equal(masked, loss_mask & (input_ids == mask_id)):
             raise ValueError("masked must equal loss_mask & (input_ids == mask_token_id)")
         if collapse not in _COLLAPSES:
             raise ValueError(f"unknown collapse {collapse!r}; choose one of {_COLLAPSES}")

@@ -178,8 +178,8 @@ class MDLMTrainer(Trainer):
         if num_slack is not None:
             parts["slack_per_example"] = num_slack.float()
         sums = self._metrics[phase]
-        for name, values in parts.items():
-            sums[name] += float(values.detach().float().sum())
+        for name, values in parts.items():  # tensor sums: no host sync until the next log
+            sums[name] = sums[name] + values.detach().double().sum()
         sums["count"] += int(result.ce.shape[0])
 
     def _flush_metrics(self, phase):
@@ -187,7 +187,8 @@ class MDLMTrainer(Trainer):
         sums = self._metrics[phase]
         self._metrics[phase] = defaultdict(float)
         names = sorted(n for n in sums if n != "count")
-        values = torch.tensor([sums[n] for n in names] + [sums["count"]], dtype=torch.float64, device=self.args.device)
+        values = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).to(self.args.device)
+                              for n in names + ["count"]])
         if self.args.world_size > 1:
             values = self.accelerator.reduce(values, reduction="sum")
         count = values[-1].item()
