@@ -38,6 +38,7 @@ from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "entropy", "margin")
+KV_CACHE_MODES = ("prefix", "dual")
 
 # Every setting `generate` uses: name -> (type, default). The first group is ours; the second one are fields of
 # transformers' GenerationConfig that we also use (with our defaults). `eos_token_id` may also be a list.
@@ -55,6 +56,7 @@ _DIFFUSION_FIELDS = {
     "mask_token_id": (int, None),
     "slack_token_id": (int, None),
     "output_history": (bool, False),
+    "kv_cache": (str, None),
 }
 _TRANSFORMERS_FIELDS = {
     "max_new_tokens": (int, 128),
@@ -142,6 +144,14 @@ class MDLMGenerationConfig(GenerationConfig):
             else i-1); position i stays masked. "Still masked" means masked before the step, not chosen for
             commitment in this step and not already the target of another shift.
 
+    Speed:
+        kv_cache (`str`, *optional*): None (every step runs the whole canvas through the model: exact), "prefix"
+            or "dual" (Fast-dLLM's approximate caches, arXiv 2505.22618; docs/objective.md §6). At each block start
+            one full forward fills a KV cache; "prefix" then feeds the block and everything after it against the
+            cached keys/values of the positions before the block; "dual" feeds only the block, overwriting its
+            entries, against the cached prefix and the (stale) cached suffix. Nothing is cached across blocks.
+            Works with every other option and with ragged, left-padded batches.
+
     Token ids (default: the model config's): mask_token_id, slack_token_id, eos_token_id (int or list),
         pad_token_id.
 
@@ -220,6 +230,8 @@ class MDLMGenerationConfig(GenerationConfig):
         for value in _as_id_list(self.eos_token_id, "eos_token_id"):
             if value < 0:
                 raise ValueError(f"eos_token_id must hold non-negative token ids, got {self.eos_token_id!r}")
+        if self.kv_cache is not None and self.kv_cache not in KV_CACHE_MODES:
+            raise ValueError(f"kv_cache must be None, 'prefix' or 'dual', got {self.kv_cache!r}")
         if self.mask_token_id is not None and self.mask_token_id == self.slack_token_id:
             raise ValueError(f"slack_token_id must differ from mask_token_id ({self.mask_token_id})")
 
@@ -242,12 +254,15 @@ class MDLMGenerateOutput(ModelOutput):
             the final canvases: the (padded) prompt followed by the generated tokens (which may contain
             `<slack>`, and anything after the first EOS; see `strip_generation`).
         num_model_calls (`int`): forward passes made (classifier-free guidance batches both passes in one).
+        num_positions (`int`): token positions run through the model, summed over calls and rows (the work a KV
+            cache saves).
         history (`list[torch.LongTensor]`, *optional*): with `output_history=True`, the canvas (on the CPU)
             after every step.
     """
 
     sequences: Optional[torch.LongTensor] = None
     num_model_calls: Optional[int] = None
+    num_positions: Optional[int] = None
     history: Optional[list] = None
 
 
@@ -407,6 +422,7 @@ def _as_id_list(value, name) -> list:
 class _Plan:
     canvas: torch.Tensor  # (B, P + G)
     attention_mask: Optional[torch.Tensor]  # (B, P + G) or None
+    position_ids: torch.Tensor  # (B, P + G): rotary positions, counted over real tokens as the model does
     prompt_length: int
     eos_ids: list
     generators: list
@@ -475,11 +491,19 @@ def _prepare(model, config, input_ids, attention_mask, generator, streamer, step
     if attention_mask is not None:
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, gen_length)], dim=1)
+    if config.kv_cache is not None and "past_key_values" not in inspect.signature(type(model).forward).parameters:
+        raise ValueError(f"kv_cache={config.kv_cache!r} needs a model whose forward takes past_key_values; "
+                         f"{type(model).__name__} does not")
     block_length = config.block_length or gen_length
     num_blocks = gen_length // block_length
+    if full_mask is None:
+        positions = torch.arange(canvas.shape[1], device=device)[None].expand(rows, -1)
+    else:
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
     return _Plan(
         canvas=canvas,
         attention_mask=full_mask,
+        position_ids=positions,
         prompt_length=prompt_length,
         eos_ids=eos_ids,
         generators=generators,
@@ -561,7 +585,7 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
     mask_id = config.mask_token_id
     eos_fill = plan.eos_ids[0] if plan.eos_ids else None
     history = [] if config.output_history else None
-    num_calls = 0
+    counts = {"calls": 0, "positions": 0}
     step_count = 0
     streamed_blocks = 0
 
@@ -593,6 +617,10 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
             # block boundary stays eligible, as masked positions of earlier blocks do in LLaDA's reference sampler).
             masked = x[:, P:P + block_end] == mask_id
             schedule = _block_schedule(masked.sum(-1), plan.steps_per_block)
+            cache = None
+            if config.kv_cache is not None:  # positions before the first masked one are final for this block
+                first = masked.any(dim=0).nonzero()
+                cache = _BlockCache(config.kv_cache, P + (int(first[0]) if len(first) else block_end), P + block_end)
             for step in range(plan.steps_per_block):
                 masked = x[:, P:P + block_end] == mask_id
                 left = masked.sum(-1)
@@ -606,14 +634,19 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
                     if config.threshold is not None:
                         break  # the block is full: go on with the next one
                     continue  # nothing to commit at this step: no model call
-                # Rows with nothing to commit are left out of the forward (rows do not interact).
-                index = None if bool(active.all()) else active.nonzero().flatten()
+                # Rows with nothing to commit are left out of the forward (rows do not interact); with a cache every
+                # row runs, since the cache holds them all (a row with nothing to commit commits nothing).
+                index = None if cache is not None or bool(active.all()) else active.nonzero().flatten()
                 sub = slice(None) if index is None else index
+
+                def window_logits(ids, window, sub=sub):
+                    mask = None if plan.attention_mask is None else plan.attention_mask[sub]
+                    return _guided_logits(model, config, ids, mask, plan.position_ids[sub], window, P, cache, counts)
+
                 new_rows = _denoise_step(
-                    model,
+                    window_logits,
                     config,
                     x[sub],
-                    None if plan.attention_mask is None else plan.attention_mask[sub],
                     plan.generators if index is None else [plan.generators[i] for i in index.tolist()],
                     masked[sub],
                     None if scheduled is None else scheduled[sub],
@@ -621,7 +654,7 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
                     block_end,
                     plan.steps_per_block - step,
                 )
-                num_calls += 1
+                counts["calls"] += 1
                 x[sub] = new_rows
                 if config.stop_at_eos and eos_fill is not None:
                     _finish_rows_at_eos(x[:, P:], plan.eos_ids, mask_id, eos_fill)
@@ -643,7 +676,8 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
             bar.close()
 
     if config.return_dict_in_generate:
-        return MDLMGenerateOutput(sequences=x, num_model_calls=num_calls, history=history)
+        return MDLMGenerateOutput(sequences=x, num_model_calls=counts["calls"], num_positions=counts["positions"],
+                                  history=history)
     return x
 
 
@@ -666,12 +700,72 @@ def _accepts_logits_to_keep(model_class) -> bool:
     return _ACCEPTS_LOGITS_TO_KEEP[model_class]
 
 
-def _denoise_step(model, config, x, attention_mask, generators, masked, scheduled, P, block_end, steps_left):
-    """One model call for rows that all have something to commit; returns their updated canvases.
+class _BlockCache:
+    """The KV cache of one block (docs/objective.md §6, Fast-dLLM arXiv 2505.22618): the block-start forward fills
+    it; later steps feed positions [start, end of canvas) ("prefix", against the cached positions before `start`)
+    or [start, block_end) ("dual", overwriting their entries, against everything else cached)."""
 
-    `masked` (B, block_end): mask positions of the generated region up to the end of the current block;
-    `scheduled` (B,): tokens to commit per row (None with `threshold`); `steps_left`: steps left in the block,
-    this one included.
+    def __init__(self, mode: str, start: int, block_end: int):
+        self.mode, self.start, self.block_end = mode, start, block_end
+        self.cache = None
+
+    def logits(self, model, ids, mask, positions, window, counts):
+        if self.cache is None:  # block start: the whole canvas, every position's keys and values cached
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=window)
+            self.cache = out.past_key_values
+            if self.mode == "prefix":
+                self.cache = _cache_prefix(self.cache, self.start)
+            counts["positions"] += ids.numel()
+            return out.logits
+        stop = ids.shape[1] if self.mode == "prefix" else self.block_end
+        fed = slice(self.start, stop)
+        out = model(input_ids=ids[:, fed], attention_mask=mask, position_ids=positions[:, fed],
+                    past_key_values=self.cache, use_cache=self.mode == "dual",
+                    cache_position=torch.arange(self.start, stop, device=ids.device),
+                    logits_to_keep=slice(window.start - self.start, window.stop - self.start))
+        counts["positions"] += ids.shape[0] * (stop - self.start)
+        return out.logits
+
+
+def _cache_prefix(cache, length: int):
+    """A new cache with the first `length` positions of every layer of `cache`."""
+    prefix = type(cache)()
+    for index, layer in enumerate(cache.layers):
+        prefix.update(layer.keys[:, :, :length], layer.values[:, :, :length], index)
+    return prefix
+
+
+def _guided_logits(model, config, x, attention_mask, positions, window, P, cache, counts):
+    """Float logits of `window` for the rows of `x`: one model call (with the unconditional rows of classifier-free
+    guidance in the same batch), through the block's KV cache when there is one."""
+    rows = x.shape[0]
+    if config.cfg_scale > 0:  # classifier-free guidance with a masked prompt (LLaDA, arXiv 2502.09992; docs §6)
+        uncond = x.clone()
+        uncond[:, :P] = config.mask_token_id
+        x = torch.cat([x, uncond], dim=0)
+        attention_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=0)
+        positions = torch.cat([positions, positions], dim=0)
+    if cache is not None:
+        logits = cache.logits(model, x, attention_mask, positions, window, counts)
+    else:
+        counts["positions"] += x.numel()
+        if _accepts_logits_to_keep(type(model)):  # project only the window onto the vocabulary
+            logits = model(input_ids=x, attention_mask=attention_mask, logits_to_keep=window).logits
+        else:
+            logits = model(input_ids=x, attention_mask=attention_mask).logits[:, window]
+    if config.cfg_scale > 0:
+        cond, unc = logits[:rows].float(), logits[rows:].float()
+        return unc + (config.cfg_scale + 1) * (cond - unc)
+    return logits.float()
+
+
+def _denoise_step(window_logits, config, x, generators, masked, scheduled, P, block_end, steps_left):
+    """One model call for the rows of `x`; returns their updated canvases.
+
+    `window_logits(x, window)` gives the float logits of the canvas positions `window`; `masked` (B, block_end):
+    mask positions of the generated region up to the end of the current block; `scheduled` (B,): tokens to commit
+    per row (None with `threshold`); `steps_left`: steps left in the block, this one included.
     """
     mask_id = config.mask_token_id
     rows = x.shape[0]
@@ -681,21 +775,7 @@ def _denoise_step(model, config, x, attention_mask, generators, masked, schedule
     first = int(masked.any(dim=0).nonzero()[0])
     window = slice(P + first, P + block_end)
     w_masked = masked[:, first:]
-
-    def call(input_ids, mask):
-        if _accepts_logits_to_keep(type(model)):  # project only the window onto the vocabulary
-            return model(input_ids=input_ids, attention_mask=mask, logits_to_keep=window).logits
-        return model(input_ids=input_ids, attention_mask=mask).logits[:, window]
-
-    if config.cfg_scale > 0:  # classifier-free guidance with a masked prompt (LLaDA, arXiv 2502.09992; docs §6)
-        uncond = x.clone()
-        uncond[:, :P] = mask_id
-        both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=0)
-        logits = call(torch.cat([x, uncond], dim=0), both_mask)
-        cond, unc = logits[:rows].float(), logits[rows:].float()
-        logits = unc + (config.cfg_scale + 1) * (cond - unc)
-    else:
-        logits = call(x, attention_mask).float()
+    logits = window_logits(x, window)
 
     # Adjustments that the scores see too (as LLaDA's EOS switch does).
     eos_ids = _as_id_list(config.eos_token_id, "eos_token_id")

@@ -1,16 +1,39 @@
 """A bidirectional transformer for masked diffusion language modelling (LLaDA-style).
 
 This file ships to the Hub next to the weights: it imports only torch, transformers and its sibling files.
+
+Attention goes through transformers' attention-function registry (`config._attn_implementation`: "eager", which
+can return attention weights, "sdpa", "flash_attention_2", "flex_attention"), always bidirectional. A KV cache
+(any transformers `Cache`, e.g. `DynamicCache`) serves diffusion sampling (docs/objective.md §6; Fast-dLLM,
+arXiv 2505.22618): `cache_position` names the canvas positions that `input_ids` holds, and each layer
+
+* fills an empty cache with the keys and values of every fed position (`use_cache=True`);
+* with a cache of C positions, runs positions [C, C + Q) against cached + fresh keys; `use_cache=True` appends
+  them, `use_cache=False` leaves the cache as it is (prefix cache);
+* with positions inside the cache, runs them against the cache with their fresh keys in place; `use_cache=True`
+  writes them into the cache (dual cache), `use_cache=False` does not.
+
+Keys are cached after rotation: rotary positions are absolute positions on the canvas (`position_ids`, by default
+counted over the real tokens of a left-padded row, as without a cache).
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
 
 from .configuration_mdlm import MDLMConfig
 from .generation_mdlm import MDLMGenerationMixin
+
+logger = logging.get_logger(__name__)
 
 
 def _values_are_free(tensor) -> bool:
@@ -66,34 +89,84 @@ def apply_rotary(x, cos, sin):
     return rotated.to(x.dtype)
 
 
-class MDLMAttention(nn.Module):
-    """Bidirectional grouped-query attention through `scaled_dot_product_attention`."""
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention written out, returning its weights: softmax in float32 over (B, heads, Q, K)."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask if attention_mask.dtype != torch.bool else scores.masked_fill(
+            ~attention_mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
-    def __init__(self, config: MDLMConfig):
+
+class MDLMAttention(nn.Module):
+    """Bidirectional grouped-query attention, dispatched through transformers' attention registry."""
+
+    is_causal = False
+
+    def __init__(self, config: MDLMConfig, layer_idx: int):
         super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
         self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_dropout
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states, cos, sin, key_mask):
+    def forward(self, hidden_states, cos, sin, masks, past_key_values=None, cache_start=0, use_cache=False,
+                output_attentions=False):
         batch, length, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.num_kv_heads != self.num_heads:
-            groups = self.num_heads // self.num_kv_heads
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=False
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
+        if past_key_values is not None:
+            k, v = _attend_with_cache(past_key_values, self.layer_idx, k, v, cache_start, use_cache)
+
+        implementation = self.config._attn_implementation
+        if output_attentions or implementation == "eager":
+            attend = eager_attention_forward
+        else:
+            attend = ALL_ATTENTION_FUNCTIONS[implementation]
+        mask = masks.get("flash" if implementation.startswith("flash") else "flex" if implementation == "flex_attention"
+                         else "dense") if not (output_attentions or implementation == "eager") else masks.get("dense")
+        out, weights = attend(self, q, k, v, mask, scaling=self.scaling, is_causal=False,
+                              dropout=self.dropout if self.training else 0.0)
+        return self.o_proj(out.reshape(batch, length, self.num_heads * self.head_dim)), weights
+
+
+def _attend_with_cache(cache, layer_idx, k, v, start, store):
+    """The keys and values a slice of Q positions starting at canvas position `start` attends to (see the module
+    docstring); with `store`, the cache is updated."""
+    layer = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
+    cached = layer.keys if layer is not None and layer.is_initialized else None
+    if cached is None or cached.shape[2] == 0:
+        return cache.update(k, v, layer_idx) if store else (k, v)
+    if cached.shape[0] != k.shape[0]:
+        raise ValueError(f"the KV cache holds a batch of {cached.shape[0]} rows, the input has {k.shape[0]}")
+    size, length = cached.shape[2], k.shape[2]
+    if start == size:  # after the cached positions: append (or only attend)
+        return cache.update(k, v, layer_idx) if store else (torch.cat([cached, k], 2), torch.cat([layer.values, v], 2))
+    if start + length > size or start < 0:
+        raise ValueError(f"the KV cache holds positions [0, {size}): it cannot serve positions "
+                         f"[{start}, {start + length}) (only a slice inside it, or one that starts at {size})")
+    if store:  # overwrite the slice in place: later calls see it (dual cache)
+        layer.keys[:, :, start:start + length] = k
+        layer.values[:, :, start:start + length] = v
+        return layer.keys, layer.values
+    keys, values = cached.clone(), layer.values.clone()
+    keys[:, :, start:start + length], values[:, :, start:start + length] = k, v
+    return keys, values
 
 
 class MDLMMLP(nn.Module):
@@ -109,17 +182,20 @@ class MDLMMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class MDLMDecoderLayer(nn.Module):
-    def __init__(self, config: MDLMConfig):
+class MDLMDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: MDLMConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = MDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = MDLMAttention(config)
+        self.self_attn = MDLMAttention(config, layer_idx)
         self.post_attention_layernorm = MDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MDLMMLP(config)
 
-    def forward(self, hidden_states, cos, sin, key_mask):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), cos, sin, key_mask)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+    def forward(self, hidden_states, cos, sin, masks, past_key_values=None, cache_start=0, use_cache=False,
+                output_attentions=False):
+        attended, weights = self.self_attn(self.input_layernorm(hidden_states), cos, sin, masks, past_key_values,
+                                           cache_start, use_cache, output_attentions)
+        hidden_states = hidden_states + attended
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), weights
 
 
 class MDLMPreTrainedModel(PreTrainedModel):
@@ -129,6 +205,21 @@ class MDLMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MDLMDecoderLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module):
+        """Normal(0, initializer_range) for projections and embeddings, zero biases, unit RMSNorm weights (through
+        transformers' `initialization`, which leaves weights loaded from a checkpoint alone)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, MDLMRMSNorm):
+            init.ones_(module.weight)
 
 
 class MDLMModel(MDLMPreTrainedModel):
@@ -137,7 +228,7 @@ class MDLMModel(MDLMPreTrainedModel):
     def __init__(self, config: MDLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(MDLMDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(MDLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = MDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = MDLMRotaryEmbedding(config)
         self.gradient_checkpointing = False
@@ -155,39 +246,74 @@ class MDLMModel(MDLMPreTrainedModel):
         attention_mask=None,
         position_ids=None,
         inputs_embeds=None,
+        past_key_values=None,
+        use_cache=None,
+        cache_position=None,
+        output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
         **kwargs,
     ):
+        r"""
+        attention_mask: (B, K) with 1 on real tokens and 0 on padding, K the number of keys (the cached positions
+            plus the fed ones when they are appended, the cache's length when they lie inside it), or a 4D mask
+            (B or 1, 1, Q, K), boolean (True = attend) or additive (0 = attend, large negative = do not).
+        past_key_values (`Cache`): a KV cache, filled or served as the module docstring says.
+        use_cache: store the fed positions' keys and values into `past_key_values` (a new `DynamicCache` when none
+            is given).
+        cache_position: (Q,) canvas positions of the fed tokens: consecutive, starting inside the cache or at its
+            end (the default).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if past_key_values is None:  # the name transformers' newer releases use
+            past_key_values = kwargs.get("cache")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        use_cache = bool(use_cache)
         if input_ids is not None:
             self._check_input_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length = inputs_embeds.shape[:2]
-        key_mask = self._key_mask(attention_mask, batch, length)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        if past_key_values is not None and not isinstance(past_key_values, Cache):
+            raise TypeError(f"past_key_values must be a transformers Cache (e.g. DynamicCache), got "
+                            f"{type(past_key_values).__name__}")
+        cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if cache_position is None:
+            cache_position = torch.arange(cached, cached + length, device=inputs_embeds.device)
+        elif tuple(cache_position.shape) != (length,):
+            raise ValueError(f"cache_position has shape {tuple(cache_position.shape)}, expected ({length},)")
+        cache_start = int(cache_position[0]) if past_key_values is not None and length else 0
+        keys = max(cached, cache_start + length) if past_key_values is not None else length
+        masks, key_mask_2d = self._masks(attention_mask, batch, length, keys)
         if position_ids is None:
-            position_ids = self._default_positions(attention_mask, batch, length, inputs_embeds.device)
+            position_ids = self._default_positions(key_mask_2d, cache_position, batch)
         elif position_ids.shape[-1] != length:
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected (batch, {length})")
         cos, sin = self.rotary_emb(position_ids.expand(batch, length))
 
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
         all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         hidden_states = inputs_embeds
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            if self.gradient_checkpointing and self.training:
-                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, cos, sin, key_mask)
-            else:
-                hidden_states = layer(hidden_states, cos, sin, key_mask)
+            hidden_states, weights = layer(hidden_states, cos, sin, masks, past_key_values, cache_start, use_cache,
+                                           output_attentions)
+            if output_attentions:
+                all_attentions += (weights,)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
-        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
+        # Positional: the cache field is `past_key_values` up to transformers 5.2x and `cache` after.
+        output = BaseModelOutputWithPast(hidden_states, past_key_values if use_cache else None, all_hidden_states,
+                                         all_attentions)
+        return output if return_dict else output.to_tuple()
 
     def _check_input_ids(self, input_ids):
         if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
@@ -199,15 +325,28 @@ class MDLMModel(MDLMPreTrainedModel):
             bad = input_ids[(input_ids < 0) | (input_ids >= vocab)][0].item()
             raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab})")
 
-    @staticmethod
-    def _key_mask(attention_mask, batch, length):
-        """(B, 1, 1, S) boolean mask of the keys each query may attend to, or None when nothing is padded."""
+    def _masks(self, attention_mask, batch, length, keys):
+        """The mask in each backend's form ({"dense": 4D bool or additive, "flash": 2D, "flex": 4D additive}, or
+        None when nothing is masked) and the 2D key mask (None for a 4D input)."""
         if attention_mask is None:
-            return None
-        if tuple(attention_mask.shape) != (batch, length):
+            return {}, None
+        if attention_mask.dim() == 4:
+            expected = (1 if attention_mask.shape[0] == 1 else batch, 1, length, keys)
+            if tuple(attention_mask.shape) != expected:
+                raise ValueError(f"a 4D attention_mask must have shape (batch or 1, 1, queries, keys) = "
+                                 f"{(batch, 1, length, keys)}, got {tuple(attention_mask.shape)}")
+            if attention_mask.dtype == torch.bool:
+                additive = torch.zeros(attention_mask.shape, dtype=torch.float32, device=attention_mask.device)
+                additive = additive.masked_fill(~attention_mask, torch.finfo(torch.float32).min)
+            elif attention_mask.is_floating_point():
+                additive = attention_mask
+            else:
+                raise ValueError(f"a 4D attention_mask must be boolean or floating point, got {attention_mask.dtype}")
+            return {"dense": attention_mask, "flex": additive.expand(batch, 1, length, keys)}, None
+        if tuple(attention_mask.shape) != (batch, keys):
             raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, length) = "
-                f"{(batch, length)} like input_ids (1 = real token, 0 = padding)"
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, keys) = {(batch, keys)} "
+                "(1 = real token, 0 = padding; keys = the cached positions plus the fed ones) or a 4D mask"
             )
         keep = attention_mask.bool()
         if _values_are_free(keep):  # on an accelerator these reads would stall it at every forward
@@ -215,15 +354,34 @@ class MDLMModel(MDLMPreTrainedModel):
             if empty.any():
                 raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} has no real token")
             if keep.all():
-                return None
-        return keep[:, None, None, :]
+                return {}, attention_mask
+        dense = keep[:, None, None, :]
+        flex = torch.zeros(dense.shape, dtype=torch.float32, device=keep.device).masked_fill(
+            ~dense, torch.finfo(torch.float32).min).expand(batch, 1, length, keys)
+        return {"dense": dense, "flash": attention_mask, "flex": flex}, attention_mask
 
     @staticmethod
-    def _default_positions(attention_mask, batch, length, device):
+    def _default_positions(key_mask, cache_position, batch):
         """Count only real tokens so that left padding does not shift a sequence's positions."""
-        if attention_mask is None:
-            return torch.arange(length, device=device)[None].expand(batch, length)
-        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if key_mask is None:
+            return cache_position[None].expand(batch, -1)
+        return (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, cache_position]
+
+
+@dataclass
+class MDLMMaskedLMOutput(ModelOutput):
+    """`MaskedLMOutput` plus the KV cache: loss, logits (B, Q or kept, V), cache, hidden_states, attentions.
+    The cache is also `past_key_values`, its name before transformers 5.2x."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+    @property
+    def past_key_values(self):
+        return self.cache
 
 
 class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
@@ -257,22 +415,34 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
+        past_key_values=None,
+        use_cache=None,
+        cache_position=None,
+        output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
         logits_to_keep: int | slice = 0,
         **kwargs,
     ):
         r"""
+        labels: (B, Q) token ids, -100 where not scored: the plain cross-entropy over labelled positions.
         logits_to_keep (`int` or `slice`, defaults to 0): compute the LM head only where it is needed: an int
             k > 0 keeps the last k positions, a slice keeps those positions, 0 keeps all. The sampler keeps only
             the current block, which saves the vocabulary projection of the prompt (`labels` need all positions).
+        The other arguments are `MDLMModel.forward`'s.
         """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values if past_key_values is not None else kwargs.get("cache"),
+            use_cache=use_cache,
+            cache_position=cache_position,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         if labels is not None and (isinstance(logits_to_keep, slice) or logits_to_keep):
             raise ValueError(f"labels need the logits of every position, but logits_to_keep={logits_to_keep!r}")
@@ -288,7 +458,9 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
                 raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}")
             # Plain CE over labelled positions, in float32 whatever the model's dtype.
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = MDLMMaskedLMOutput(loss, logits, outputs[1] if use_cache else None, outputs.hidden_states,
+                                    outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
 
-__all__ = ["MDLMPreTrainedModel", "MDLMModel", "MDLMForMaskedLM"]
+__all__ = ["MDLMPreTrainedModel", "MDLMModel", "MDLMForMaskedLM", "MDLMMaskedLMOutput"]
