@@ -173,3 +173,99 @@ def test_bias_flags_cover_the_documented_projections(attention_bias, mlp_bias):
     from hf_mdlm import MDLMConfig
 
     assert "gate, up, down" in MDLMConfig.__doc__ and "output projection has none" in MDLMConfig.__doc__
+
+
+# ----------------------------------------------------------------------------- transformers conventions
+
+
+def _padded_batch():
+    ids = torch.randint(0, 90, (2, 10), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    return ids, mask
+
+
+def test_eager_is_really_eager_and_returns_attention_weights():
+    torch.manual_seed(0)
+    sdpa = MDLMForMaskedLM(tiny_config()).eval()
+    eager = MDLMForMaskedLM(tiny_config(attn_implementation="eager")).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    ids, mask = _padded_batch()
+    out = eager(ids, attention_mask=mask, output_attentions=True)
+    torch.testing.assert_close(out.logits, sdpa(ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 10, 10)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 10))
+    assert out.attentions[0][1, :, :, :4].abs().max() == 0  # padded keys get no weight
+    assert sdpa(ids, attention_mask=mask, output_attentions=True).attentions[0].shape == (2, 4, 10, 10)
+    calls = []
+    import hf_mdlm.modeling_mdlm as modeling
+
+    original = modeling.eager_attention_forward
+    modeling.eager_attention_forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        eager(ids)
+        sdpa(ids)
+    finally:
+        modeling.eager_attention_forward = original
+    assert calls == [1, 1]  # eager's two layers, none for sdpa
+
+
+def test_return_dict_false_gives_tuples(tiny_model):
+    ids = torch.randint(0, 90, (2, 6))
+    loss, logits = tiny_model(ids, labels=ids, return_dict=False)
+    assert loss.dim() == 0 and logits.shape == (2, 6, 96)
+    (hidden,) = tiny_model.model(ids, return_dict=False)
+    assert hidden.shape == (2, 6, 32)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_4d_attention_masks_match_the_2d_mask(tiny_model, kind):
+    ids, mask = _padded_batch()
+    keep = mask.bool()[:, None, None, :].expand(2, 1, 10, 10)
+    four_d = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # with a 4D mask the positions are the caller's, as in transformers
+    torch.testing.assert_close(tiny_model(ids, attention_mask=four_d, position_ids=positions).logits,
+                               tiny_model(ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()[None, None]  # any pattern, e.g. causal for A2D checks
+    out = tiny_model(ids[:1], attention_mask=causal).logits
+    prefix = tiny_model(ids[:1, :5], attention_mask=causal[:, :, :5, :5]).logits
+    torch.testing.assert_close(out[:, :5], prefix, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"4D attention_mask must have shape .* got \(2, 1, 10, 9\)"):
+        tiny_model(ids, attention_mask=four_d[..., :9])
+
+
+def test_gradient_checkpointing_recomputes_each_layer(monkeypatch):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    import hf_mdlm.modeling_mdlm as modeling
+
+    torch.manual_seed(1)
+    model = MDLMForMaskedLM(tiny_config()).train()
+    assert all(isinstance(layer, GradientCheckpointingLayer) for layer in model.model.layers)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    runs, silu = [], modeling.F.silu
+    monkeypatch.setattr(modeling.F, "silu", lambda x: runs.append(1) or silu(x))
+    ids = torch.randint(0, 90, (2, 9))
+    loss = model(ids, labels=ids).loss
+    assert len(runs) == 2  # one MLP per layer
+    loss.backward()
+    assert len(runs) == 4  # each layer recomputed in backward
+
+
+def test_init_weights_follow_the_config():
+    model = MDLMForMaskedLM(tiny_config(initializer_range=0.5))
+    assert 0.4 < model.model.layers[0].mlp.up_proj.weight.std() < 0.6
+    assert torch.equal(model.model.norm.weight, torch.ones(32))
+    with torch.no_grad():
+        model.model.norm.weight.fill_(3.0)
+    model._init_weights(model.model.norm)
+    assert torch.equal(model.model.norm.weight, torch.ones(32))
+
+
+def test_forward_exports_with_torch_export(tiny_model):
+    ids, mask = _padded_batch()
+    exported = torch.export.export(tiny_model, (), {"input_ids": ids, "attention_mask": mask})
+    torch.testing.assert_close(exported.module()(input_ids=ids, attention_mask=mask).logits,
+                               tiny_model(ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
