@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .arguments import FORMAT_COLUMNS, DataArguments
-from .preprocess import detect_data_format, preprocess_dataset
+from .preprocess import check_position_limit, detect_data_format, preprocess_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,60 @@ def _builder_for(path: str) -> str | None:
     return None
 
 
+def _open_binary(path: str):
+    """`path` opened for reading bytes, decompressed (.gz/.bz2/.xz); None for a compression we cannot read here."""
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    if lower.endswith(".bz2"):
+        import bz2
+
+        return bz2.open(path, "rb")
+    if lower.endswith(".xz"):
+        import lzma
+
+        return lzma.open(path, "rb")
+    if lower.endswith((".zst", ".zstd")):
+        return None
+    return open(path, "rb")
+
+
+def check_data_file(path: str) -> None:
+    """Fail with a message naming `path` when it cannot give rows: an empty file, or (text formats: json, jsonl,
+    csv, txt) bytes that are not UTF-8, with the line number. One streaming pass; `datasets` would otherwise fail
+    with a bare StopIteration, or with a UnicodeDecodeError from pyarrow long after loading."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"data file {path} is empty: it has no rows")
+    if _builder_for(path) == "parquet":
+        return
+    handle = _open_binary(path)
+    if handle is None:
+        return
+    line, carry, blank = 1, b"", True
+    with handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            data = carry + chunk
+            cut = len(data) if not chunk else data.rfind(b"\n") + 1  # a newline byte never splits a UTF-8 character
+            part, carry = data[:cut], data[cut:]
+            try:
+                text = part.decode("utf-8")
+            except UnicodeDecodeError as error:
+                where = line + part.count(b"\n", 0, error.start)
+                raise ValueError(
+                    f"data file {path} is not UTF-8 text: line {where} has the byte(s) {part[error.start:error.end]!r} "
+                    f"({error.reason}); convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            blank = blank and not text.strip()
+            line += part.count(b"\n")
+            if not chunk:
+                break
+    if blank:
+        raise ValueError(f"data file {path} is empty: it holds only whitespace, no rows")
+
+
 def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | None = None):
     """Load ``source`` into a ``datasets.DatasetDict``.
 
@@ -81,6 +135,7 @@ def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | N
                 f"cannot tell the format of {path!r}: expected .json, .jsonl, .parquet, .csv or .txt "
                 f"(optionally compressed: {', '.join(_COMPRESSION_SUFFIXES)})"
             )
+        check_data_file(path)
         kwargs = {"sample_by": "document"} if builder == "text" else {}
         return datasets.load_dataset(builder, data_files={"train": path}, cache_dir=cache_dir, **kwargs)
     if os.path.isdir(path):
@@ -90,6 +145,8 @@ def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | N
         data_files = sorted(
             os.path.join(d, f) for d, _, names in os.walk(path) for f in names if _builder_for(f) is not None
         )
+        for data_file in data_files:
+            check_data_file(data_file)
         if data_files and all(_builder_for(f) == "text" for f in data_files):
             return datasets.load_dataset(
                 "text", data_files={"train": data_files}, sample_by="document", cache_dir=cache_dir
@@ -100,16 +157,19 @@ def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | N
     return datasets.load_dataset(path, config, cache_dir=cache_dir)
 
 
-def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None):
+def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, max_length: int | None = None):
     """Load, split and preprocess; return ``(train_dataset, eval_dataset or None)``.
 
     Data source: ``raw_datasets`` if given, else ``data_args.dataset`` (a path, Hub name, ``Dataset`` or
     ``DatasetDict``), else the bundled Shakespeare corpus (its held-out works are the eval split).
     Eval: ``data_args.eval_split`` (a split name or a file path), else a "validation" split if there is
     one, else ``eval_fraction`` of the training rows (seeded). A single-document text corpus cannot be
-    split by rows: then the LAST ``eval_fraction`` of its windows is the eval set.
+    split by rows: then the LAST ``eval_fraction`` of its windows is the eval set. ``max_length``: the model's
+    position limit; prompts are left-truncated so that prompt + canvas fit it (counted and logged).
     """
     import datasets
+
+    check_position_limit(data_args, max_length)
 
     source = raw_datasets if raw_datasets is not None else data_args.dataset
     eval_source = None
@@ -162,6 +222,7 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None):
         data_args,
         split="train",
         max_samples=None if split_processed else data_args.max_train_samples,
+        max_length=max_length,
     )
     eval_ds = None
     if eval_raw is not None:
@@ -174,7 +235,7 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None):
                     f"it has columns {eval_raw.column_names}"
                 )
         eval_ds, _ = preprocess_dataset(
-            eval_raw, tokenizer, data_args, split="eval", max_samples=data_args.max_eval_samples
+            eval_raw, tokenizer, data_args, split="eval", max_samples=data_args.max_eval_samples, max_length=max_length
         )
     elif split_processed and len(train_ds) >= 2:
         n_eval = min(max(1, round(data_args.eval_fraction * len(train_ds))), len(train_ds) - 1)
@@ -207,7 +268,8 @@ def spread_indices(total: int, count: int | None) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, total - 1, count)})
 
 
-def load_heldout(data_args, tokenizer, *, max_examples: int | None = None, spread: bool = True):
+def load_heldout(data_args, tokenizer, *, max_examples: int | None = None, spread: bool = True,
+                 max_length: int | None = None):
     """The held-out part of a dataset, preprocessed into ``{prompt_ids, response_ids, example_id}`` rows.
 
     Only the held-out part is read and tokenised (not the training split). Where it comes from, given a
@@ -248,7 +310,7 @@ def load_heldout(data_args, tokenizer, *, max_examples: int | None = None, sprea
             )
         part, name = raw[found], f"{source}[{found}]"
     limit = None if (spread or max_examples is None) else max_examples
-    rows, _ = preprocess_dataset(part, tokenizer, data_args, split="eval", max_samples=limit)
+    rows, _ = preprocess_dataset(part, tokenizer, data_args, split="eval", max_samples=limit, max_length=max_length)
     if len(rows) == 0:
         raise ValueError(f"the held-out part ({name}) gave no examples after preprocessing")
     if spread and max_examples is not None and len(rows) > max_examples:

@@ -70,6 +70,7 @@ class PreprocessStats:
     dropped_too_long: int = 0
     truncated_response: int = 0
     truncated_prompt: int = 0
+    truncated_to_position_limit: int = 0
 
     _EXPLAIN = {
         "skipped_empty_response": "examples skipped: empty response",
@@ -81,6 +82,8 @@ class PreprocessStats:
         "dropped_too_long": "examples dropped: response + EOS longer than canvas_length (truncation='drop')",
         "truncated_response": "responses cut to canvas_length tokens WITHOUT EOS (truncation='truncate')",
         "truncated_prompt": "prompts left-truncated to their last max_prompt_length tokens",
+        "truncated_to_position_limit": "prompts left-truncated so that prompt + canvas fit the model's position "
+        "limit (max_length)",
     }
 
     def issues(self) -> dict[str, int]:
@@ -185,8 +188,11 @@ class _Tokens:
 class _Builder:
     """Applies the length rules and collects the output columns and the counts."""
 
-    def __init__(self, toks: _Tokens, args: DataArguments, stats: PreprocessStats, limit: int | None) -> None:
+    def __init__(self, toks: _Tokens, args: DataArguments, stats: PreprocessStats, limit: int | None,
+                 max_length: int | None = None) -> None:
         self.toks, self.args, self.stats, self.limit = toks, args, stats, limit
+        # The longest prompt that fits the model's positions together with the canvas (None: no limit).
+        self.prompt_room = None if max_length is None else max_length - args.canvas_length
         self.prompts: list[list[int]] = []
         self.responses: list[list[int]] = []
 
@@ -217,6 +223,9 @@ class _Builder:
         if a.max_prompt_length is not None and len(prompt) > a.max_prompt_length:
             prompt = prompt[-a.max_prompt_length :]
             st.truncated_prompt += 1
+        if self.prompt_room is not None and len(prompt) > self.prompt_room:
+            prompt = prompt[len(prompt) - self.prompt_room :]
+            st.truncated_to_position_limit += 1
         self.prompts.append(list(prompt))
         self.responses.append(response)
 
@@ -302,6 +311,15 @@ def _process_text_document(ids: list[int], toks: _Tokens, b: _Builder) -> None:
             emit(s + n_prompt)
 
 
+def check_position_limit(data_args: DataArguments, max_length: int | None) -> None:
+    """A canvas that leaves no room for a prompt within the model's positions is an error, before any data is read."""
+    if max_length is not None and data_args.canvas_length >= max_length:
+        raise ValueError(
+            f"canvas_length={data_args.canvas_length} leaves no room for a prompt: the model has {max_length} "
+            "positions (max_position_embeddings) for prompt + canvas; use a shorter --canvas_length"
+        )
+
+
 def preprocess_dataset(
     dataset,
     tokenizer,
@@ -310,22 +328,27 @@ def preprocess_dataset(
     split: str = "train",
     max_samples: int | None = None,
     report: bool = True,
+    max_length: int | None = None,
 ):
     """Turn raw rows into ``{prompt_ids, response_ids, example_id}`` rows; return ``(Dataset, PreprocessStats)``.
 
     ``dataset`` is a ``datasets.Dataset`` or a list of dicts. The format comes from
     ``data_args.data_format`` ("auto": detected from the columns). ``max_samples`` keeps the first
-    examples only (and stops reading early). With ``report`` the counts are logged and every kind
+    examples only (and stops reading early). ``max_length``: the model's position limit (e.g.
+    ``config.max_position_embeddings``); prompts are left-truncated so that prompt + canvas fit it,
+    counted in ``truncated_to_position_limit``. With ``report`` the counts are logged and every kind
     of skip, drop or truncation is reported with ``warnings.warn``.
     """
     import datasets
+
+    check_position_limit(data_args, max_length)
 
     if isinstance(dataset, list):
         dataset = datasets.Dataset.from_list(dataset)
     fmt = detect_data_format(dataset.column_names, data_args.data_format)
     toks = _Tokens(tokenizer)
     stats = PreprocessStats(split=split, data_format=fmt)
-    builder = _Builder(toks, data_args, stats, max_samples)
+    builder = _Builder(toks, data_args, stats, max_samples, max_length)
 
     if fmt == "text":
         chunk = 4  # documents per tokenizer call; small so that max_samples can stop reading early
