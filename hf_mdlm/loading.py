@@ -15,6 +15,7 @@ import torch
 from .configuration_mdlm import MDLMConfig
 from .convert.llada import convert_llada_checkpoint, is_llada_config
 from .data.loading import bundled_corpus_files
+from .hub.remote_code import load_model, load_tokenizer
 from .modeling_mdlm import MDLMForMaskedLM
 from .tokenization import SLACK_TOKEN, add_diffusion_tokens
 
@@ -35,7 +36,15 @@ class ModelArguments:
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer (default: the model's, or the bundled one from scratch)."}
     )
-    trust_remote_code: bool = field(default=True, metadata={"help": "Allow model code from the Hub folder."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the Python files of a model folder that is not an hf_mdlm one (an hf_mdlm folder "
+                          "always loads with the installed classes and runs none of its files)."},
+    )
+    init_missing_weights: bool = field(
+        default=False,
+        metadata={"help": "Initialise weights the checkpoint lacks (e.g. a new masked-LM head) instead of failing."},
+    )
     dtype: str | None = field(default=None, metadata={"help": "Load the weights in this dtype, e.g. bfloat16."})
     # A model from scratch
     hidden_size: int = field(default=192, metadata={"help": "From scratch: width."})
@@ -82,9 +91,10 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
 
     No `model_name_or_path`: a model from scratch. A LLaDA checkpoint folder is converted into
     `output_dir/converted-llada` first. A folder whose config is ours loads with the installed classes, whatever
-    code it carries; any other masked LM loads with `AutoModelForMaskedLM`.
+    code it carries; any other masked LM loads with `AutoModelForMaskedLM`, running the folder's code only with
+    `trust_remote_code`. Weights the checkpoint lacks are an error unless `init_missing_weights`.
     """
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForMaskedLM
 
     if model_args.model_name_or_path is None:
         return model_from_scratch(model_args)
@@ -98,26 +108,30 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
         if model_args.tokenizer_name is None and not (converted / "tokenizer_config.json").exists():
             raise ValueError(f"{model_args.model_name_or_path} has no tokenizer: pass --tokenizer_name")
     trust = model_args.trust_remote_code
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or source, trust_remote_code=trust)
-    config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
-    if config.model_type == MDLMConfig.model_type:
-        model = MDLMForMaskedLM.from_pretrained(source, dtype=dtype)
-    else:
-        model = AutoModelForMaskedLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or source, trust_remote_code=trust)
+    model = load_model(source, AutoModelForMaskedLM, trust_remote_code=trust,
+                       init_missing_weights=model_args.init_missing_weights, dtype=dtype)
     add_diffusion_tokens(tokenizer, model)
     return model, tokenizer
 
 
-def load_for_inference(path, device="cpu"):
-    """(model in eval mode on `device`, tokenizer) of a saved folder, for sampling and evaluation."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+def load_for_inference(path, device="cpu", *, tokenizer=None, dtype=None, trust_remote_code: bool = False):
+    """(model in eval mode on `device`, tokenizer) of a saved folder or Hub id, for sampling and evaluation.
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
-    if config.model_type == MDLMConfig.model_type:  # ours: the installed classes, whatever code the folder carries
-        model = MDLMForMaskedLM.from_pretrained(path)
-    else:
-        model = AutoModel.from_pretrained(path, trust_remote_code=True)
-    return model.to(device).eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    An hf_mdlm folder loads with the installed classes (none of its files runs); another model's code runs only with
+    `trust_remote_code`. `tokenizer`: another tokenizer folder or id (default: `path`'s). Missing weights are an
+    error.
+    """
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    model = load_model(path, trust_remote_code=trust_remote_code, **kwargs)
+    return model.to(device).eval(), load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
+
+
+def position_limit(model) -> int | None:
+    """The longest sequence (prompt + canvas) the model was built for: `config.max_position_embeddings`."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
 
 
 def _linear_names(model) -> list[str]:

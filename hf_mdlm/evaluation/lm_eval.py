@@ -47,6 +47,7 @@ from ..generation_mdlm import (
     mix_seed,
     strip_generation,
 )
+from ..hub.remote_code import load_model, load_tokenizer
 from .likelihood import conditional_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class MDLMEvalLM(TemplateLM):
     """A masked diffusion LM as an lm_eval `LM`.
 
     Args:
-        pretrained: a model folder or Hub id (loaded with `AutoModel.from_pretrained(..., trust_remote_code=True)`)
-            or a model instance (then pass `tokenizer`).
+        pretrained: a model folder or Hub id or a model instance (then pass `tokenizer`). An hf_mdlm folder loads
+            with the installed classes and runs none of its files; another model's files run only with
+            `trust_remote_code=True`.
         tokenizer: a tokenizer or its folder/id; defaults to `pretrained`'s.
         mc_num: Monte-Carlo samples per log-likelihood (more: less variance, proportionally slower).
         batch_size: model rows per forward pass (Monte-Carlo samples or generation prompts).
@@ -97,21 +99,20 @@ class MDLMEvalLM(TemplateLM):
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         seed: int = 0,
-        trust_remote_code: bool = True,
+        trust_remote_code: bool = False,
         compute_is_greedy: bool = False,
         max_batch_size: int | None = None,  # passed by lm_eval's CLI; one fixed batch size is used
         **generation_kwargs,
     ):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         unknown = sorted(set(generation_kwargs) - set(GENERATION_FIELDS))
         if unknown:
             raise ValueError(f"unknown argument(s) {unknown}: expected adapter arguments or MDLMGenerationConfig "
                              f"fields ({sorted(GENERATION_FIELDS)})")
         if isinstance(pretrained, str):
             torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-            model = AutoModel.from_pretrained(pretrained, trust_remote_code=trust_remote_code, dtype=torch_dtype)
+            # An hf_mdlm folder loads with the installed classes; another folder's code runs only when trusted.
+            model = load_model(pretrained, trust_remote_code=trust_remote_code, dtype=torch_dtype)
             if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
                 # lm_eval's command line asks for cuda by default; fall back rather than fail on a CPU machine
                 if device is not None:
@@ -124,7 +125,7 @@ class MDLMEvalLM(TemplateLM):
             if tokenizer is None:
                 raise ValueError("pass `tokenizer` together with a model instance")
         if isinstance(tokenizer, str):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         for name, value in (("mc_num", mc_num), ("tokens_per_step", tokens_per_step)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
