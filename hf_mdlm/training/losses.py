@@ -336,6 +336,24 @@ def _raise_infeasible(log_z, what="slack-CTC"):
         )
 
 
+def _blame_the_model(error, canvas, logits, slack_id):
+    """On an infeasible lattice (error path only): when every example is feasible once the model's log-probabilities
+    are replaced by finite ones, the ids are consistent and the model's -inf log-probabilities are the cause; say
+    so instead of blaming the ids."""
+    with torch.no_grad():
+        uniform = torch.zeros((), dtype=logits.dtype, device=logits.device).expand(logits.shape)
+        e_target, e_slack, *_ = _band_emissions(canvas, uniform, slack_id)
+        alpha, log_scale = _forward_alpha(e_target, e_slack)
+        rows = torch.arange(alpha.shape[0], device=alpha.device)
+        log_z = alpha[rows, -1, canvas.num_slack + 1] + log_scale[:, :, 0].double().sum(0).to(alpha.dtype)
+    if bool(torch.isfinite(log_z).all()):
+        raise ValueError(
+            f"{str(error).split(':')[0]}: the model gives log-probability -inf to tokens the target needs at masked "
+            "positions, so no alignment has a finite likelihood (logits of -inf at a target token, e.g. a token "
+            "suppressed with a -inf bias); the ids are consistent"
+        ) from None
+
+
 class _BandedSlackCTC(torch.autograd.Function):
     """-log Z of the banded lattice with an analytic (forward-backward) gradient.
 
@@ -452,12 +470,16 @@ def _slack_ctc_and_ce(logits, input_ids, clean_ids, mask_id, slack_id, loss_mask
     if collapse == "ctc":
         return _standard_ctc(canvas, logits, slack_id), None
     e_target, e_slack, log_probs, rows, cols = _band_emissions(canvas, logits, slack_id)
-    if backward == "analytic":
-        ctc = _BandedSlackCTC.apply(e_target, e_slack, canvas.num_slack)
-    elif backward == "autograd":
-        ctc = _banded_ctc_autograd(e_target, e_slack, canvas.num_slack)
-    else:
+    if backward not in ("analytic", "autograd"):
         raise ValueError(f"unknown backward {backward!r}; use 'analytic' or 'autograd'")
+    try:
+        if backward == "analytic":
+            ctc = _BandedSlackCTC.apply(e_target, e_slack, canvas.num_slack)
+        else:
+            ctc = _banded_ctc_autograd(e_target, e_slack, canvas.num_slack)
+    except ValueError as error:
+        _blame_the_model(error, canvas, logits, slack_id)
+        raise
     ce = None
     if want_ce:
         # The anchor token of a masked position is one of its candidates: slack
