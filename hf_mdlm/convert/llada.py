@@ -129,9 +129,10 @@ def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None =
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     shards = _source_shards(src)
+    _check_source_keys(shards, config)  # before anything is written
     dst.mkdir(parents=True, exist_ok=True)
 
-    weight_map, total_size, seen = {}, 0, set()
+    weight_map, total_size = {}, 0
     names = (
         ["model.safetensors"]
         if len(shards) == 1
@@ -148,13 +149,8 @@ def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None =
         for key, tensor in tensors.items():
             weight_map[key] = out_name
             total_size += tensor.numel() * tensor.element_size()
-        seen.update(tensors)
         del tensors  # one shard in memory at a time
 
-    expected = _expected_keys(config)
-    missing = sorted(expected - seen)
-    if missing:
-        raise ValueError(f"the LLaDA checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
     if len(shards) > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
@@ -173,6 +169,29 @@ def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None =
         if (src / name).exists():
             shutil.copyfile(src / name, dst / name)
     return config
+
+
+def _check_source_keys(shards, config: MDLMConfig) -> None:
+    """Every tensor the model needs is in the checkpoint and every tensor of the checkpoint is used (read from the
+    safetensors headers, no tensor loaded): a checkpoint with more layers than its config, or with biases the
+    config does not have, is not the model the config describes."""
+    seen = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as reader:
+            for key in reader.keys():
+                seen[llada_key_to_mdlm(key)] = key
+    expected = _expected_keys(config)
+    missing = sorted(expected - set(seen))
+    if missing:
+        raise ValueError(f"the LLaDA checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    extra = sorted(seen[key] for key in set(seen) - expected)
+    if extra:
+        shown = ", ".join(extra[:8]) + (f", ... ({len(extra)} in all)" if len(extra) > 8 else "")
+        raise ValueError(
+            f"the LLaDA checkpoint has {len(extra)} tensor(s) its config does not describe (n_layers="
+            f"{config.num_hidden_layers}, include_qkv_bias={config.attention_bias}, weight_tying="
+            f"{config.tie_word_embeddings}): {shown}. Fix config.json or the checkpoint; converting would drop them"
+        )
 
 
 def _expected_keys(config: MDLMConfig) -> set[str]:

@@ -32,6 +32,8 @@ def check_hub_folder(folder) -> list[str]:
         "and pickles must not be uploaded"
         for name in names if name.lower().endswith(PICKLE_SUFFIXES)
     ]
+    problems += [problem for name in names if name.endswith(".safetensors")
+                 for problem in [_safetensors_problem(folder / name, name)] if problem]
     if "adapter_config.json" in names:
         problems += _check_adapter_folder(folder, names)
     else:
@@ -229,6 +231,30 @@ def _check_card(folder: Path, names: list[str]) -> list[str]:
     if not metadata or "library_name" not in metadata:
         return ["README.md has no YAML metadata with library_name"]
     return []
+
+
+def _safetensors_problem(path: Path, name: str) -> str | None:
+    """Why a safetensors file is unreadable (a truncated or overlong file, a broken header), or None. Only the
+    header is read: the data size it declares must equal the file's size after the header."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{name} is not a safetensors file ({size} bytes: no header)"
+            (length,) = struct.unpack("<Q", prefix)
+            if length > size - 8:
+                return f"{name} is truncated: its header alone should take {length} bytes, the file has {size}"
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        return f"{name} has a broken safetensors header: {error}"
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        return (f"{name} is {state}: the header describes {expected:,} bytes, the file has {size:,} "
+                "(an interrupted write?)")
+    return None
 
 
 def _safetensors_numel(path: Path) -> tuple[int, set[str]]:
