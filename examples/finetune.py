@@ -23,8 +23,8 @@ from transformers import AutoModel, HfArgumentParser, set_seed
 
 from hf_mdlm import strip_generation
 from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
-from hf_mdlm.hub import export_for_hub, push_to_hub, save_model_folder
-from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer
+from hf_mdlm.hub import export_for_hub, prepare_run_outputs, push_to_hub, save_model_folder
+from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
 from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.trainer import MDLMTrainer
 
@@ -49,7 +49,8 @@ def with_bundled_defaults(argv):
 
 def sample_held_out(output_dir, eval_dataset, tokenizer, num_samples, seed):
     """Reload the saved folder as a Hub user would and sample continuations of held-out prompts, at temperature
-    0.7: small models trained for minutes otherwise commit their most confident tokens (newlines, EOS) first."""
+    0.7: small models trained for minutes otherwise commit their most confident tokens (newlines, EOS) first.
+    The folder's code is the installed package's, copied there by this run moments ago."""
     model = AutoModel.from_pretrained(output_dir, trust_remote_code=True).eval()
     for index in range(min(num_samples, len(eval_dataset))):
         row = eval_dataset[index * max(1, len(eval_dataset) // num_samples)]
@@ -67,13 +68,21 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, MDLMTrainingArguments))
     parser.add_argument("--num_samples", type=int, default=3, help="Held-out prompts sampled after training.")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="Delete an earlier run's files from --output_dir (and its -hub export) first.")
     model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(args=with_bundled_defaults(argv))
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
+    # Before any work: the output folders (writable, locked, empty unless resuming), the Hub token taken out of
+    # the arguments Trainer sees (it would pickle it into training_args.bin), the checkpoint to resume from.
+    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir) as outputs:
+        return run(model_args, data_args, training_args, extra, outputs)
 
+
+def run(model_args, data_args, training_args, extra, outputs):
     set_seed(training_args.seed)  # the same initial weights in every process and every run
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.output_dir)
-    train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer)
+    train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer, max_length=position_limit(model))
     if training_args.eval_strategy != "no" and eval_dataset is None:
         raise ValueError("--eval_strategy needs held-out data: pass --eval_split or --eval_fraction")
     if model_args.lora_r > 0:
@@ -84,7 +93,7 @@ def main(argv=None):
         data_collator=DiffusionCollator(pad_token_id=tokenizer.pad_token_id, canvas_length=data_args.canvas_length),
         train_dataset=train_dataset, eval_dataset=eval_dataset,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=outputs.resume)
     logger.info("trained with %d process(es)", training_args.world_size)
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -95,11 +104,11 @@ def main(argv=None):
         print(f"saved a self-contained model folder to {os.path.abspath(training_args.output_dir)}")
         if eval_dataset is not None and extra.num_samples > 0:
             sample_held_out(training_args.output_dir, eval_dataset, tokenizer, extra.num_samples, training_args.seed)
-        if training_args.push_to_hub:  # our checked export, with its model card, in one commit
-            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-            folder = export_for_hub(training_args.output_dir, None, f"{training_args.output_dir.rstrip('/')}-hub",
-                                    repo_id=repo_id)
-            push_to_hub(folder, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
+        if outputs.hub is not None:  # our checked export, with its model card, in one commit: the only upload
+            repo_id = outputs.hub.repo_id or Path(training_args.output_dir).name
+            folder = export_for_hub(training_args.output_dir, None, outputs.hub_dir, repo_id=repo_id)
+            push_to_hub(folder, repo_id, private=outputs.hub.private, token=outputs.hub.token,
+                        revision=outputs.hub.revision)
     return trainer
 
 

@@ -22,7 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hf_mdlm.hub import export_for_hub, hub_files, push_to_hub
+from hf_mdlm.hub import OutputFolderError, export_for_hub, hub_files, push_to_hub
+from hf_mdlm.hub.outputs import check_apart
 from hf_mdlm.hub.upload import DEFAULT_COMMIT_MESSAGE
 
 
@@ -83,6 +84,10 @@ def main(argv=None):
         raise SystemExit("--dry_run needs --out_dir (the folder to build and inspect)")
     if args.out_dir is not None:
         out_dir = Path(args.out_dir)
+        try:  # before anything is deleted: never the model folder, a folder holding it, or one inside it
+            check_apart(out_dir, args.model_dir)
+        except OutputFolderError as error:
+            raise SystemExit(str(error)) from None
         if args.overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
         folder = build_folder(args, out_dir)

@@ -19,6 +19,7 @@ from .checks import (
     hub_files,
 )
 from .files import ADAPTER_FILES, HUB_CODE_FILES, RUN_FILES, TOKENIZER_FILES
+from .outputs import check_apart
 from .records import _args_dict, _blank_secrets, _jsonable, _run_info_from_args
 
 
@@ -153,8 +154,8 @@ def export_for_hub(
     source = Path(model_or_dir) if isinstance(model_or_dir, (str, os.PathLike)) else None
     if source is not None and not source.is_dir():
         raise FileNotFoundError(f"{source} is not a folder")
-    if source is not None and source.resolve() == out.resolve():
-        raise ValueError("out_dir must differ from the model folder: the export never writes into its source")
+    if source is not None:
+        check_apart(out, source, "out_dir")  # the export never writes into, over or around its source
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: export into a new or empty folder (stale files would be uploaded)")
     out.mkdir(parents=True, exist_ok=True)

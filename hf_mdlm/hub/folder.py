@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..generation_mdlm import MDLMGenerationConfig
+from .outputs import publish_staged, staging_folder
 from .records import save_run_record
 
 
@@ -14,10 +13,14 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
 
     With `lora`, the adapter alone (with its new token rows) is saved to `output_dir/adapter` and the folder itself
     holds the merged model.
+
+    Everything is written into a hidden staging folder inside `output_dir` first and moved into place once complete
+    (`config.json` last), so a run killed during the save leaves no half-written model that would still load.
     """
+    staging = staging_folder(output_dir)
     model = trainer.model
     if lora:
-        model.save_pretrained(Path(output_dir) / "adapter")
+        model.save_pretrained(staging / "adapter")
         model = model.merge_and_unload()
     canvas = data_args.canvas_length
     model.generation_config = MDLMGenerationConfig(
@@ -26,7 +29,8 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         max_new_tokens=canvas, steps=canvas,
         block_length=8 if canvas % 8 == 0 else None,  # semi-autoregressive blocks (docs/objective.md §6)
     )
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # the loss curve, for model cards
-    save_run_record(trainer.args, output_dir, data_args=data_args)  # world size, hardware, versions, data
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
+    save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
+    publish_staged(staging, output_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .checks import _files_with_token, check_hub_folder, hub_files
@@ -44,3 +45,30 @@ def push_to_hub(
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in names]
     return api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=revision,
                              repo_type="model")
+
+
+@dataclass
+class HubRequest:
+    """What `--push_to_hub` asked for, kept out of the TrainingArguments that Trainer sees."""
+
+    repo_id: str | None
+    private: bool | None
+    token: str | None
+    revision: str | None
+
+
+def detach_hub_settings(training_args) -> HubRequest | None:
+    """Take the Hub settings out of `training_args` before a Trainer sees them; returns them (None: no push asked).
+
+    Trainer's own push would upload the output folder unchecked (with the pickled `training_args.bin`), and every
+    `training_args.bin` it writes (output folder, each `checkpoint-*`) pickles `hub_token` in plain text. With
+    `push_to_hub=False` and `hub_token=None` neither can happen: our checked export (`export_for_hub` then
+    `push_to_hub`) is the only upload path, and the token lives only in the returned object, in memory.
+    """
+    request = None
+    if training_args.push_to_hub:
+        request = HubRequest(repo_id=training_args.hub_model_id, private=training_args.hub_private_repo,
+                             token=training_args.hub_token, revision=getattr(training_args, "hub_revision", None))
+    training_args.push_to_hub = False
+    training_args.hub_token = None
+    return request

@@ -37,6 +37,15 @@ class MDLMTrainer(Trainer):
     def __init__(self, model=None, args: MDLMTrainingArguments = None, data_collator=None, **kwargs):
         if args is None or not isinstance(args, MDLMTrainingArguments):
             raise TypeError("MDLMTrainer needs args=MDLMTrainingArguments(...)")
+        if args.push_to_hub or args.hub_token:
+            # Trainer's push uploads the output folder unchecked, and every training_args.bin it writes pickles
+            # hub_token in plain text: the token must never reach a Trainer.
+            raise ValueError(
+                "MDLMTrainer does not push to the Hub and must not hold a token (Trainer would upload the folder "
+                "unchecked and pickle hub_token into every training_args.bin): train with push_to_hub=False and "
+                "hub_token=None, then publish with hf_mdlm.hub.export_for_hub and hf_mdlm.hub.push_to_hub "
+                "(hf_mdlm.hub.detach_hub_settings(args) takes both out; examples/finetune.py --push_to_hub does this)"
+            )
         tokenizer = kwargs.get("processing_class")
         self.mask_id, self.slack_id, self.eos_id, _ = diffusion_token_ids(
             tokenizer, getattr(model, "config", None), need_pad=False,

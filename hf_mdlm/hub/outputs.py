@@ -1,0 +1,288 @@
+"""Output folders that never lose or mix runs.
+
+A run's `output_dir` is checked before any work (a folder, writable), locked while the run uses it (a second run
+into the same folder fails at once), refused when it holds an earlier run's files (unless the run resumes from a
+checkpoint there, or `overwrite` clears those files first), and the final model is written into a hidden staging
+folder and moved into place only once it is complete (`config.json` last: a run killed during the final save
+leaves a folder that does not load, never a half-written model that does). A staging folder left by a killed run
+is removed, with a warning, by the next run that takes the lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .files import ADAPTER_FILES, HUB_CODE_FILES, RUN_FILES, TOKENIZER_FILES
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".hf_mdlm.lock"
+STAGING_NAME = ".hf_mdlm-saving"  # the final model is written here, then moved into place
+
+# Everything a run (ours or Trainer's) writes into its output folder; `overwrite` removes exactly these.
+RUN_OUTPUT_PATTERNS = (
+    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "training_args.bin", "README.md", "adapter", "converted-llada",
+    "checkpoint-*", "runs", "all_results.json", "train_results.json", "eval_results.json",
+    *HUB_CODE_FILES, *TOKENIZER_FILES, *RUN_FILES, *ADAPTER_FILES, STAGING_NAME,
+)
+
+_RESUME_LAST = ("true", "last", "yes", "1")
+_RESUME_NONE = ("", "false", "none", "no", "0")
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be used as asked (not a folder, not writable, in use, not empty)."""
+
+
+def is_run_output(name: str) -> bool:
+    """Whether `name` (an entry of an output folder) is something a training run writes."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_OUTPUT_PATTERNS)
+
+
+def check_writable_dir(path, what: str = "output folder") -> Path:
+    """Make sure `path` is, or can be created as, a folder we can write into: create it and write a probe file.
+
+    Raises OutputFolderError naming the path and the reason, before any work is done.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputFolderError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".hf_mdlm-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputFolderError(f"{what} {path} cannot be written: {error.strerror or error}") from None
+    return path
+
+
+def resolve_resume(value, output_dir) -> str | None:
+    """`--resume_from_checkpoint` as Trainer users expect: None/'false' start afresh, True/'true'/'last' resume from
+    the last `checkpoint-*` of `output_dir` (an error when there is none), anything else must be a checkpoint folder."""
+    if value is None or value is False:
+        return None
+    text = str(value).strip()
+    if value is True or text.lower() in _RESUME_LAST:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise OutputFolderError(f"--resume_from_checkpoint {text}: {output_dir} holds no checkpoint-* folder "
+                                    "to resume from")
+        return last
+    if text.lower() in _RESUME_NONE:
+        return None
+    if not Path(text).is_dir():
+        raise OutputFolderError(f"--resume_from_checkpoint {text}: no such checkpoint folder")
+    return text
+
+
+class OutputFolder:
+    """Holds the lock of a run's output folder (a context manager, or `close()` it).
+
+    `OutputFolder(path, resume=..., overwrite=...)` checks and prepares the folder at once:
+
+    - the folder is created if needed and must be writable (else OutputFolderError);
+    - the lock is taken (another run holding it: OutputFolderError at once, naming its pid);
+    - a staging folder left by a killed final save is removed (with a warning);
+    - a folder holding anything but the lock is refused unless `resume` (a checkpoint path: its files are the run)
+      or `overwrite` (the files a run writes are deleted first; a folder holding other files is refused even then,
+      so that `--overwrite_output_dir` pointed at the wrong folder deletes nothing).
+
+    The lock is an OS lock (`fcntl.flock`): it goes away with the process, so a killed run never blocks the next.
+    """
+
+    def __init__(self, path, *, resume=None, overwrite: bool = False, what: str = "output_dir"):
+        self.path = check_writable_dir(path, what)
+        self._handle = None
+        self._lock()
+        try:
+            self._clean_leftovers()
+            self._check_contents(resume, overwrite, what)
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        lock_path = self.path / LOCK_NAME
+        handle = open(lock_path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (Windows): no advisory locks, the other checks still hold
+            self._handle = handle
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise OutputFolderError(
+                f"{self.path} is in use by another run ({holder}): wait for it to finish or choose another "
+                "output folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def _clean_leftovers(self) -> None:
+        staging = self.path / STAGING_NAME
+        if staging.exists():
+            size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+            logger.warning("removing %s (%.1f MB): the unfinished final save of a run that was killed", staging,
+                           size / 1e6)
+            shutil.rmtree(staging)
+        hidden = [p.name for p in self.path.iterdir()
+                  if p.name.startswith(".") and p.name != LOCK_NAME and not is_run_output(p.name)]
+        if hidden:
+            logger.warning("%s holds hidden files no hf_mdlm run writes (left by another tool?): %s", self.path,
+                           ", ".join(sorted(hidden)))
+
+    def _check_contents(self, resume, overwrite: bool, what: str) -> None:
+        entries = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+        if not entries or resume:
+            return
+        if not overwrite:
+            shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
+            raise OutputFolderError(
+                f"{what} {self.path} is not empty ({shown}): its files would mix with this run's. Choose a new "
+                "folder, resume its run (--resume_from_checkpoint true), or pass --overwrite_output_dir to delete "
+                "the earlier run's files first"
+            )
+        foreign = [name for name in entries if not is_run_output(name)]
+        if foreign:
+            raise OutputFolderError(
+                f"--overwrite_output_dir: {self.path} holds files that no training run writes ({', '.join(foreign[:8])}"
+                f"{', ...' if len(foreign) > 8 else ''}); nothing was deleted. Is it the right folder?"
+            )
+        for name in entries:
+            target = self.path / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        logger.info("--overwrite_output_dir: removed the earlier run's files from %s", self.path)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # releases the lock
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def prepare_fresh_folder(path, *, overwrite: bool = False, what: str = "folder") -> Path:
+    """A folder that a later step will fill (e.g. the `<output_dir>-hub` export folder): writable and empty now.
+
+    An existing non-empty folder is an error, unless `overwrite` and it holds only files a run or an export writes
+    (then it is emptied)."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()):
+        entries = sorted(p.name for p in path.iterdir())
+        foreign = [name for name in entries if not is_run_output(name)]
+        if not overwrite or foreign:
+            hint = (f"it holds files no run writes ({', '.join(foreign[:8])})" if overwrite
+                    else "pass --overwrite_output_dir to replace it, or remove it")
+            raise OutputFolderError(f"{what} {path} already exists and is not empty (left by an earlier run?): {hint}")
+        shutil.rmtree(path)
+    return check_writable_dir(path, what)
+
+
+def staging_folder(output_dir) -> Path:
+    """A fresh, empty staging folder inside `output_dir` for `publish_staged`."""
+    staging = Path(output_dir) / STAGING_NAME
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_staged(staging, output_dir) -> None:
+    """Move every entry of the complete `staging` folder into `output_dir` (renames on one filesystem, replacing
+    what is there), `config.json` last, then remove `staging`."""
+    staging, output_dir = Path(staging), Path(output_dir)
+    for path in staging.iterdir():  # flush the data before the renames make it visible
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    names = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json")
+    for name in names:
+        target = output_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    staging.rmdir()
+
+
+class RunOutputs:
+    """What `prepare_run_outputs` checked and holds: the locked output folder (None on processes that do not
+    save), the checkpoint to resume from, the Hub request and its export folder. A context manager."""
+
+    def __init__(self, folder, resume, hub, hub_dir):
+        self.folder, self.resume, self.hub, self.hub_dir = folder, resume, hub, hub_dir
+
+    def close(self) -> None:
+        if self.folder is not None:
+            self.folder.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def prepare_run_outputs(training_args, *, overwrite: bool = False) -> RunOutputs:
+    """Everything a training run will write, checked before any work (call it first thing).
+
+    Takes `push_to_hub`/`hub_token` out of `training_args` (`detach_hub_settings`), resolves
+    `resume_from_checkpoint` ('true': the last checkpoint of `output_dir`) and sets the resolved value back, and on
+    the processes that save (`training_args.should_save`) takes the output folder (`OutputFolder`: writable, locked,
+    empty unless resuming or `overwrite`) and, when a push is asked, checks that a token is available and that the
+    export folder `<output_dir>-hub` is writable and empty (`overwrite` empties an earlier export).
+    """
+    from .upload import detach_hub_settings
+
+    hub = detach_hub_settings(training_args)
+    output_dir = str(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    training_args.resume_from_checkpoint = resume
+    folder = hub_dir = None
+    if training_args.should_save:
+        folder = OutputFolder(output_dir, resume=resume, overwrite=overwrite)
+        try:
+            if hub is not None:
+                from huggingface_hub import get_token
+
+                if hub.token is None and get_token() is None:
+                    raise OutputFolderError("--push_to_hub needs a Hugging Face token (HF_TOKEN, `hf auth login` or "
+                                            "--hub_token) and none was found")
+                hub_dir = prepare_fresh_folder(f"{output_dir.rstrip('/')}-hub", overwrite=overwrite,
+                                               what="the Hub export folder")
+        except BaseException:
+            folder.close()
+            raise
+    return RunOutputs(folder, resume, hub, hub_dir)
+
+
+def check_apart(out_dir, model_dir, what: str = "--out_dir") -> None:
+    """Refuse an `out_dir` that is `model_dir`, contains it or lies inside it: deleting or filling it would touch the
+    model folder (e.g. `--overwrite` removes OUT_DIR first)."""
+    out, model = Path(out_dir).resolve(), Path(model_dir).resolve()
+    if out == model or model in out.parents or out in model.parents:
+        relation = "is" if out == model else "contains" if out in model.parents else "lies inside"
+        raise OutputFolderError(f"{what} {out_dir} {relation} the model folder {model_dir}: choose a folder apart "
+                                "from it (the export would overwrite or delete the model)")
