@@ -35,30 +35,36 @@ from hf_mdlm.evaluation.suite import (
     SAMPLERS,
     parse_rates,
     parse_samplers,
+    positive_int,
+    require_plotting,
 )
-from hf_mdlm.loading import load_for_inference
+from hf_mdlm.hub import OutputFolderError, check_writable_dir
+from hf_mdlm.loading import load_for_inference, position_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="an hf_mdlm model folder (or Hub id)")
+    p.add_argument("--trust_remote_code", action="store_true",
+                   help="run the Python files of a model folder that is not an hf_mdlm one")
     p.add_argument("--judge", default=None, help="a causal LM folder (or Hub id) used as judge; omit for ELBO only")
     p.add_argument("--output_dir", required=True)
     data = p.add_argument_group("data (default: the bundled held-out works)")
     data.add_argument("--dataset", default=None, help="a dataset path or Hub name (see hf_mdlm.data.DataArguments)")
     data.add_argument("--eval_split", default=None, help="held-out split name or file (default: validation, then test)")
-    data.add_argument("--canvas_length", type=int, default=None,
+    data.add_argument("--canvas_length", type=positive_int, default=None,
                       help="response canvas length (default: the model's generation_config.max_new_tokens)")
     data.add_argument("--text_prompt_length", type=int, default=32, help="plain text: prompt tokens per window")
     data.add_argument("--text_response_length", type=int, default=None,
                       help="plain text: most continuation tokens per window (default: canvas_length - 8)")
     ev = p.add_argument_group("what to measure")
-    ev.add_argument("--elbo_examples", type=int, default=256, help="held-out examples for the ELBO (spread evenly)")
-    ev.add_argument("--elbo_samples", type=int, default=8, help="Monte-Carlo replicates of the ELBO")
+    ev.add_argument("--elbo_examples", type=positive_int, default=256,
+                    help="held-out examples for the ELBO (spread evenly)")
+    ev.add_argument("--elbo_samples", type=positive_int, default=8, help="Monte-Carlo replicates of the ELBO")
     ev.add_argument("--elbo_slack_prob", type=float, default=0.1,
                     help="also bound the likelihood summed over <slack> alignments, with this insertion "
                          "probability as the proposal (models with a slack token only; 0: skip)")
-    ev.add_argument("--num_prompts", type=int, default=64, help="held-out prompts sampled (spread evenly)")
+    ev.add_argument("--num_prompts", type=positive_int, default=64, help="held-out prompts sampled (spread evenly)")
     ev.add_argument("--shift_rates", type=parse_rates, default=list(DEFAULT_SHIFT_RATES))
     ev.add_argument("--num_bootstrap", type=int, default=2000)
     gen = p.add_argument_group("sampling")
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: canvas_length)")
     gen.add_argument("--block_length", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=positive_int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
@@ -76,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    model, tokenizer = load_for_inference(args.model, args.device)
+    try:  # before any evaluation: what would fail at the end (the results folder, the plot) fails now
+        check_writable_dir(args.output_dir, "--output_dir")
+        if args.judge:
+            require_plotting("evaluate.py --judge (shift_robustness.png)")
+    except (OutputFolderError, ImportError) as error:
+        raise SystemExit(str(error)) from None
+    model, tokenizer = load_for_inference(args.model, args.device, trust_remote_code=args.trust_remote_code)
     canvas_length = args.canvas_length or getattr(model.generation_config, "max_new_tokens", None)
     if not canvas_length:
         raise SystemExit("--canvas_length is needed: the model's generation config has no max_new_tokens")
@@ -85,7 +97,7 @@ def main(argv=None):
         text_prompt_length=args.text_prompt_length,
         text_response_length=args.text_response_length or max(1, canvas_length - 8),
     )
-    heldout = load_heldout(data_args, tokenizer)
+    heldout = load_heldout(data_args, tokenizer, max_length=position_limit(model))
     judge = judge_tokenizer = None
     if args.judge:
         judge, judge_tokenizer = load_judge(args.judge, args.device)

@@ -21,13 +21,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, TextStreamer
+from transformers import TextStreamer
 
-from hf_mdlm.generation_mdlm import (
-    GENERATION_FIELDS,
-    REMASKING_STRATEGIES,
-    strip_generation,
-)
+from hf_mdlm.evaluation.suite import positive_int
+from hf_mdlm.generation_mdlm import GENERATION_FIELDS, REMASKING_STRATEGIES, mix_seed, strip_generation
+from hf_mdlm.loading import load_for_inference
 
 CHOICES = {"remasking": REMASKING_STRATEGIES}
 
@@ -49,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt_file", default=None, help="a text file with one prompt per line")
     parser.add_argument("--no_chat_template", action="store_true", help="do not apply the tokenizer's chat template")
     parser.add_argument("--system", default=None, help="system message for the chat template")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the sampler's random generators")
-    parser.add_argument("--batch_size", type=int, default=8, help="prompts per generate() call")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the sampler; prompt i draws from (seed, i), whatever the batch size")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="prompts per generate() call")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run the Python files of a model folder that is not an hf_mdlm one")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--stream", action="store_true", help="print the blocks as they are final (one prompt only)")
@@ -97,10 +98,10 @@ def main(argv=None) -> list[str]:
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args)
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=True)
-    tokenizer.padding_side = "left"
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(args.device).eval()
+    model, tokenizer = load_for_inference(args.model, args.device, tokenizer=args.tokenizer, dtype=dtype,
+                                          trust_remote_code=args.trust_remote_code)
+    tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -126,7 +127,9 @@ def main(argv=None) -> list[str]:
         enc = tokenizer(formatted, return_tensors="pt", padding=True,
                         add_special_tokens=not use_template).to(args.device)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
-        out = model.generate(enc.input_ids, attention_mask=enc.attention_mask, generator=args.seed,
+        # one seed per prompt from its index in the whole list: the same samples for any --batch_size
+        seeds = None if args.seed is None else [mix_seed(args.seed, start + i) for i in range(len(chunk))]
+        out = model.generate(enc.input_ids, attention_mask=enc.attention_mask, generator=seeds,
                              streamer=streamer, progress=args.progress, **settings)
         prompt_length = enc.input_ids.shape[1]
         clean = strip_generation(out.sequences, prompt_length=prompt_length, **ids_of)

@@ -26,7 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from hf_mdlm.evaluation.suite import parse_numbers, parse_rates  # noqa: E402
+from hf_mdlm.evaluation.suite import parse_numbers, parse_rates, require_plotting  # noqa: E402
+from hf_mdlm.hub import OutputFolderError, check_writable_dir  # noqa: E402
 from hf_mdlm.replication import Preset, resolve_preset, run_replication  # noqa: E402
 
 
@@ -62,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    try:
+    try:  # everything that would fail after minutes of work fails now: the preset, the plots, the output folder
         preset = resolve_preset(mode, {f.name: getattr(args, f.name) for f in fields(Preset)}, args.scale)
-    except ValueError as err:
+        require_plotting("replicate.py (shift_robustness.png, training_curves.png)")
+        check_writable_dir(args.output_dir, "--output_dir")
+    except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))

@@ -61,6 +61,26 @@ def parse_numbers(text: str, what: str = "values", below: float | None = None) -
     return values
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1, for argparse (a batch size, a canvas length): 0 is an error, never a silent default."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def require_plotting(what: str) -> None:
+    """Raise ImportError now, before any work, when matplotlib (the `eval` extra) is missing for `what`'s plots."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(f"{what} draws plots with matplotlib, which is not installed: pip install 'hf_mdlm[eval]' "
+                          "(or pip install matplotlib)")
+
+
 def parse_rates(text: str) -> list[float]:
     return parse_numbers(text, "shift rates", below=1)
 
