@@ -261,20 +261,22 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False) -> RunOutputs
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     training_args.resume_from_checkpoint = resume
     folder = hub_dir = None
-    if training_args.should_save:
-        folder = OutputFolder(output_dir, resume=resume, overwrite=overwrite)
-        try:
-            if hub is not None:
-                from huggingface_hub import get_token
+    # The other processes wait until the main one has checked (and, with overwrite, emptied) the folder.
+    with training_args.main_process_first(local=False, desc="checking the output folder"):
+        if training_args.should_save:
+            folder = OutputFolder(output_dir, resume=resume, overwrite=overwrite)
+            try:
+                if hub is not None:
+                    from huggingface_hub import get_token
 
-                if hub.token is None and get_token() is None:
-                    raise OutputFolderError("--push_to_hub needs a Hugging Face token (HF_TOKEN, `hf auth login` or "
-                                            "--hub_token) and none was found")
-                hub_dir = prepare_fresh_folder(f"{output_dir.rstrip('/')}-hub", overwrite=overwrite,
-                                               what="the Hub export folder")
-        except BaseException:
-            folder.close()
-            raise
+                    if hub.token is None and get_token() is None:
+                        raise OutputFolderError("--push_to_hub needs a Hugging Face token (HF_TOKEN, `hf auth "
+                                                "login` or --hub_token) and none was found")
+                    hub_dir = prepare_fresh_folder(f"{output_dir.rstrip('/')}-hub", overwrite=overwrite,
+                                                   what="the Hub export folder")
+            except BaseException:
+                folder.close()
+                raise
     return RunOutputs(folder, resume, hub, hub_dir)
 
 
