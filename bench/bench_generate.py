@@ -4,6 +4,7 @@
     python bench/bench_generate.py            # the default grid (CPU: a few minutes)
     python bench/bench_generate.py --quick    # smoke run (seconds)
     python bench/bench_generate.py --device cuda --dtype bfloat16
+    python bench/bench_generate.py --caches [--fast_dllm DIR]   # KV caches: none / prefix / dual
 
 Prints a Markdown table: for batch sizes x canvas lengths x step counts x decoding modes (low-confidence
 remasking with a fixed schedule, and confidence-threshold decoding), the generated tokens per second and the
@@ -21,6 +22,14 @@ decoding to have an effect; use `--head_scale 1` for the raw random model.
 
 The default model (4 layers, hidden 128, vocab 4096) keeps the default grid within a few minutes on one CPU
 core; `--hidden 256` is the larger variant. On a shared machine, `--threads 1` avoids thread oversubscription.
+
+`--caches` prints the KV-cache table instead: kv_cache None / "prefix" / "dual" x confidence threshold off/on x
+batch sizes x canvas lengths (`--cache_lengths`, one token per step, blocks of `--block_length`): tokens/s, model
+calls, token positions run through the model, and the generated tokens that differ from the uncached run. With
+`--fast_dllm DIR` (the `llada/` folder of NVlabs/Fast-dLLM, fetched into a scratch folder, never part of this
+repository; its two CPU patches are in tests/fixtures/llada-tiny/README.md) the same weights also run through
+Fast-dLLM's own `generate_with_prefix_cache` / `generate_with_dual_cache`, batch 1 only, so a batch of B is its
+loop over the rows; without it that column is left out.
 """
 
 from __future__ import annotations
@@ -110,6 +119,76 @@ def timed(fn, device):
     return result, time.perf_counter() - start
 
 
+def fast_dllm_twin(model, folder):
+    """Fast-dLLM's generate module and its LLaDAModelLM holding `model`'s weights (LLaDA's key names)."""
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # its attention wrapper is torch.compile'd: run it eagerly
+    sys.path.insert(0, str(Path(folder).resolve()))
+    import generate as fast_generate
+    from model.configuration_llada import LLaDAConfig
+    from model.modeling_llada import LLaDAModelLM
+
+    from hf_mdlm.convert import llada_key_to_mdlm
+
+    c = model.config
+    config = LLaDAConfig(
+        d_model=c.hidden_size, n_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads, n_layers=c.num_hidden_layers,
+        mlp_hidden_size=c.intermediate_size, vocab_size=c.vocab_size, embedding_size=c.vocab_size,
+        max_sequence_length=c.max_position_embeddings, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
+        block_type="llama", activation_type="silu", layer_norm_type="rms", rope=True, rope_full_precision=True,
+        weight_tying=False, include_bias=False, include_qkv_bias=False, alibi=False, flash_attention=False,
+        init_device="cpu", mask_token_id=c.mask_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+    )
+    twin = LLaDAModelLM(config, init_params=True).eval().to(device=model.device, dtype=model.dtype)
+    ours = model.state_dict()
+    twin.load_state_dict({key: ours[llada_key_to_mdlm(key)] for key in twin.state_dict()})
+    return fast_generate, twin
+
+
+def cache_table(args, model, prompts, device):
+    """The KV-cache table (see the module docstring)."""
+    mask_id = model.config.mask_token_id
+    fast = fast_dllm_twin(model, args.fast_dllm) if args.fast_dllm else None
+    functions = {"prefix": "generate_with_prefix_cache", "dual": "generate_with_dual_cache"}
+    header = "| batch | canvas | decoding | kv_cache | tok/s | calls | positions | tokens differing from none | speed-up |"
+    rule = "|---:|---:|:---|:---|---:|---:|---:|---:|---:|"
+    if fast:
+        header += " Fast-dLLM tok/s | ours / Fast-dLLM | same tokens as Fast-dLLM |"
+        rule += "---:|---:|:---:|"
+    print(header)
+    print(rule)
+    for length in args.cache_lengths:
+        block = min(args.block_length, length)
+        for batch in args.batch_sizes:
+            for mode, threshold in (("low-confidence", None), (f"threshold {args.threshold}", args.threshold)):
+                ids = prompts[:batch]
+                base = None
+                for cache in (None, "prefix", "dual"):
+                    out, seconds = timed(lambda: model.generate(
+                        ids, max_new_tokens=length, steps=length, block_length=block, threshold=threshold,
+                        kv_cache=cache, return_dict_in_generate=True), device)
+                    tps = batch * length / seconds
+                    if base is None:
+                        base = (out.sequences, tps)
+                    differing = int((out.sequences != base[0]).sum())
+                    row = [batch, length, mode, cache or "none", f"{tps:.0f}", out.num_model_calls, out.num_positions,
+                           differing, f"{tps / base[1]:.2f}x"]
+                    if fast and cache:
+                        run = getattr(fast[0], functions[cache])
+
+                        def run_rows():
+                            return torch.cat([run(fast[1], ids[i:i + 1], steps=length, gen_length=length,
+                                                  block_length=block, mask_id=mask_id, threshold=threshold)[0]
+                                              for i in range(batch)])
+
+                        theirs, their_seconds = timed(run_rows, device)
+                        their_tps = batch * length / their_seconds
+                        row += [f"{their_tps:.0f}", f"{tps / their_tps:.2f}x",
+                                "yes" if torch.equal(theirs, out.sequences) else "no"]
+                    elif fast:
+                        row += ["", "", ""]
+                    print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and grid: a smoke run")
@@ -130,10 +209,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no_reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--caches", action="store_true", help="print the KV-cache table instead")
+    parser.add_argument("--cache_lengths", type=int, nargs="+", default=[256, 512], help="canvases of --caches")
+    parser.add_argument("--fast_dllm", default=None,
+                        help="Fast-dLLM's llada/ folder (scratch copy): add its cached samplers to --caches")
     args = parser.parse_args(argv)
     if args.quick:
         args.layers, args.hidden, args.heads, args.vocab = 2, 64, 2, 512
         args.batch_sizes, args.lengths, args.block_length, args.head_scale = [1, 4], [32], 16, 100.0
+        args.cache_lengths = [32]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -154,6 +238,8 @@ def main(argv=None):
     if not args.no_reference:
         reference_generate(model, prompts[:1], args.block_length, 2, args.block_length, mask_id)
 
+    if args.caches:
+        return cache_table(args, model, prompts, device)
     header = ("| batch | canvas | steps | decoding | generate tok/s | generate calls | reference tok/s | "
               "reference calls | speed-up | same tokens |")
     print(header)

@@ -57,6 +57,7 @@ _DIFFUSION_FIELDS = {
     "slack_token_id": (int, None),
     "output_history": (bool, False),
     "kv_cache": (str, None),
+    "check_logits": (bool, True),
 }
 _TRANSFORMERS_FIELDS = {
     "max_new_tokens": (int, 128),
@@ -151,6 +152,8 @@ class MDLMGenerationConfig(GenerationConfig):
             cached keys/values of the positions before the block; "dual" feeds only the block, overwriting its
             entries, against the cached prefix and the (stale) cached suffix. Nothing is cached across blocks.
             Works with every other option and with ragged, left-padded batches.
+        check_logits (`bool`, defaults to True): raise a clear error when the model returns NaN or infinite
+            logits (instead of sampling garbage); False skips the check (one reduction per step).
 
     Token ids (default: the model config's): mask_token_id, slack_token_id, eos_token_id (int or list),
         pad_token_id.
@@ -202,8 +205,8 @@ class MDLMGenerationConfig(GenerationConfig):
                     f"steps={self.steps} must be a multiple of the number of blocks "
                     f"(max_new_tokens // block_length = {num_blocks}): each block gets steps // num_blocks steps"
                 )
-        if not _is_number(self.temperature) or not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
         if self.top_p is not None and (not _is_number(self.top_p) or not 0 < self.top_p <= 1):
@@ -218,7 +221,8 @@ class MDLMGenerationConfig(GenerationConfig):
             raise ValueError(f"eos_penalty must be a finite number, got {self.eos_penalty!r}")
         if not _is_number(self.shift_rate) or not 0 <= self.shift_rate < 1:
             raise ValueError(f"shift_rate must be in [0, 1), got {self.shift_rate!r}")
-        for name in ("suppress_eos", "stop_at_eos", "suppress_slack", "output_history", "return_dict_in_generate"):
+        for name in ("suppress_eos", "stop_at_eos", "suppress_slack", "output_history", "return_dict_in_generate",
+                     "check_logits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not _is_int(self.num_return_sequences) or self.num_return_sequences < 1:
@@ -754,6 +758,11 @@ def _guided_logits(model, config, x, attention_mask, positions, window, P, cache
             logits = model(input_ids=x, attention_mask=attention_mask, logits_to_keep=window).logits
         else:
             logits = model(input_ids=x, attention_mask=attention_mask).logits[:, window]
+    if config.check_logits and not bool(torch.isfinite(logits).all()):
+        bad = (~torch.isfinite(logits)).nonzero()[0].tolist()
+        raise ValueError(f"the model returned a non-finite logit ({logits[tuple(bad)].item()}) for row {bad[0]}, "
+                         f"canvas position {window.start + bad[1]}, token {bad[2]}: its weights or inputs are broken "
+                         "(e.g. a half-precision overflow); check_logits=False skips this check")
     if config.cfg_scale > 0:
         cond, unc = logits[:rows].float(), logits[rows:].float()
         return unc + (config.cfg_scale + 1) * (cond - unc)

@@ -464,6 +464,10 @@ GOOD = torch.tensor([[5, 6, 7]])
         (dict(shift_rate=1.0), "shift_rate"),
         (dict(shift_rate=-0.1), "shift_rate"),
         (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("inf")), "temperature must be a finite number"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(attention_mask=torch.tensor([[1, 2, 1]])), "attention_mask must hold only 0"),
+        (dict(kv_cache="everything"), "kv_cache"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_k=0), "top_k"),
         (dict(remasking="lowest"), "remasking"),
@@ -636,3 +640,19 @@ def test_example_script_smoke(tmp_path, capsys):
                          "--steps", "2", "--num_return_sequences", "2", "--temperature", "1.0", "--seed", "1"])
     assert len(texts) == 2 and all("<slack>" not in t for t in texts)
     assert "sample 2/2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("kv_cache", [None, "dual"])
+def test_non_finite_logits_are_a_clear_error(bad, kv_cache):
+    model = make_model()
+
+    def corrupt(module, inputs, output):
+        output.logits[..., 7] = bad
+        return output
+
+    model.register_forward_hook(corrupt)
+    with pytest.raises(ValueError, match=r"non-finite logit .* token 7: its weights or inputs are broken"):
+        model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache)
+    out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache, check_logits=False)
+    assert out.shape == (1, 12)  # opted out: no error (the caller's risk)
