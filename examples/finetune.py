@@ -9,8 +9,9 @@ Shakespeare corpus for a few minutes on CPU, saved as a self-contained Hub folde
         --output_dir out --ctc_weight 1.0 --lora_r 16              # your model, your data, LoRA
 
 Every `TrainingArguments` field is a flag (`--learning_rate`, `--report_to wandb`, `--push_to_hub`, ...),
-and so are the fields of `hf_mdlm.loading.ModelArguments`, `hf_mdlm.data.DataArguments` and
-`MDLMTrainingArguments`.
+and so are the fields of `hf_mdlm.loading.ModelArguments` (`--trust_remote_code`, `--init_missing_weights`),
+`hf_mdlm.data.DataArguments` and `MDLMTrainingArguments`. `--output_dir` must be new or empty unless
+`--overwrite_output_dir` or `--resume_from_checkpoint true|PATH`; it is checked and locked before any work.
 """
 
 import logging
