@@ -101,7 +101,7 @@ def build_model(args, device, dtype):
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate or (args.hidden * 11) // 4,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, max_position_embeddings=4096,
         mask_token_id=args.vocab - 1, slack_token_id=args.vocab - 2, eos_token_id=args.vocab - 3,
-        pad_token_id=args.vocab - 4,
+        pad_token_id=args.vocab - 4, attn_implementation=args.attn,
     )
     model = MDLMForMaskedLM(config).eval()
     with torch.no_grad():
@@ -210,6 +210,7 @@ def main(argv=None):
     parser.add_argument("--no_reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--caches", action="store_true", help="print the KV-cache table instead")
+    parser.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")
     parser.add_argument("--cache_lengths", type=int, nargs="+", default=[256, 512], help="canvases of --caches")
     parser.add_argument("--fast_dllm", default=None,
                         help="Fast-dLLM's llada/ folder (scratch copy): add its cached samplers to --caches")
@@ -227,7 +228,7 @@ def main(argv=None):
     mask_id = model.config.mask_token_id
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}, {params:.1f}M parameters, "
-          f"{dtype} on {device} ({torch.get_num_threads()} CPU threads), head_scale {args.head_scale}, "
+          f"{dtype} on {device} ({torch.get_num_threads()} CPU threads), {args.attn} attention, head_scale {args.head_scale}, "
           f"prompt {args.prompt_length} tokens, block_length {args.block_length}, greedy\n")
 
     generator = torch.Generator().manual_seed(args.seed)

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hf_mdlm.losses import masked_cross_entropy, slack_ctc_loss  # noqa: E402
-from hf_mdlm.noise import LinearSchedule, mask_canvas  # noqa: E402
+from hf_mdlm.training.losses import masked_cross_entropy, slack_ctc_loss  # noqa: E402
+from hf_mdlm.training.canvas import LinearSchedule, mask_canvas  # noqa: E402
 
 METHODS = ("a", "a0", "b", "b'", "c")
 LABELS = {

@@ -1,0 +1,34 @@
+"""The benchmarks' code paths run (tiny sizes, CPU): the GPU check must not fail on its first real run."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_check_training_paths_run_tiny():
+    device_check = _load("device_check")
+    for kind in ("finetune", "llada8b"):
+        row = device_check.run(kind, tiny=True, steps=2, batch=2, canvas=16)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 9 and float(cells[6]) > 0, row
+
+
+def test_cache_table_runs_and_agrees_on_the_uncached_row(capsys):
+    _load("bench_generate").main(["--quick", "--caches", "--batch_sizes", "1", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    body = rows[1:]
+    assert len(body) == 2 * 2 * 3  # batches x decodings x caches
+    for line in body:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[3] == "none":
+            assert cells[7] == "0" and cells[8] == "1.00x"
