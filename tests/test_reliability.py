@@ -303,7 +303,7 @@ def test_the_final_save_is_staged_and_a_killed_save_leaves_no_loadable_folder(to
     from transformers import TrainerState
 
     from hf_mdlm import DataArguments
-    from hf_mdlm.hub import OutputFolder, save_model_folder
+    from hf_mdlm.hub import OutputFolder, OutputFolderError, save_model_folder
 
     out = tmp_path / "run"
     trainer = SimpleNamespace(model=tiny_model_for(tokenizer), state=TrainerState(), args={"seed": 0})
@@ -323,6 +323,13 @@ def test_the_final_save_is_staged_and_a_killed_save_leaves_no_loadable_folder(to
         with OutputFolder(out):
             assert not (out / ".hf_mdlm-saving").exists()
     assert "unfinished final save" in caplog.text
+    (out / ".tmpq1w2e3").write_bytes(b"x" * 1000)  # a hidden temporary file of another tool: reported
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
+        with pytest.raises(OutputFolderError, match=r"holds files that no training run writes \(\.tmpq1w2e3\)"):
+            OutputFolder(out, overwrite=True)
+    assert "hidden files no hf_mdlm run writes" in caplog.text and ".tmpq1w2e3" in caplog.text
+    (out / ".tmpq1w2e3").unlink()
     save_model_folder(trainer, tokenizer, out, DataArguments(canvas_length=16))
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.json"} <= names
