@@ -14,11 +14,15 @@ DEFAULT_AUTO_MAP = {
 }
 
 
+PREDICTION_ALIGNMENTS = ("same_token", "next_token")
+
+
 class MDLMConfig(PretrainedConfig):
     r"""
     Configuration of [`MDLMModel`] / [`MDLMForMaskedLM`]: a bidirectional (non-causal) transformer with RMSNorm,
-    rotary position embeddings, a SwiGLU MLP and grouped-query attention. With the defaults of
-    `convert_llada_checkpoint` it represents LLaDA-8B exactly.
+    rotary position embeddings, a SwiGLU MLP (or a mixture of SwiGLU experts) and grouped-query attention. It
+    represents LLaDA-8B, LLaDA-MoE, Dream-7B and Llama/Qwen2/Qwen3 causal LMs run bidirectionally (A2D) exactly;
+    the converters in `hf_mdlm.convert` set the fields.
 
     Args:
         vocab_size (`int`): number of rows of the embedding and of the LM head.
@@ -32,8 +36,28 @@ class MDLMConfig(PretrainedConfig):
         max_position_embeddings (`int`): longest sequence (prompt + canvas) the model is meant for.
         rope_theta (`float`): base of the rotary embedding frequencies.
         rms_norm_eps (`float`): epsilon of the RMSNorm layers.
-        attention_bias (`bool`): bias on the query/key/value projections.
-        mlp_bias (`bool`): bias on the MLP projections (gate, up, down); the attention output projection has none.
+        attention_bias (`bool`): bias on the query/key/value projections (Qwen2, Dream).
+        attention_output_bias (`bool`): bias on the attention output projection.
+        mlp_bias (`bool`): bias on the MLP projections (gate, up, down) and on the experts'.
+        qk_norm (`bool`): RMS-normalise queries and keys per head over `head_dim` (one weight shared by the heads),
+            before the rotary embedding (Qwen3, LLaDA-MoE).
+        partial_rotary_factor (`float`): the rotary embedding turns the first `int(head_dim * factor)` dims of each
+            head; the others pass through (LLaDA-MoE: 0.5).
+        num_experts (`int`): 0 for dense MLPs; otherwise the MoE layers have this many SwiGLU experts of
+            `moe_intermediate_size`, a linear router whose softmax scores pick `num_experts_per_tok` experts per
+            token.
+        num_experts_per_tok (`int`), moe_intermediate_size (`int`): top-k and expert width.
+        moe_layers (`list[int]`, *optional*): indices of the MoE layers (default: all when `num_experts > 0`); the
+            others have a dense MLP of `intermediate_size`.
+        shared_expert_intermediate_size (`int`, *optional*): an always-on SwiGLU expert added to every MoE layer.
+        expert_bias (`bool`): a per-expert bias (a buffer, as in auxiliary-loss-free balancing) added to the router
+            scores before the top-k. As in LLaDA-MoE, the weights of the chosen experts are the biased scores.
+        norm_topk_prob (`bool`): renormalise the chosen experts' weights to sum to 1.
+        prediction_alignment (`str`): "same_token" (position i predicts the token at i: LLaDA, LLaDA-MoE) or
+            "next_token" (position i predicts the token at i + 1: Dream and causal LMs adapted to diffusion).
+            `forward` returns the raw per-position logits either way; the sampler, losses and evaluation read the
+            prediction of token i from position i - 1 for "next_token" (position 0, which has no predecessor,
+            uses its own logits, as Dream does).
         attention_dropout (`float`): dropout on attention probabilities during training.
         initializer_range (`float`): std of the normal initialisation.
         tie_word_embeddings (`bool`): share the input embedding and the LM head.
@@ -59,7 +83,18 @@ class MDLMConfig(PretrainedConfig):
         rope_theta=10000.0,
         rms_norm_eps=1e-5,
         attention_bias=False,
+        attention_output_bias=False,
         mlp_bias=False,
+        qk_norm=False,
+        partial_rotary_factor=1.0,
+        num_experts=0,
+        num_experts_per_tok=2,
+        moe_intermediate_size=None,
+        moe_layers=None,
+        shared_expert_intermediate_size=None,
+        expert_bias=False,
+        norm_topk_prob=False,
+        prediction_alignment="same_token",
         attention_dropout=0.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
@@ -82,7 +117,18 @@ class MDLMConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.rms_norm_eps = rms_norm_eps
         self.attention_bias = attention_bias
+        self.attention_output_bias = attention_output_bias
         self.mlp_bias = mlp_bias
+        self.qk_norm = qk_norm
+        self.partial_rotary_factor = partial_rotary_factor
+        self.num_experts = num_experts
+        self.num_experts_per_tok = num_experts_per_tok
+        self.moe_intermediate_size = moe_intermediate_size
+        self.moe_layers = None if moe_layers is None else list(moe_layers)
+        self.shared_expert_intermediate_size = shared_expert_intermediate_size
+        self.expert_bias = expert_bias
+        self.norm_topk_prob = norm_topk_prob
+        self.prediction_alignment = prediction_alignment
         self.attention_dropout = attention_dropout
         self.initializer_range = initializer_range
         self.mask_token_id = mask_token_id
@@ -96,6 +142,14 @@ class MDLMConfig(PretrainedConfig):
             **kwargs,
         )
         self._check()
+
+    @property
+    def prediction_shift(self) -> int:
+        """1 when position i predicts token i + 1 ("next_token"), else 0."""
+        return 1 if self.prediction_alignment == "next_token" else 0
+
+    def is_moe_layer(self, index: int) -> bool:
+        return bool(self.num_experts) and (self.moe_layers is None or index in self.moe_layers)
 
     def _check(self):
         """Refuse contradictory values at creation, naming the field."""
@@ -122,6 +176,24 @@ class MDLMConfig(PretrainedConfig):
             raise ValueError(f"MDLMConfig.rms_norm_eps must be positive, got {self.rms_norm_eps!r}")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"MDLMConfig.attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
+        if not 0 < self.partial_rotary_factor <= 1 or int(self.head_dim * self.partial_rotary_factor) % 2:
+            raise ValueError(f"MDLMConfig.partial_rotary_factor={self.partial_rotary_factor!r} must be in (0, 1] and "
+                             f"turn an even number of the head's {self.head_dim} dims")
+        if self.prediction_alignment not in PREDICTION_ALIGNMENTS:
+            raise ValueError(f"MDLMConfig.prediction_alignment must be one of {PREDICTION_ALIGNMENTS}, got "
+                             f"{self.prediction_alignment!r}")
+        if self.num_experts:
+            if not isinstance(self.num_experts, int) or self.num_experts < 1:
+                raise ValueError(f"MDLMConfig.num_experts must be 0 or a positive integer, got {self.num_experts!r}")
+            if not isinstance(self.num_experts_per_tok, int) or not 1 <= self.num_experts_per_tok <= self.num_experts:
+                raise ValueError(f"MDLMConfig.num_experts_per_tok={self.num_experts_per_tok!r} must be in "
+                                 f"[1, num_experts={self.num_experts}]")
+            if not isinstance(self.moe_intermediate_size, int) or self.moe_intermediate_size < 1:
+                raise ValueError(f"MDLMConfig.moe_intermediate_size must be a positive integer with num_experts > 0, "
+                                 f"got {self.moe_intermediate_size!r}")
+            bad = [i for i in self.moe_layers or [] if not isinstance(i, int) or not 0 <= i < self.num_hidden_layers]
+            if bad:
+                raise ValueError(f"MDLMConfig.moe_layers holds {bad}, not layer indices in [0, {self.num_hidden_layers})")
         for name in ("mask_token_id", "slack_token_id", "pad_token_id", "bos_token_id"):
             _check_token_id(name, getattr(self, name), self.vocab_size)
         eos = self.eos_token_id

@@ -65,13 +65,13 @@ class MDLMRotaryEmbedding(nn.Module):
 
     def __init__(self, config: MDLMConfig):
         super().__init__()
-        self.head_dim = config.head_dim
+        self.rotary_dim = int(config.head_dim * config.partial_rotary_factor)
         self.rope_theta = config.rope_theta
 
     @torch.no_grad()
     def forward(self, position_ids):
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=position_ids.device)
-        inv_freq = 1.0 / (self.rope_theta ** (exponents / self.head_dim))
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device=position_ids.device)
+        inv_freq = 1.0 / (self.rope_theta ** (exponents / self.rotary_dim))
         freqs = position_ids.float()[..., None] * inv_freq
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos(), angles.sin()
@@ -83,10 +83,13 @@ def rotate_half(x):
 
 
 def apply_rotary(x, cos, sin):
-    """Rotate (B, heads, S, head_dim) by per-position angles (B, S, head_dim) in float32."""
+    """Rotate the first `rotary_dim` dims of (B, heads, S, head_dim) by per-position angles (B, S, rotary_dim) in
+    float32 (partial rotary: the other dims pass through)."""
+    rotary_dim = cos.shape[-1]
     x_float = x.float()
-    rotated = x_float * cos[:, None] + rotate_half(x_float) * sin[:, None]
-    return rotated.to(x.dtype)
+    turned, rest = x_float[..., :rotary_dim], x_float[..., rotary_dim:]
+    rotated = turned * cos[:, None] + rotate_half(turned) * sin[:, None]
+    return (torch.cat([rotated, rest], dim=-1) if rest.shape[-1] else rotated).to(x.dtype)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -121,7 +124,10 @@ class MDLMAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_output_bias)
+        if config.qk_norm:  # per head over head_dim, one weight for all heads (Qwen3, LLaDA-MoE)
+            self.q_norm = MDLMRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = MDLMRMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(self, hidden_states, cos, sin, masks, past_key_values=None, cache_start=0, use_cache=False,
                 output_attentions=False):
@@ -129,6 +135,8 @@ class MDLMAttention(nn.Module):
         q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.config.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
             k, v = _attend_with_cache(past_key_values, self.layer_idx, k, v, cache_start, use_cache)
@@ -172,14 +180,50 @@ def _attend_with_cache(cache, layer_idx, k, v, start, store):
 class MDLMMLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: MDLMConfig):
+    def __init__(self, config: MDLMConfig, intermediate_size: int | None = None):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        width = intermediate_size or config.intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, width, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, width, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(width, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MDLMSparseMoE(nn.Module):
+    """Token-choice mixture of SwiGLU experts: softmax router scores (float32), plus the expert bias when there is
+    one, pick the top-k experts of each token; their weighted outputs (weights renormalised with `norm_topk_prob`)
+    plus the shared expert's make the output."""
+
+    def __init__(self, config: MDLMConfig):
+        super().__init__()
+        self.top_k, self.norm_topk_prob = config.num_experts_per_tok, config.norm_topk_prob
+        self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = nn.ModuleList(MDLMMLP(config, config.moe_intermediate_size) for _ in range(config.num_experts))
+        if config.expert_bias:  # a buffer: balancing updates it outside of gradient descent
+            self.register_buffer("expert_bias", torch.zeros(config.num_experts, dtype=torch.float32))
+        else:
+            self.expert_bias = None
+        self.shared_expert = (MDLMMLP(config, config.shared_expert_intermediate_size)
+                              if config.shared_expert_intermediate_size else None)
+
+    def forward(self, x):
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        scores = torch.softmax(self.router(tokens).float(), dim=-1)
+        if self.expert_bias is not None:
+            scores = scores + self.expert_bias.float()
+        weights, chosen = scores.topk(self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        out = torch.zeros_like(tokens, dtype=torch.float32)
+        for index, expert in enumerate(self.experts):
+            rows, slot = (chosen == index).nonzero(as_tuple=True)
+            if rows.numel():
+                out.index_add_(0, rows, expert(tokens[rows]).float() * weights[rows, slot, None])
+        out = out.to(x.dtype).reshape(shape)
+        return out + self.shared_expert(x) if self.shared_expert is not None else out
 
 
 class MDLMDecoderLayer(GradientCheckpointingLayer):
@@ -188,7 +232,7 @@ class MDLMDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = MDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = MDLMAttention(config, layer_idx)
         self.post_attention_layernorm = MDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MDLMMLP(config)
+        self.mlp = MDLMSparseMoE(config) if config.is_moe_layer(layer_idx) else MDLMMLP(config)
 
     def forward(self, hidden_states, cos, sin, masks, past_key_values=None, cache_start=0, use_cache=False,
                 output_attentions=False):

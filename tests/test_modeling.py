@@ -162,17 +162,19 @@ def test_base_model_returns_hidden_states():
     assert len(out.hidden_states) == 3
 
 
-@pytest.mark.parametrize("attention_bias,mlp_bias", [(False, False), (True, False), (False, True)])
-def test_bias_flags_cover_the_documented_projections(attention_bias, mlp_bias):
-    """attention_bias: q/k/v; mlp_bias: gate/up/down (as MDLMConfig documents); the attention output never."""
-    model = MDLMForMaskedLM(tiny_config(attention_bias=attention_bias, mlp_bias=mlp_bias))
+@pytest.mark.parametrize("attention_bias,output_bias,mlp_bias", [(False, False, False), (True, False, False),
+                                                                  (False, True, False), (False, False, True)])
+def test_bias_flags_cover_the_documented_projections(attention_bias, output_bias, mlp_bias):
+    """attention_bias: q/k/v; attention_output_bias: o; mlp_bias: gate/up/down (as MDLMConfig documents)."""
+    model = MDLMForMaskedLM(tiny_config(attention_bias=attention_bias, attention_output_bias=output_bias,
+                                        mlp_bias=mlp_bias))
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     assert [attn.q_proj.bias is not None, attn.k_proj.bias is not None, attn.v_proj.bias is not None] == [attention_bias] * 3
     assert [mlp.gate_proj.bias is not None, mlp.up_proj.bias is not None, mlp.down_proj.bias is not None] == [mlp_bias] * 3
-    assert attn.o_proj.bias is None
+    assert (attn.o_proj.bias is not None) == output_bias
     from hf_mdlm import MDLMConfig
 
-    assert "gate, up, down" in MDLMConfig.__doc__ and "output projection has none" in MDLMConfig.__doc__
+    assert "query/key/value" in MDLMConfig.__doc__ and "(gate, up, down)" in MDLMConfig.__doc__
 
 
 # ----------------------------------------------------------------------------- transformers conventions
