@@ -39,12 +39,15 @@ from transformers.utils import ModelOutput
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "entropy", "margin")
 KV_CACHE_MODES = ("prefix", "dual")
+SCHEDULES = ("llada", "dream")
 
 # Every setting `generate` uses: name -> (type, default). The first group is ours; the second one are fields of
 # transformers' GenerationConfig that we also use (with our defaults). `eos_token_id` may also be a list.
 _DIFFUSION_FIELDS = {
     "steps": (int, None),
     "block_length": (int, None),
+    "schedule": (str, "llada"),
+    "schedule_eps": (float, 1e-3),
     "remasking": (str, "low_confidence"),
     "threshold": (float, None),
     "cfg_scale": (float, 0.0),
@@ -115,6 +118,14 @@ class MDLMGenerationConfig(GenerationConfig):
             that would commit nothing (when a block has fewer masked positions than steps) are skipped.
         block_length (`int`, *optional*): length of the blocks filled one after the other (semi-autoregressive
             decoding); must divide `max_new_tokens`. None = one block.
+        schedule (`str`, defaults to "llada"): how many tokens each step commits, the family's own rule.
+            "llada": `floor(masked / steps)` per step plus one in the first `masked % steps` steps of a block, and
+            scores from the model's distribution. "dream" (Dream's sampler, set by its converter): with timesteps
+            `linspace(1, schedule_eps, steps + 1)`, step i commits `int(m * (1 - t[i+1] / t[i]))` of the `m` masked
+            positions (all of them at the last step), and scores come from the distribution after temperature,
+            top-k and top-p (so the filters change the order even at temperature 0); its entropy score is
+            `exp(sum p log(p + 1e-10))`.
+        schedule_eps (`float`, defaults to 1e-3): the last timestep of the "dream" schedule.
 
     Choosing tokens:
         temperature (`float`, defaults to 0.0): 0 takes the argmax; > 0 samples by Gumbel-max at that temperature.
@@ -234,6 +245,10 @@ class MDLMGenerationConfig(GenerationConfig):
         for value in _as_id_list(self.eos_token_id, "eos_token_id"):
             if value < 0:
                 raise ValueError(f"eos_token_id must hold non-negative token ids, got {self.eos_token_id!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not _is_number(self.schedule_eps) or not 0 < self.schedule_eps < 1:
+            raise ValueError(f"schedule_eps must be in (0, 1), got {self.schedule_eps!r}")
         if self.kv_cache is not None and self.kv_cache not in KV_CACHE_MODES:
             raise ValueError(f"kv_cache must be None, 'prefix' or 'dual', got {self.kv_cache!r}")
         if self.mask_token_id is not None and self.mask_token_id == self.slack_token_id:
@@ -427,6 +442,7 @@ class _Plan:
     canvas: torch.Tensor  # (B, P + G)
     attention_mask: Optional[torch.Tensor]  # (B, P + G) or None
     position_ids: torch.Tensor  # (B, P + G): rotary positions, counted over real tokens as the model does
+    shift: int  # 1 when position i predicts the token at i + 1 (the model config's prediction_alignment)
     prompt_length: int
     eos_ids: list
     generators: list
@@ -508,6 +524,7 @@ def _prepare(model, config, input_ids, attention_mask, generator, streamer, step
         canvas=canvas,
         attention_mask=full_mask,
         position_ids=positions,
+        shift=getattr(model.config, "prediction_shift", 0),
         prompt_length=prompt_length,
         eos_ids=eos_ids,
         generators=generators,
@@ -546,6 +563,14 @@ def _row_generators(generator, batch, copies, device) -> list:
 # The sampler
 
 
+def _dream_count(masked: torch.Tensor, step: int, steps: int, eps: float) -> torch.Tensor:
+    """(B,) tokens to commit at `step` under Dream's schedule, in float32 and truncated as Dream computes them."""
+    if step == steps - 1:
+        return masked
+    times = torch.linspace(1, eps, steps + 1)
+    return (masked.float().cpu() * (1 - times[step + 1] / times[step])).long().to(masked.device)
+
+
 def _block_schedule(masked: torch.Tensor, steps: int) -> torch.Tensor:
     """(B, steps) tokens to commit per step: floor(masked / steps), plus one for the first masked % steps steps."""
     base = masked // steps
@@ -569,7 +594,7 @@ def _filter_logits(logits: torch.Tensor, top_k, top_p, temperature) -> torch.Ten
     return logits
 
 
-def _scores(probs: torch.Tensor, x0: torch.Tensor, remasking: str) -> torch.Tensor:
+def _scores(probs: torch.Tensor, x0: torch.Tensor, remasking: str, dream: bool = False) -> torch.Tensor:
     """Higher = more confident. All scores lie in [0, 1] (so that `threshold` applies to each)."""
     if remasking == "low_confidence":
         return probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
@@ -577,7 +602,7 @@ def _scores(probs: torch.Tensor, x0: torch.Tensor, remasking: str) -> torch.Tens
         top2 = probs.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
     if remasking == "entropy":
-        log_probs = torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+        log_probs = torch.log(probs + 1e-10) if dream else torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
         return torch.exp((probs * log_probs).sum(-1))
     raise ValueError(f"unknown remasking {remasking!r}")
 
@@ -624,12 +649,15 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
             cache = None
             if config.kv_cache is not None:  # positions before the first masked one are final for this block
                 first = masked.any(dim=0).nonzero()
-                cache = _BlockCache(config.kv_cache, P + (int(first[0]) if len(first) else block_end), P + block_end)
+                start = max(P + (int(first[0]) if len(first) else block_end) - plan.shift, 0)
+                cache = _BlockCache(config.kv_cache, start, P + block_end)
             for step in range(plan.steps_per_block):
                 masked = x[:, P:P + block_end] == mask_id
                 left = masked.sum(-1)
                 if config.threshold is None:
-                    scheduled = torch.minimum(schedule[:, step], left)
+                    planned = schedule[:, step] if config.schedule == "llada" else _dream_count(
+                        left, step, plan.steps_per_block, config.schedule_eps)
+                    scheduled = torch.minimum(planned, left)
                     active = scheduled > 0
                 else:
                     scheduled = None
@@ -645,7 +673,8 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
 
                 def window_logits(ids, window, sub=sub):
                     mask = None if plan.attention_mask is None else plan.attention_mask[sub]
-                    return _guided_logits(model, config, ids, mask, plan.position_ids[sub], window, P, cache, counts)
+                    return _guided_logits(model, config, ids, mask, plan.position_ids[sub], window, P, cache, counts,
+                                          plan.shift)
 
                 new_rows = _denoise_step(
                     window_logits,
@@ -740,10 +769,14 @@ def _cache_prefix(cache, length: int):
     return prefix
 
 
-def _guided_logits(model, config, x, attention_mask, positions, window, P, cache, counts):
-    """Float logits of `window` for the rows of `x`: one model call (with the unconditional rows of classifier-free
-    guidance in the same batch), through the block's KV cache when there is one."""
+def _guided_logits(model, config, x, attention_mask, positions, window, P, cache, counts, shift=0):
+    """Float logits predicting the tokens of `window` for the rows of `x`: one model call (with the unconditional rows
+    of classifier-free guidance in the same batch), through the block's KV cache when there is one. With next-token
+    alignment (`shift` 1) they are the model's outputs one position earlier; position 0 uses its own (as Dream)."""
     rows = x.shape[0]
+    target = window
+    if shift:
+        window = slice(max(window.start - shift, 0), window.stop - shift)
     if config.cfg_scale > 0:  # classifier-free guidance with a masked prompt (LLaDA, arXiv 2502.09992; docs §6)
         uncond = x.clone()
         uncond[:, :P] = config.mask_token_id
@@ -758,6 +791,8 @@ def _guided_logits(model, config, x, attention_mask, positions, window, P, cache
             logits = model(input_ids=x, attention_mask=attention_mask, logits_to_keep=window).logits
         else:
             logits = model(input_ids=x, attention_mask=attention_mask).logits[:, window]
+    if shift and target.start < shift:  # position 0 predicts itself
+        logits = torch.cat([logits[:, :1], logits], dim=1)
     if config.check_logits and not bool(torch.isfinite(logits).all()):
         bad = (~torch.isfinite(logits)).nonzero()[0].tolist()
         raise ValueError(f"the model returned a non-finite logit ({logits[tuple(bad)].item()}) for row {bad[0]}, "
@@ -813,13 +848,17 @@ def _denoise_step(window_logits, config, x, generators, masked, scheduled, P, bl
             choice[r, where] -= temperature * torch.log(-torch.log(u))
         x0 = choice.argmax(dim=-1)
 
+    if config.schedule == "dream":  # scores from the distribution after temperature, top-k and top-p (as Dream)
+        scored = _filter_logits(logits / temperature if temperature > 0 else logits, config.top_k, config.top_p, 1.0)
+    else:
+        scored = logits
     if config.remasking == "random":
         score = torch.zeros(w_masked.shape, device=logits.device)
         for r in range(rows):
             where = w_masked[r].nonzero().flatten()
             score[r, where] = torch.rand(where.numel(), generator=generators[r], device=logits.device)
     else:
-        score = _scores(torch.softmax(logits, dim=-1), x0, config.remasking)
+        score = _scores(torch.softmax(scored, dim=-1), x0, config.remasking, dream=config.schedule == "dream")
     score = score.masked_fill(~w_masked, float("-inf"))
 
     left = w_masked.sum(-1)

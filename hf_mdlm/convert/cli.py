@@ -3,20 +3,27 @@
 import argparse
 import os
 
-from .llada import convert_llada_checkpoint
+from .families import CONVERTERS
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hf_mdlm.convert", description="Convert a checkpoint of another family into an hf_mdlm folder.")
-    sub = parser.add_subparsers(dest="source_format", required=True)
-    llada = sub.add_parser("llada", help="a LLaDA checkpoint folder (config.json + safetensors)")
-    llada.add_argument("src_dir")
-    llada.add_argument("dst_dir")
-    llada.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
+    parser = argparse.ArgumentParser(prog="python -m hf_mdlm.convert",
+                                     description="Convert a checkpoint of another family into an hf_mdlm folder.")
+    sub = parser.add_subparsers(dest="family", required=True)
+    helps = {"llada": "a LLaDA checkpoint folder (config.json + safetensors)",
+             "llada-moe": "a LLaDA-MoE checkpoint folder", "dream": "a Dream checkpoint folder"}
+    for family in CONVERTERS:
+        command = sub.add_parser(family, help=helps[family])
+        command.add_argument("src_dir")
+        command.add_argument("dst_dir")
+        command.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
+        if family == "llada-moe":
+            command.add_argument("--mask_token_id", type=int, default=None,
+                                 help="the [MASK] id (the config names none; default: the real models' 156895)")
     args = parser.parse_args(argv)
-    config = convert_llada_checkpoint(args.src_dir, args.dst_dir, dtype=args.dtype)
+    extra = {"mask_token_id": args.mask_token_id} if args.family == "llada-moe" else {}
+    config = CONVERTERS[args.family](args.src_dir, args.dst_dir, dtype=args.dtype, **extra)
     print(
         f"wrote {os.path.abspath(args.dst_dir)}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"vocab {config.vocab_size}, mask_token_id {config.mask_token_id}"
     )
-

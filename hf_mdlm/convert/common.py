@@ -1,12 +1,39 @@
-"""What every converter shares: finding the source shards, streaming them, writing the folder."""
+"""What every converter shares: reading the source config, checking the tensors against the target model, streaming
+the shards one at a time into the new folder, and writing config, generation config, code and tokenizer files.
+
+A family module gives three things: its config mapped to an `MDLMConfig`, a key renamer (None drops a tensor the
+model recomputes, such as rotary frequency buffers) and the family's sampling defaults.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..configuration_mdlm import MDLMConfig
+from ..generation_mdlm import MDLMGenerationConfig
+from ..hub.files import TOKENIZER_FILES, copy_hub_code
+
+logger = logging.getLogger(__name__)
+
+KeyRenamer = Callable[[str], "str | None"]
 
 
-def _source_shards(src: Path) -> list[Path]:
+def read_source_config(src: Path, family: str) -> dict:
+    path = Path(src) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {src} a {family} checkpoint folder?")
+    return json.loads(path.read_text())
+
+
+def source_shards(src: Path) -> list[Path]:
     index = src / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -16,5 +43,95 @@ def _source_shards(src: Path) -> list[Path]:
         return [single]
     shards = sorted(src.glob("*.safetensors"))
     if not shards:
-        raise FileNotFoundError(f"no safetensors weights in {src} (LLaDA checkpoints in .bin are not supported)")
+        raise FileNotFoundError(f"no safetensors weights in {src} (checkpoints in .bin are not supported)")
     return shards
+
+
+def expected_keys(config: MDLMConfig) -> set[str]:
+    """The tensors an `MDLMForMaskedLM` of `config` loads (built on the meta device: no memory, no time)."""
+    from ..modeling_mdlm import MDLMForMaskedLM
+
+    with torch.device("meta"):
+        model = MDLMForMaskedLM(config)
+    keys = set(model.state_dict())
+    if config.tie_word_embeddings:
+        keys.discard("lm_head.weight")
+    return keys
+
+
+def check_source_keys(shards, config: MDLMConfig, rename: KeyRenamer, family: str, described: str) -> None:
+    """Every tensor the model needs is in the checkpoint and every tensor of the checkpoint is used (read from the
+    safetensors headers, no tensor loaded): a checkpoint with more layers than its config, or with biases the
+    config does not have, is not the model the config describes."""
+    seen = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as reader:
+            for key in reader.keys():
+                new_key = rename(key)
+                if new_key is not None:
+                    seen[new_key] = key
+    expected = expected_keys(config)
+    missing = sorted(expected - set(seen))
+    if missing:
+        raise ValueError(f"the {family} checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    extra = sorted(seen[key] for key in set(seen) - expected)
+    if extra:
+        shown = ", ".join(extra[:8]) + (f", ... ({len(extra)} in all)" if len(extra) > 8 else "")
+        raise ValueError(
+            f"the {family} checkpoint has {len(extra)} tensor(s) its config does not describe ({described}): "
+            f"{shown}. Fix config.json or the checkpoint; converting would drop them"
+        )
+
+
+def write_converted(src, dst, config: MDLMConfig, rename: KeyRenamer, generation: MDLMGenerationConfig,
+                    family: str, described: str, dtype=None) -> MDLMConfig:
+    """Stream `src`'s shards through `rename` into `dst` (one shard in memory at a time), then write the config,
+    the generation config, the Hub code and the tokenizer files. Nothing is written before the checks pass."""
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise ValueError("dst_dir must differ from src_dir: the conversion never overwrites the source")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    shards = source_shards(src)
+    check_source_keys(shards, config, rename, family, described)
+    dst.mkdir(parents=True, exist_ok=True)
+
+    weight_map, total_size = {}, 0
+    names = (["model.safetensors"] if len(shards) == 1
+             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for shard, out_name in zip(shards, names):
+        tensors = {}
+        with safe_open(str(shard), framework="pt") as reader:
+            for key in reader.keys():
+                new_key = rename(key)
+                if new_key is None:
+                    continue
+                tensor = reader.get_tensor(key)
+                tensors[new_key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        save_file(tensors, str(dst / out_name), metadata={"format": "pt"})
+        for key, tensor in tensors.items():
+            weight_map[key] = out_name
+            total_size += tensor.numel() * tensor.element_size()
+        del tensors
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    config.architectures = ["MDLMForMaskedLM"]
+    if dtype is not None:
+        config.dtype = dtype
+    config.save_pretrained(dst)
+    generation.save_pretrained(dst)
+    copy_hub_code(dst)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+    logger.info("converted the %s checkpoint %s into %s", family, src, dst)
+    return config
+
+
+def refuse(family: str, source: dict, field: str, allowed) -> None:
+    """Refuse a config value the architecture cannot represent, naming the field."""
+    if field in source and source[field] not in allowed:
+        raise ValueError(f"{family} config field {field!r}={source[field]!r} cannot be represented by MDLMConfig "
+                         f"(supported: {' or '.join(map(repr, allowed))})")

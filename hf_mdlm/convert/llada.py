@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..configuration_mdlm import MDLMConfig
 from ..generation_mdlm import MDLMGenerationConfig
-from ..hub.files import TOKENIZER_FILES, copy_hub_code
-from .common import _source_shards
+from .common import read_source_config, write_converted
 
 # LLaDA config fields our architecture can represent only with one of these values.
 _SUPPORTED_LLADA_VALUES = {
@@ -119,87 +114,12 @@ def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None =
 
     Returns the written `MDLMConfig`.
     """
-    src, dst = Path(src_dir), Path(dst_dir)
-    if src.resolve() == dst.resolve():
-        raise ValueError("dst_dir must differ from src_dir: the conversion never overwrites the source")
-    config_path = src / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {src} a LLaDA checkpoint folder?")
-    config = llada_config_to_mdlm(json.loads(config_path.read_text()))
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    shards = _source_shards(src)
-    _check_source_keys(shards, config)  # before anything is written
-    dst.mkdir(parents=True, exist_ok=True)
-
-    weight_map, total_size = {}, 0
-    names = (
-        ["model.safetensors"]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    for shard, out_name in zip(shards, names):
-        tensors = {}
-        with safe_open(str(shard), framework="pt") as reader:
-            for key in reader.keys():
-                new_key = llada_key_to_mdlm(key)
-                tensor = reader.get_tensor(key)
-                tensors[new_key] = tensor.to(dtype) if dtype is not None else tensor
-        save_file(tensors, str(dst / out_name), metadata={"format": "pt"})
-        for key, tensor in tensors.items():
-            weight_map[key] = out_name
-            total_size += tensor.numel() * tensor.element_size()
-        del tensors  # one shard in memory at a time
-
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-    config.architectures = ["MDLMForMaskedLM"]
-    if dtype is not None:
-        config.dtype = dtype
-    config.save_pretrained(dst)
+    config = llada_config_to_mdlm(read_source_config(Path(src_dir), "LLaDA"))
     # LLaDA's usual sampling settings, so that `model.generate(ids)` works out of the box.
-    MDLMGenerationConfig(
+    generation = MDLMGenerationConfig(
         mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
         max_new_tokens=128, steps=128, block_length=32, temperature=0.0, remasking="low_confidence",
-    ).save_pretrained(dst)
-    copy_hub_code(dst)
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copyfile(src / name, dst / name)
-    return config
-
-
-def _check_source_keys(shards, config: MDLMConfig) -> None:
-    """Every tensor the model needs is in the checkpoint and every tensor of the checkpoint is used (read from the
-    safetensors headers, no tensor loaded): a checkpoint with more layers than its config, or with biases the
-    config does not have, is not the model the config describes."""
-    seen = {}
-    for shard in shards:
-        with safe_open(str(shard), framework="pt") as reader:
-            for key in reader.keys():
-                seen[llada_key_to_mdlm(key)] = key
-    expected = _expected_keys(config)
-    missing = sorted(expected - set(seen))
-    if missing:
-        raise ValueError(f"the LLaDA checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
-    extra = sorted(seen[key] for key in set(seen) - expected)
-    if extra:
-        shown = ", ".join(extra[:8]) + (f", ... ({len(extra)} in all)" if len(extra) > 8 else "")
-        raise ValueError(
-            f"the LLaDA checkpoint has {len(extra)} tensor(s) its config does not describe (n_layers="
-            f"{config.num_hidden_layers}, include_qkv_bias={config.attention_bias}, weight_tying="
-            f"{config.tie_word_embeddings}): {shown}. Fix config.json or the checkpoint; converting would drop them"
-        )
-
-
-def _expected_keys(config: MDLMConfig) -> set[str]:
-    keys = {"model.embed_tokens.weight", "model.norm.weight"}
-    if not config.tie_word_embeddings:
-        keys.add("lm_head.weight")
-    for layer in range(config.num_hidden_layers):
-        keys.update(f"model.layers.{layer}.{name}.weight" for name in _BLOCK_KEYS.values())
-        if config.attention_bias:
-            keys.update(f"model.layers.{layer}.self_attn.{p}.bias" for p in ("q_proj", "k_proj", "v_proj"))
-    return keys
+    )
+    described = (f"n_layers={config.num_hidden_layers}, include_qkv_bias={config.attention_bias}, "
+                 f"weight_tying={config.tie_word_embeddings}")
+    return write_converted(src_dir, dst_dir, config, llada_key_to_mdlm, generation, "LLaDA", described, dtype)
