@@ -571,6 +571,15 @@ def _dream_count(masked: torch.Tensor, step: int, steps: int, eps: float) -> tor
     return (masked.float().cpu() * (1 - times[step + 1] / times[step])).long().to(masked.device)
 
 
+def logits_for_tokens(logits: torch.Tensor, model_config) -> torch.Tensor:
+    """(B, S, V) model outputs -> the logits predicting the token at each position: the same tensor for a
+    same-token model; for a next-token one (`prediction_alignment="next_token"`) the outputs one position earlier,
+    position 0 using its own (as Dream). Training, evaluation and sampling read predictions through this."""
+    if not getattr(model_config, "prediction_shift", 0):
+        return logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
 def _block_schedule(masked: torch.Tensor, steps: int) -> torch.Tensor:
     """(B, steps) tokens to commit per step: floor(masked / steps), plus one for the first masked % steps steps."""
     base = masked // steps
@@ -919,4 +928,4 @@ def _apply_shift(w_region, x0, chosen, w_masked, rate, generators, beyond, mask_
 
 
 __all__ = ["MDLMGenerationConfig", "MDLMGenerationMixin", "MDLMGenerateOutput", "strip_generation",
-           "GENERATION_FIELDS", "REMASKING_STRATEGIES"]
+           "GENERATION_FIELDS", "REMASKING_STRATEGIES", "logits_for_tokens", "mix_seed"]

@@ -29,8 +29,9 @@ def _canvas_lists(row_ids, row_mask):
     return [int(row_ids[p]) for p in range(len(row_mask)) if row_mask[p]]
 
 
-def brute_slack_ctc(logits, input_ids, clean_ids, loss_mask, mask_id, slack_id):
-    """-log sum over A by enumerating slack placements; float64, differentiable."""
+def brute_slack_ctc(logits, input_ids, clean_ids, loss_mask, mask_id, slack_id, shift=0):
+    """-log sum over A by enumerating slack placements; float64, differentiable. With `shift` 1 (a next-token
+    model) canvas position p emits from the model's output at p - 1 (position 0 from its own)."""
     out = []
     for b in range(logits.shape[0]):
         positions = [p for p in range(logits.shape[1]) if loss_mask[b, p]]
@@ -48,7 +49,7 @@ def brute_slack_ctc(logits, input_ids, clean_ids, loss_mask, mask_id, slack_id):
             score = logits.new_zeros((), dtype=torch.float64)
             for j, (pin, a) in enumerate(zip(pins, align)):
                 if pin == mask_id:
-                    score = score + logp[positions[j], a]
+                    score = score + logp[max(positions[j] - shift, 0), a]
             terms.append(score)
         assert terms, "reference: infeasible case"
         out.append(-torch.logsumexp(torch.stack(terms), 0))
@@ -197,6 +198,34 @@ def test_slack_ctc_matches_brute_force(backward, seed, batch, seq, vocab, p_slac
     assert fast[0].dtype == torch.float64
     _assert_close(fast[0], ref[0])
     _assert_close(fast[1], ref[1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(**case_params)
+def test_next_token_alignment_matches_brute_force(seed, batch, seq, vocab, p_slack, p_mask, other_pins, slack_first):
+    """A next-token model's emissions, read through logits_for_tokens, give the slack-CTC (and CE) of the canvas
+    whose position p emits from output p - 1: values and gradients against the enumeration."""
+    from types import SimpleNamespace
+
+    from hf_mdlm.generation_mdlm import logits_for_tokens
+
+    logits, inputs, clean, loss_mask, mask_id, slack_id = make_case(
+        seed, batch, seq, vocab, p_slack, p_mask, other_pins, slack_first
+    )
+    config = SimpleNamespace(prediction_shift=1)
+    weights = torch.rand(batch, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) + 0.5
+    fast = _loss_and_grad(lambda x: slack_ctc_loss(logits_for_tokens(x, config), inputs, clean, mask_token_id=mask_id,
+                                                   slack_token_id=slack_id, loss_mask=loss_mask), logits, weights)
+    ref = _loss_and_grad(lambda x: brute_slack_ctc(x, inputs, clean, loss_mask, mask_id, slack_id, shift=1),
+                         logits, weights)
+    _assert_close(fast[0], ref[0])
+    _assert_close(fast[1], ref[1])
+    masked = loss_mask & (inputs == mask_id)
+    ce = masked_cross_entropy(logits_for_tokens(logits, config), clean, masked)
+    logp = torch.log_softmax(logits.double(), -1)
+    for b in range(batch):
+        expected = sum(-logp[b, max(p - 1, 0), clean[b, p]] for p in range(seq) if masked[b, p])
+        _assert_close(ce[b], torch.as_tensor(expected, dtype=torch.float64))
 
 
 def test_slack_ctc_repeated_targets_hand_case():

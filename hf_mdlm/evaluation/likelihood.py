@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..generation_mdlm import logits_for_tokens
 from ..training.canvas import NoiseSchedule, get_schedule, mask_canvas
 from ..training.losses import masked_cross_entropy
 from .utils import (
@@ -207,7 +208,8 @@ def elbo_perplexity(
             noised, masked = mask_canvas(
                 clean, times, maskable, mask_token_id=int(mask_token_id), schedule=schedule, generator=generators
             )
-            logits = model(input_ids=noised.to(device), attention_mask=attention.to(device)).logits
+            logits = logits_for_tokens(model(input_ids=noised.to(device), attention_mask=attention.to(device)).logits,
+                                       model.config)
             ce = masked_cross_entropy(logits, clean.to(device), masked.to(device)).double().cpu()
             weighted = schedule.weight(times).double() * ce
             for b, (e, r) in enumerate(batch):
@@ -320,7 +322,9 @@ def conditional_log_likelihood(
                 counts.append(count)
             rows = clean.expand(len(batch), -1)
             noised = rows.masked_fill(masked, int(mask_token_id))
-            logits = model(input_ids=noised.to(device), attention_mask=torch.ones_like(noised).to(device)).logits
+            logits = logits_for_tokens(
+                model(input_ids=noised.to(device), attention_mask=torch.ones_like(noised).to(device)).logits,
+                model.config)
             ce = masked_cross_entropy(logits, rows.to(device), masked.to(device)).double().cpu()
             for b, j in enumerate(batch):
                 values[j] = -(m / counts[b]) * float(ce[b])

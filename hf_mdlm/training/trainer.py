@@ -12,7 +12,7 @@ import torch
 from transformers import Trainer
 
 from ..data.collator import DiffusionCollator
-from ..generation_mdlm import mix_seed
+from ..generation_mdlm import logits_for_tokens, mix_seed
 from ..tokenization import diffusion_token_ids
 from .arguments import MDLMTrainingArguments
 from .canvas import build_canvases, get_schedule, low_discrepancy_times, mask_canvas
@@ -113,6 +113,8 @@ class MDLMTrainer(Trainer):
         )
         device = input_ids.device
         logits = model(input_ids=noised_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        # The emission of canvas position i is the prediction of token i (self.model: DDP/FSDP wrappers have no config).
+        logits = logits_for_tokens(logits, getattr(self.model, "config", None))
         result = diffusion_loss(
             logits, noised_ids.to(device), clean_ids.to(device),
             masked=masked.to(device), loss_mask=canvas_mask.to(device), t=t.to(device), schedule=self.schedule,
