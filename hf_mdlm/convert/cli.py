@@ -11,7 +11,8 @@ def main(argv=None):
                                      description="Convert a checkpoint of another family into an hf_mdlm folder.")
     sub = parser.add_subparsers(dest="family", required=True)
     helps = {"llada": "a LLaDA checkpoint folder (config.json + safetensors)",
-             "llada-moe": "a LLaDA-MoE checkpoint folder", "dream": "a Dream checkpoint folder"}
+             "llada-moe": "a LLaDA-MoE checkpoint folder", "dream": "a Dream checkpoint folder",
+             "a2d": "a local Llama / Qwen2 / Qwen3 causal LM folder (weights + tokenizer), adapted to diffusion"}
     for family in CONVERTERS:
         command = sub.add_parser(family, help=helps[family])
         command.add_argument("src_dir")

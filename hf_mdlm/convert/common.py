@@ -84,9 +84,10 @@ def check_source_keys(shards, config: MDLMConfig, rename: KeyRenamer, family: st
 
 
 def write_converted(src, dst, config: MDLMConfig, rename: KeyRenamer, generation: MDLMGenerationConfig,
-                    family: str, described: str, dtype=None) -> MDLMConfig:
-    """Stream `src`'s shards through `rename` into `dst` (one shard in memory at a time), then write the config,
-    the generation config, the Hub code and the tokenizer files. Nothing is written before the checks pass."""
+                    family: str, described: str, dtype=None, transform=None, tokenizer=None) -> MDLMConfig:
+    """Stream `src`'s shards through `rename` (and `transform(new_key, tensor)`, when given) into `dst`, one shard in
+    memory at a time, then write the config, the generation config, the Hub code and the tokenizer (`tokenizer`
+    saved, or the source's tokenizer files copied). Nothing is written before the checks pass."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError("dst_dir must differ from src_dir: the conversion never overwrites the source")
@@ -107,6 +108,8 @@ def write_converted(src, dst, config: MDLMConfig, rename: KeyRenamer, generation
                 if new_key is None:
                     continue
                 tensor = reader.get_tensor(key)
+                if transform is not None:
+                    tensor = transform(new_key, tensor)
                 tensors[new_key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         save_file(tensors, str(dst / out_name), metadata={"format": "pt"})
         for key, tensor in tensors.items():
@@ -123,9 +126,12 @@ def write_converted(src, dst, config: MDLMConfig, rename: KeyRenamer, generation
     config.save_pretrained(dst)
     generation.save_pretrained(dst)
     copy_hub_code(dst)
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copyfile(src / name, dst / name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(dst)
+    else:
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                shutil.copyfile(src / name, dst / name)
     logger.info("converted the %s checkpoint %s into %s", family, src, dst)
     return config
 

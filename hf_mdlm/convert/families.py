@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .a2d import convert_a2d_checkpoint, is_a2d_config
 from .common import read_source_config
 from .dream import convert_dream_checkpoint, is_dream_config
 from .llada import convert_llada_checkpoint, is_llada_config
@@ -13,12 +14,14 @@ CONVERTERS = {
     "llada": convert_llada_checkpoint,
     "llada-moe": convert_llada_moe_checkpoint,
     "dream": convert_dream_checkpoint,
+    "a2d": convert_a2d_checkpoint,
 }
 FAMILIES = ("mdlm", *CONVERTERS)
 
 
 def detect_family(config: dict) -> str:
-    """"mdlm" (already ours), "llada", "llada-moe" or "dream"; an unknown config is an error listing them."""
+    """"mdlm" (already ours), "llada", "llada-moe", "dream" or "a2d" (a Llama/Qwen2/Qwen3 causal LM); an unknown
+    config is an error listing them."""
     if config.get("model_type") == "mdlm":
         return "mdlm"
     if is_llada_config(config):
@@ -27,6 +30,8 @@ def detect_family(config: dict) -> str:
         return "llada-moe"
     if is_dream_config(config):
         return "dream"
+    if is_a2d_config(config):
+        return "a2d"
     raise ValueError(
         f"config.json with model_type={config.get('model_type')!r} and architectures={config.get('architectures')} "
         f"is not a family hf_mdlm converts; supported: {', '.join(FAMILIES)}"

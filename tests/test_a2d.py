@@ -1,0 +1,106 @@
+"""A2D: Llama / Qwen2 / Qwen3 causal LMs converted into next-token-aligned MDLMs. With a causal 4D attention mask
+the converted model computes the source model's logits; the new [MASK] / <slack> rows are the mean rows."""
+
+import json
+import logging
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from hf_mdlm import MDLMForMaskedLM
+from hf_mdlm.convert import convert_a2d_checkpoint, convert_checkpoint, detect_family
+
+SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=128, eos_token_id=1, pad_token_id=0, bos_token_id=2)
+
+
+def _tokenizer(mask=False):
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<eos>", "<bos>"] + (["<mask>"] if mask else [])
+    t.train_from_iterator(["to be or not to be", "that is the question"] * 5, trainer=trainers.BpeTrainer(
+        vocab_size=290, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    named = dict(pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", **({"mask_token": "<mask>"} if mask else {}))
+    return PreTrainedTokenizerFast(tokenizer_object=t, **named)
+
+
+def _source(tmp_path, kind, vocab=300, mask=False, **extra):
+    torch.manual_seed(0)
+    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                                 "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[kind]
+    model = model_class(config_class(vocab_size=vocab, **SHAPE, **extra)).eval()
+    folder = tmp_path / kind
+    model.save_pretrained(folder)
+    _tokenizer(mask).save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("llama", {}), ("llama", {"attention_bias": True, "mlp_bias": True}), ("qwen2", {}),
+    ("qwen3", {"head_dim": 24}), ("qwen3", {"tie_word_embeddings": True}),
+], ids=["llama", "llama-biases", "qwen2", "qwen3", "qwen3-tied"])
+def test_converted_model_with_a_causal_mask_gives_the_source_logits(tmp_path, kind, extra):
+    source, folder = _source(tmp_path, kind, **extra)
+    assert detect_family(json.loads((folder / "config.json").read_text())) == "a2d"
+    out = tmp_path / "converted"
+    config = convert_checkpoint(folder, out)
+    model = MDLMForMaskedLM.from_pretrained(out).eval()
+    assert config.prediction_alignment == "next_token" and model.config.prediction_shift == 1
+    from transformers import AutoTokenizer
+
+    known = len(AutoTokenizer.from_pretrained(folder))  # the source's tokens (its matrix may have spare rows after)
+    ids = torch.randint(3, known, (2, 11), generator=torch.Generator().manual_seed(1))
+    causal = torch.ones(11, 11, dtype=torch.bool).tril()[None, None]
+    with torch.no_grad():
+        expected = source(ids).logits[..., :known]
+        got = model(ids, attention_mask=causal).logits[..., :known]
+    assert (got - expected).abs().max() < 1e-4
+    # [MASK] and <slack> were added, their rows the mean of the old ones; ties stay tied.
+    embed = model.get_input_embeddings().weight
+    old = source.get_input_embeddings().weight
+    for token in (model.config.mask_token_id, model.config.slack_token_id):
+        assert token >= known and torch.allclose(embed[token], old[:known].mean(0), atol=1e-6)
+    if extra.get("tie_word_embeddings"):
+        assert model.lm_head.weight.data_ptr() == embed.data_ptr()
+
+
+def test_a_tokenizer_with_a_mask_token_keeps_it(tmp_path, caplog):
+    _, folder = _source(tmp_path, "llama", mask=True)
+    with caplog.at_level(logging.INFO, logger="hf_mdlm.convert.a2d"):
+        config = convert_a2d_checkpoint(folder, tmp_path / "out")
+    mask_id = _tokenizer(mask=True).convert_tokens_to_ids("<mask>")
+    assert config.mask_token_id == mask_id and "reused as [MASK]" in caplog.text
+
+
+def test_spare_embedding_rows_take_the_new_tokens(tmp_path):
+    _, folder = _source(tmp_path, "qwen2", vocab=320)  # Qwen pads its matrix beyond the tokenizer
+    config = convert_a2d_checkpoint(folder, tmp_path / "out")
+    assert config.vocab_size == 320 and config.slack_token_id < 320
+
+
+@pytest.mark.parametrize("kind,extra,field", [
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 8}, "use_sliding_window"),
+    ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, "rope_type"),
+])
+def test_unsupported_sources_are_refused_by_name(tmp_path, kind, extra, field):
+    _, folder = _source(tmp_path, kind, **extra)
+    with pytest.raises(ValueError, match=field):
+        convert_a2d_checkpoint(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_family_lists_the_supported_ones():
+    with pytest.raises(ValueError, match="supported: mdlm, llada, llada-moe, dream, a2d"):
+        detect_family({"model_type": "bert", "architectures": ["BertModel"]})
