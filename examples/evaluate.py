@@ -25,7 +25,6 @@ import torch
 
 from hf_mdlm.data import DataArguments, load_heldout
 from hf_mdlm.evaluation import (
-    evaluate_model,
     load_judge,
     reference_quality,
     write_report,
@@ -33,6 +32,8 @@ from hf_mdlm.evaluation import (
 from hf_mdlm.evaluation.suite import (
     DEFAULT_SHIFT_RATES,
     SAMPLERS,
+    evaluate_kv_caches,
+    parse_kv_caches,
     parse_rates,
     parse_samplers,
     positive_int,
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                      + ", or NAME:REMASKING:TEMPERATURE")
     gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: canvas_length)")
     gen.add_argument("--block_length", type=int, default=None)
+    gen.add_argument("--kv_cache", type=parse_kv_caches, default=[],
+                     help="also sample with these KV caches (comma-separated: prefix, dual) and compare them with the "
+                          "exact sampler: agreement, judged win rate, gen-PPL")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=positive_int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -102,15 +106,13 @@ def main(argv=None):
     if args.judge:
         judge, judge_tokenizer = load_judge(args.judge, args.device)
     name = Path(args.model).name or args.model
-    results = {
-        "models": {name: evaluate_model(
-            model, tokenizer, heldout, canvas_length=canvas_length, judge=judge, judge_tokenizer=judge_tokenizer,
-            elbo_examples=args.elbo_examples, elbo_samples=args.elbo_samples, elbo_slack_prob=args.elbo_slack_prob,
-            num_prompts=args.num_prompts, shift_rates=args.shift_rates, samplers=args.samplers, steps=args.steps,
-            block_length=args.block_length, seed=args.seed, batch_size=args.batch_size,
-            num_bootstrap=args.num_bootstrap)},
-        "settings": {**vars(args), "canvas_length": canvas_length, "num_heldout_examples": len(heldout)},
-    }
+    results = evaluate_kv_caches(
+        model, tokenizer, heldout, name, args.kv_cache, canvas_length=canvas_length, judge=judge,
+        judge_tokenizer=judge_tokenizer, elbo_examples=args.elbo_examples, elbo_samples=args.elbo_samples,
+        elbo_slack_prob=args.elbo_slack_prob, num_prompts=args.num_prompts, shift_rates=args.shift_rates,
+        samplers=args.samplers, steps=args.steps, block_length=args.block_length, seed=args.seed,
+        batch_size=args.batch_size, num_bootstrap=args.num_bootstrap)
+    results["settings"] = {**vars(args), "canvas_length": canvas_length, "num_heldout_examples": len(heldout)}
     if judge is not None:
         results["reference"] = reference_quality(heldout, tokenizer, judge, judge_tokenizer,
                                                  num_prompts=args.num_prompts, batch_size=args.batch_size)

@@ -802,15 +802,21 @@ def _guided_logits(model, config, x, attention_mask, positions, window, P, cache
             logits = model(input_ids=x, attention_mask=attention_mask).logits[:, window]
     if shift and target.start < shift:  # position 0 predicts itself
         logits = torch.cat([logits[:, :1], logits], dim=1)
-    if config.check_logits and not bool(torch.isfinite(logits).all()):
-        bad = (~torch.isfinite(logits)).nonzero()[0].tolist()
-        raise ValueError(f"the model returned a non-finite logit ({logits[tuple(bad)].item()}) for row {bad[0]}, "
-                         f"canvas position {window.start + bad[1]}, token {bad[2]}: its weights or inputs are broken "
-                         "(e.g. a half-precision overflow); check_logits=False skips this check")
     if config.cfg_scale > 0:
         cond, unc = logits[:rows].float(), logits[rows:].float()
         return unc + (config.cfg_scale + 1) * (cond - unc)
     return logits.float()
+
+
+def _check_finite(logits, x0, window):
+    """A NaN or +inf logit wins the argmax, and a row of -inf has a -inf maximum: checking the W proposals' logits
+    finds a broken model at the cost of W values, not W x V."""
+    if bool(torch.isfinite(logits.gather(-1, x0.unsqueeze(-1))).all()):
+        return
+    bad = (~torch.isfinite(logits)).nonzero()[0].tolist()
+    raise ValueError(f"the model returned a non-finite logit ({logits[tuple(bad)].item()}) for row {bad[0]}, "
+                     f"canvas position {window.start + bad[1]}, token {bad[2]}: its weights or inputs are broken "
+                     "(e.g. a half-precision overflow); check_logits=False skips this check")
 
 
 def _denoise_step(window_logits, config, x, generators, masked, scheduled, P, block_end, steps_left):
@@ -857,6 +863,8 @@ def _denoise_step(window_logits, config, x, generators, masked, scheduled, P, bl
             choice[r, where] -= temperature * torch.log(-torch.log(u))
         x0 = choice.argmax(dim=-1)
 
+    if config.check_logits:
+        _check_finite(logits, x0, window)
     if config.schedule == "dream":  # scores from the distribution after temperature, top-k and top-p (as Dream)
         scored = _filter_logits(logits / temperature if temperature > 0 else logits, config.top_k, config.top_p, 1.0)
     else:

@@ -49,11 +49,10 @@ class MDLMRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states):
-        dtype = hidden_states.dtype
-        # Normalise in float32: bf16 variance loses too much precision.
-        hidden_states = hidden_states.float()
-        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * hidden_states.to(dtype)
+        # Normalise in float32 (bf16 variance loses too much precision), scale in the input dtype, as LLaDA and
+        # Llama do; torch's fused rms_norm computes x * rsqrt(mean(x^2) + eps) in one kernel.
+        normalized = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.eps)
+        return self.weight * normalized.to(hidden_states.dtype)
 
 
 class MDLMRotaryEmbedding(nn.Module):

@@ -647,12 +647,16 @@ def test_example_script_smoke(tmp_path, capsys):
 def test_non_finite_logits_are_a_clear_error(bad, kv_cache):
     model = make_model()
 
-    def corrupt(module, inputs, output):
-        output.logits[..., 7] = bad
+    def corrupt(module, inputs, output):  # NaN / +inf at one token; -inf everywhere (a row with no finite logit)
+        if bad == float("-inf"):
+            output.logits[...] = bad
+        else:
+            output.logits[..., 7] = bad
         return output
 
     model.register_forward_hook(corrupt)
-    with pytest.raises(ValueError, match=r"non-finite logit .* token 7: its weights or inputs are broken"):
+    token = 0 if bad == float("-inf") else 7
+    with pytest.raises(ValueError, match=rf"non-finite logit .* token {token}: its weights or inputs are broken"):
         model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache)
     out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache, check_logits=False)
     assert out.shape == (1, 12)  # opted out: no error (the caller's risk)

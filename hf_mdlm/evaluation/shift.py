@@ -198,6 +198,8 @@ def shift_robustness(
         "per_rate": per_rate,
         "examples": examples,
         "texts": {f"{rate:g}": [s["text"] for s in samples[rate]] for rate in rates},
+        "ids": {f"{rate:g}": [s["ids"] for s in samples[rate]] for rate in rates},
+        "prompts": [s["prompt_text"] for s in samples[0.0]],
         "num_prompts": len(ids_list),
         "seed": seed,
         "condition_on_prompt": condition_on_prompt,

@@ -8,8 +8,8 @@ import logging
 import time
 
 from ..data.loading import spread_indices
-from ..generation_mdlm import REMASKING_STRATEGIES
-from .judge import generative_perplexity
+from ..generation_mdlm import KV_CACHE_MODES, REMASKING_STRATEGIES
+from .judge import generative_perplexity, win_rate
 from .likelihood import elbo_perplexity
 from .shift import shift_robustness
 
@@ -49,6 +49,15 @@ def parse_samplers(text: str) -> dict:
     return out
 
 
+def parse_kv_caches(text: str) -> list:
+    """'prefix,dual' (or 'none'): the KV cache modes to compare with the exact sampler, for argparse."""
+    modes = [m.strip() for m in text.split(",") if m.strip() and m.strip() != "none"]
+    unknown = [m for m in modes if m not in KV_CACHE_MODES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kv_cache {unknown}: expected {', '.join(KV_CACHE_MODES)}")
+    return modes
+
+
 def parse_numbers(text: str, what: str = "values", below: float | None = None) -> list[float]:
     """Comma-separated numbers >= 0 (and < `below` if given), for argparse."""
     try:
@@ -85,37 +94,50 @@ def parse_rates(text: str) -> list[float]:
     return parse_numbers(text, "shift rates", below=1)
 
 
-def generation_settings(canvas_length, steps=None, block_length=None, temperature=0.0, remasking="low_confidence"):
+def generation_settings(canvas_length, steps=None, block_length=None, temperature=0.0, remasking="low_confidence",
+                        kv_cache=None):
     return dict(max_new_tokens=canvas_length, steps=steps or canvas_length, block_length=block_length,
-                temperature=temperature, remasking=remasking)
+                temperature=temperature, remasking=remasking, kv_cache=kv_cache)
 
 
 def evaluate_model(model, tokenizer, heldout, *, canvas_length, judge=None, judge_tokenizer=None,
                    elbo_examples=256, elbo_samples=8, elbo_slack_prob=0.1, num_prompts=64,
                    shift_rates=DEFAULT_SHIFT_RATES, samplers=None, steps=None, block_length=None, seed=0, batch_size=32,
-                   num_bootstrap=2000):
+                   num_bootstrap=2000, kv_cache=None, elbo=None):
     """ELBO perplexity (slack-free canvas, and summed over slack alignments when the model has a slack token)
-    and, with a judge, one shift-robustness curve per sampler, for one model."""
+    and, with a judge, one shift-robustness curve per sampler, for one model. `kv_cache` samples with that cache;
+    `elbo` reuses the ELBO entries of an earlier call on the same model (the likelihood uses no cache)."""
     out = {}
-    t0 = time.time()
-    elbo_rows = heldout.select(spread_indices(len(heldout), elbo_examples))
-    out["elbo"] = elbo_perplexity(model, elbo_rows, num_samples=elbo_samples, canvas_length=canvas_length,
-                                  batch_size=batch_size, seed=seed)
-    if elbo_slack_prob and getattr(model.config, "slack_token_id", None) is not None:
-        out["elbo_slack_marginal"] = elbo_perplexity(
-            model, elbo_rows, num_samples=elbo_samples, canvas_length=canvas_length, batch_size=batch_size,
-            seed=seed, slack_prob=elbo_slack_prob)
-    out["elbo_seconds"] = round(time.time() - t0, 1)
-    logger.info("ELBO perplexity %.3f (stderr of NLL %.4f)%s in %.0fs", out["elbo"]["perplexity"],
-                out["elbo"]["stderr"], "; summed over slack alignments %.3f" % out["elbo_slack_marginal"]["perplexity"]
-                if "elbo_slack_marginal" in out else "", out["elbo_seconds"])
-    if judge is None:
-        return out
+    if elbo is not None:
+        out.update({key: elbo[key] for key in ("elbo", "elbo_slack_marginal", "elbo_seconds") if key in elbo})
+    else:
+        t0 = time.time()
+        elbo_rows = heldout.select(spread_indices(len(heldout), elbo_examples))
+        out["elbo"] = elbo_perplexity(model, elbo_rows, num_samples=elbo_samples, canvas_length=canvas_length,
+                                      batch_size=batch_size, seed=seed)
+        if elbo_slack_prob and getattr(model.config, "slack_token_id", None) is not None:
+            out["elbo_slack_marginal"] = elbo_perplexity(
+                model, elbo_rows, num_samples=elbo_samples, canvas_length=canvas_length, batch_size=batch_size,
+                seed=seed, slack_prob=elbo_slack_prob)
+        out["elbo_seconds"] = round(time.time() - t0, 1)
+        logger.info("ELBO perplexity %.3f (stderr of NLL %.4f)%s in %.0fs", out["elbo"]["perplexity"],
+                    out["elbo"]["stderr"], "; summed over slack alignments %.3f"
+                    % out["elbo_slack_marginal"]["perplexity"] if "elbo_slack_marginal" in out else "",
+                    out["elbo_seconds"])
+    if judge is not None:
+        out.update(_samples(model, tokenizer, heldout, canvas_length, judge, judge_tokenizer, num_prompts, shift_rates,
+                            samplers, steps, block_length, seed, batch_size, num_bootstrap, kv_cache))
+    return out
+
+
+def _samples(model, tokenizer, heldout, canvas_length, judge, judge_tokenizer, num_prompts, shift_rates, samplers,
+             steps, block_length, seed, batch_size, num_bootstrap, kv_cache):
+    """{"samplers": one shift-robustness curve per named sampler}."""
     prompts = [heldout[i]["prompt_ids"] for i in spread_indices(len(heldout), num_prompts)]
-    out["samplers"] = {}
+    out = {"samplers": {}}
     for name, sampler in (samplers or {"ancestral": SAMPLERS["ancestral"]}).items():
         t0 = time.time()
-        gen = generation_settings(canvas_length, steps, block_length, **sampler)
+        gen = generation_settings(canvas_length, steps, block_length, kv_cache=kv_cache, **sampler)
         curve = shift_robustness(
             model, tokenizer, prompts, shift_rates=shift_rates, judge_model=judge, judge_tokenizer=judge_tokenizer,
             generation_kwargs=gen, seed=seed, batch_size=batch_size, num_bootstrap=num_bootstrap,
@@ -136,3 +158,48 @@ def reference_quality(heldout, tokenizer, judge, judge_tokenizer, *, num_prompts
     texts = [tokenizer.decode([t for t in r["response_ids"] if t != eos], skip_special_tokens=True) for r in rows]
     prompts = [tokenizer.decode(r["prompt_ids"], skip_special_tokens=True) for r in rows]
     return generative_perplexity(texts, judge, judge_tokenizer, prompts=prompts, batch_size=batch_size)
+
+
+def compare_to_exact(cached, exact, judge, judge_tokenizer, *, num_bootstrap=2000, seed=0) -> dict:
+    """How samples drawn with a KV cache compare with the exact sampler's, per sampler (same prompts and seeds):
+    the share of identical texts, the share of identical generated tokens, and the judge's win rate of the cached
+    text against the exact one (0.5 = the cache does no harm)."""
+    out = {}
+    for name, curve in cached["samplers"].items():
+        ours, reference = curve["texts"]["0"], exact["samplers"][name]["texts"]["0"]
+        pairs = [(a, b) for x, y in zip(curve["ids"]["0"], exact["samplers"][name]["ids"]["0"])
+                 for a, b in zip(x + [None] * (len(y) - len(x)), y + [None] * (len(x) - len(y)))]
+        same_tokens = sum(a == b for a, b in pairs) / max(len(pairs), 1)
+        out[name] = {
+            "identical_texts": sum(a == b for a, b in zip(ours, reference)) / max(len(ours), 1),
+            "identical_tokens": same_tokens,
+            "win_rate_vs_exact": win_rate(ours, reference, judge, judge_tokenizer, prompts=curve["prompts"],
+                                          num_bootstrap=num_bootstrap, seed=seed),
+        }
+    return out
+
+
+def evaluate_kv_caches(model, tokenizer, heldout, name, kv_caches, *, judge=None, judge_tokenizer=None, **kwargs):
+    """`evaluate_model` once per KV cache mode (None first: the exact sampler); the ELBO is computed once (the
+    likelihood uses no cache). Returns {"models": {entry name: results}, "extra_tables": {...}} with, given a judge,
+    each cache's agreement with the exact samples and its win rate against them."""
+    caches = list(dict.fromkeys([None, *kv_caches]))
+    exact = evaluate_model(model, tokenizer, heldout, judge=judge, judge_tokenizer=judge_tokenizer, **kwargs)
+    models = {name: exact}
+    rows = ["| kv_cache | sampler | identical texts | identical tokens | win rate vs exact [95% CI] | W/T/L | gen-PPL |",
+            "|---|---|---:|---:|---|---|---:|"]
+    for cache in caches[1:]:
+        entry = evaluate_model(model, tokenizer, heldout, judge=judge, judge_tokenizer=judge_tokenizer,
+                               kv_cache=cache, elbo=exact, **kwargs)
+        models[f"{name} [kv_cache={cache}]"] = entry
+        if judge is None:
+            continue
+        entry["vs_exact"] = compare_to_exact(entry, exact, judge, judge_tokenizer, seed=kwargs.get("seed", 0),
+                                             num_bootstrap=kwargs.get("num_bootstrap", 2000))
+        for sampler, c in entry["vs_exact"].items():
+            w = c["win_rate_vs_exact"]
+            rows.append(f"| {cache} | {sampler} | {c['identical_texts']:.3f} | {c['identical_tokens']:.3f} | "
+                        f"{w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | "
+                        f"{w['wins']}/{w['ties']}/{w['losses']} | {entry['samplers'][sampler]['per_rate'][0]['gen_ppl']:.2f} |")
+    tables = {"KV caches against the exact sampler (same prompts and seeds; win rate 0.5 = no harm)": "\n".join(rows)}
+    return {"models": models, "extra_tables": tables if len(rows) > 2 else {}}
