@@ -298,26 +298,41 @@ def win_rate(
 
 
 def train_judge(train_rows, tokenizer, *, width: int, layers: int, heads: int, steps: int, batch: int, lr: float,
-                seed: int, device="cpu"):
-    """A GPT-2 judge trained on `prompt + continuation` windows of `train_rows` (plain causal-LM loop).
+                seed: int, device="cpu", architecture: str = "gpt2", intermediate: int | None = None,
+                keep_eos: bool = False, max_positions: int | None = None):
+    """A causal LM trained on `prompt + continuation` windows of `train_rows` (plain causal-LM loop): a GPT-2
+    judge by default, or with `architecture="llama"` a `LlamaForCausalLM` (SwiGLU width `intermediate`, default
+    4 x `width`), e.g. the source of an A2D conversion. `keep_eos` keeps the responses' EOS in the training
+    sequences (the judge drops it: it scores texts cut at EOS). `max_positions`: the position limit (default: 128
+    or the longest window).
 
     Returns (model in eval mode, the loss of every step)."""
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
         get_cosine_schedule_with_warmup,
     )
 
     eos = tokenizer.eos_token_id
-    sequences = [list(p) + [t for t in r if t != eos] for p, r in zip(train_rows["prompt_ids"], train_rows["response_ids"])]
-    n_positions = max(128, max(len(s) for s in sequences))
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=width, n_layer=layers,
-        n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-    )
+    sequences = [list(p) + [t for t in r if keep_eos or t != eos]
+                 for p, r in zip(train_rows["prompt_ids"], train_rows["response_ids"])]
+    n_positions = max_positions or max(128, max(len(s) for s in sequences))
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": eos, "pad_token_id": tokenizer.pad_token_id}
+    if architecture == "gpt2":
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=width, n_layer=layers,
+                            n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special)
+        model_class = GPT2LMHeadModel
+    elif architecture == "llama":
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=intermediate or 4 * width,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                             max_position_embeddings=n_positions, tie_word_embeddings=False, **special)
+        model_class = LlamaForCausalLM
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}: expected 'gpt2' or 'llama'")
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config).to(device)
+    model = model_class(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 20), steps)
     g = torch.Generator().manual_seed(seed)
@@ -340,7 +355,7 @@ def train_judge(train_rows, tokenizer, *, width: int, layers: int, heads: int, s
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if (step + 1) % max(1, steps // 10) == 0:
-            logger.info("judge step %d/%d loss %.3f", step + 1, steps, sum(losses[-20:]) / len(losses[-20:]))
+            logger.info("%s step %d/%d loss %.3f", architecture, step + 1, steps, sum(losses[-20:]) / len(losses[-20:]))
     return model.eval(), losses
 
 

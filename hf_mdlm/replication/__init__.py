@@ -1,7 +1,19 @@
 """The slack-CTC paper in miniature: presets (presets.py) and the whole comparison (run.py), run by
-`examples/replicate.py`."""
+`examples/replicate.py`; A2D against training from scratch (a2d.py), run by `examples/a2d_experiment.py`."""
 
+from .a2d import A2D_PRESETS, A2DPreset, resolve_a2d_preset, run_a2d_experiment
 from .presets import MODES, PRESETS, Preset, resolve_preset
 from .run import arms, run_replication
 
-__all__ = ["MODES", "PRESETS", "Preset", "arms", "resolve_preset", "run_replication"]
+__all__ = [
+           "A2D_PRESETS",
+           "MODES",
+           "PRESETS",
+           "A2DPreset",
+           "Preset",
+           "arms",
+           "resolve_a2d_preset",
+           "resolve_preset",
+           "run_a2d_experiment",
+           "run_replication",
+]
