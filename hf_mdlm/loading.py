@@ -5,15 +5,15 @@ checkpoint (converted on the fly) or from any masked LM; LoRA wrapping with the 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .configuration_mdlm import MDLMConfig
-from .convert.llada import convert_llada_checkpoint, is_llada_config
+from .convert.families import native_folder
 from .data.loading import bundled_corpus_files
 from .hub.remote_code import load_model, load_tokenizer
 from .modeling_mdlm import MDLMForMaskedLM
@@ -62,12 +62,6 @@ class ModelArguments:
     )
 
 
-def is_llada_folder(path) -> bool:
-    """Whether `path` holds a checkpoint in LLaDA's own format (converted before use)."""
-    config = Path(path) / "config.json"
-    return config.exists() and is_llada_config(json.loads(config.read_text()))
-
-
 def model_from_scratch(model_args: ModelArguments):
     """A fresh MDLM of `model_args`' shape with the bundled tokenizer (or `tokenizer_name`), `[MASK]` and `<slack>`
     added."""
@@ -89,8 +83,8 @@ def model_from_scratch(model_args: ModelArguments):
 def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
     """The model to train, with `[MASK]` and `<slack>` in its tokenizer and config.
 
-    No `model_name_or_path`: a model from scratch. A LLaDA checkpoint folder is converted into
-    `output_dir/converted-llada` first. A folder whose config is ours loads with the installed classes, whatever
+    No `model_name_or_path`: a model from scratch. A LLaDA, LLaDA-MoE or Dream checkpoint, or a Llama/Qwen causal
+    LM, is converted first (once; `hf_mdlm.convert.native_folder`). A folder whose config is ours loads with the installed classes, whatever
     code it carries; any other masked LM loads with `AutoModelForMaskedLM`, running the folder's code only with
     `trust_remote_code`. Weights the checkpoint lacks are an error unless `init_missing_weights`.
     """
@@ -99,14 +93,10 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
     if model_args.model_name_or_path is None:
         return model_from_scratch(model_args)
     dtype = getattr(torch, model_args.dtype) if model_args.dtype else None
-    source = model_args.model_name_or_path
-    if is_llada_folder(source):
-        converted = Path(output_dir) / "converted-llada"
-        logger.info("converting the LLaDA checkpoint %s into %s", source, converted)
-        convert_llada_checkpoint(source, converted, dtype=dtype)
-        source = str(converted)
-        if model_args.tokenizer_name is None and not (converted / "tokenizer_config.json").exists():
-            raise ValueError(f"{model_args.model_name_or_path} has no tokenizer: pass --tokenizer_name")
+    source = native_folder(model_args.model_name_or_path, dtype=dtype)  # LLaDA, LLaDA-MoE, Dream, A2D: converted
+    if model_args.tokenizer_name is None and not (Path(source) / "tokenizer_config.json").exists() \
+            and os.path.isdir(source):
+        raise ValueError(f"{model_args.model_name_or_path} has no tokenizer: pass --tokenizer_name")
     trust = model_args.trust_remote_code
     tokenizer = load_tokenizer(model_args.tokenizer_name or source, trust_remote_code=trust)
     model = load_model(source, AutoModelForMaskedLM, trust_remote_code=trust,
@@ -118,11 +108,13 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
 def load_for_inference(path, device="cpu", *, tokenizer=None, dtype=None, trust_remote_code: bool = False):
     """(model in eval mode on `device`, tokenizer) of a saved folder or Hub id, for sampling and evaluation.
 
-    An hf_mdlm folder loads with the installed classes (none of its files runs); another model's code runs only with
+    Another family's checkpoint (LLaDA, LLaDA-MoE, Dream, a Llama/Qwen causal LM) is converted first, once. An
+    hf_mdlm folder loads with the installed classes (none of its files runs); another model's code runs only with
     `trust_remote_code`. `tokenizer`: another tokenizer folder or id (default: `path`'s). Missing weights are an
     error.
     """
     kwargs = {} if dtype is None else {"dtype": dtype}
+    path = native_folder(path)  # LLaDA, LLaDA-MoE, Dream, A2D checkpoints: converted once
     model = load_model(path, trust_remote_code=trust_remote_code, **kwargs)
     return model.to(device).eval(), load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
 

@@ -93,3 +93,24 @@ def test_rows_do_not_depend_on_the_batch(family, kv_cache, request):
     for i, prompt in enumerate(prompts):
         alone = model.generate(torch.tensor([prompt]), **settings)
         assert torch.equal(batch[i, width:], alone[0, len(prompt):]), i
+
+
+def test_original_folders_are_converted_once_on_the_fly(tmp_path, monkeypatch, caplog):
+    """generate.py / evaluate.py / finetune.py / the lm-eval adapter take a Dream (LLaDA, LLaDA-MoE, causal LM)
+    folder as it is: converted once into the cache, reused after."""
+    import logging
+
+    from hf_mdlm.data import bundled_corpus_files
+    from hf_mdlm.loading import load_for_inference
+
+    monkeypatch.setenv("HF_MDLM_CACHE", str(tmp_path / "cache"))
+    tokenizer = bundled_corpus_files()["tokenizer"]
+    with caplog.at_level(logging.INFO, logger="hf_mdlm.convert.families"):
+        model, _ = load_for_inference(str(DREAM), tokenizer=str(tokenizer))
+        again, _ = load_for_inference(str(DREAM), tokenizer=str(tokenizer))
+    assert "converting the dream checkpoint" in caplog.text and "using the conversion" in caplog.text
+    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1
+    ref = load_file(DREAM / "reference_outputs.safetensors")
+    with torch.no_grad():
+        assert (model(input_ids=ref["input_ids"]).logits - ref["logits"]).abs().max() < 1e-4
+    assert again.config.prediction_alignment == "next_token" and again.generation_config.schedule == "dream"

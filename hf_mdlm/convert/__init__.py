@@ -10,7 +10,13 @@ from ..hub.files import HUB_CODE_FILES, TOKENIZER_FILES, copy_hub_code
 from .a2d import a2d_config_to_mdlm, convert_a2d_checkpoint, is_a2d_config
 from .cli import main
 from .dream import convert_dream_checkpoint, dream_config_to_mdlm, is_dream_config
-from .families import FAMILIES, convert_checkpoint, detect_family, folder_family
+from .families import (
+    FAMILIES,
+    convert_checkpoint,
+    detect_family,
+    folder_family,
+    native_folder,
+)
 from .llada import (
     convert_llada_checkpoint,
     is_llada_config,
@@ -45,4 +51,5 @@ __all__ = [
     "llada_key_to_mdlm",
     "llada_moe_config_to_mdlm",
     "main",
+    "native_folder",
 ]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .a2d import convert_a2d_checkpoint, is_a2d_config
@@ -9,6 +15,8 @@ from .common import read_source_config
 from .dream import convert_dream_checkpoint, is_dream_config
 from .llada import convert_llada_checkpoint, is_llada_config
 from .llada_moe import convert_llada_moe_checkpoint, is_llada_moe_config
+
+logger = logging.getLogger(__name__)
 
 CONVERTERS = {
     "llada": convert_llada_checkpoint,
@@ -48,3 +56,55 @@ def convert_checkpoint(src_dir, dst_dir, family: str | None = None, **kwargs):
     if family not in CONVERTERS:
         raise ValueError(f"no conversion for family {family!r}; converters: {', '.join(CONVERTERS)}")
     return CONVERTERS[family](src_dir, dst_dir, **kwargs)
+
+
+def _conversion_cache() -> Path:
+    return Path(os.environ.get("HF_MDLM_CACHE") or Path.home() / ".cache" / "hf_mdlm") / "converted"
+
+
+def _local_folder(source) -> Path | None:
+    """`source` as a local folder: itself, or a Hub snapshot of its config, tokenizer and safetensors files. None
+    when it has no config.json (then the caller's loader reports it)."""
+    if os.path.isdir(source):
+        return Path(source) if (Path(source) / "config.json").exists() else None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                     "*.jinja", "*.tiktoken"]))
+    except Exception:  # not a Hub id either: the caller's loader gives its own error
+        return None
+    return folder if (folder / "config.json").exists() else None
+
+
+def native_folder(source, dtype=None) -> str:
+    """An hf_mdlm folder for `source` (a local folder or a Hub id): `source` itself when it is ours (or no family
+    we convert, e.g. a BERT, which the caller loads as it is), else its conversion, made once and kept in
+    `$HF_MDLM_CACHE/converted` (default ~/.cache/hf_mdlm) under a key of the source's path, sizes and times, so that
+    the same checkpoint is converted once. Converting reads config.json and the weights; no code of the folder runs.
+    """
+    folder = _local_folder(source)
+    if folder is None:
+        return str(source)
+    config = json.loads((folder / "config.json").read_text())
+    try:
+        family = detect_family(config)
+    except ValueError:
+        return str(source)
+    if family == "mdlm":
+        return str(folder) if not os.path.isdir(source) else str(source)
+    stamp = [str(folder.resolve()), str(dtype)] + [
+        f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(folder.iterdir()) if p.is_file()]
+    target = _conversion_cache() / f"{family}-{hashlib.sha256('|'.join(stamp).encode()).hexdigest()[:16]}"
+    if (target / "config.json").exists():
+        logger.info("using the conversion of %s (%s) in %s", source, family, target)
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("converting the %s checkpoint %s into %s (once: later runs reuse it)", family, source, target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        convert_checkpoint(folder, staging, family, dtype=dtype)
+        os.replace(staging, target)  # complete or absent: a killed conversion is never reused
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)

@@ -41,6 +41,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from ..convert.families import native_folder
 from ..generation_mdlm import (
     GENERATION_FIELDS,
     MDLMGenerationConfig,
@@ -112,6 +113,7 @@ class MDLMEvalLM(TemplateLM):
         if isinstance(pretrained, str):
             torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
             # An hf_mdlm folder loads with the installed classes; another folder's code runs only when trusted.
+            pretrained = native_folder(pretrained)  # LLaDA, LLaDA-MoE, Dream, A2D checkpoints: converted once
             model = load_model(pretrained, trust_remote_code=trust_remote_code, dtype=torch_dtype)
             if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
                 # lm_eval's command line asks for cuda by default; fall back rather than fail on a CPU machine
