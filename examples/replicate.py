@@ -1,19 +1,27 @@
 #!/usr/bin/env python
-"""The slack-CTC paper in miniature, offline, on the bundled Shakespeare corpus (train works vs held-out works).
+"""The slack-CTC paper in miniature, offline: on the bundled Shakespeare corpus (train works vs held-out works), on
+your corpus, or on the repeat-collapse task.
 
     python examples/replicate.py --output_dir outputs/replicate            # full mode: <= 90 min on 2 CPU cores
     python examples/replicate.py --quick --output_dir outputs/replicate-q  # CI mode: <= 10 min on 2 CPU cores
     python examples/replicate.py --smoke --output_dir /tmp/replicate-s     # the test suite's run: about a minute
     python examples/replicate.py --scale 4 --output_dir outputs/replicate-x4   # 4x width/depth/batch: for a GPU
+    python examples/replicate.py --dataset train.jsonl --heldout heldout.jsonl --output_dir outputs/mine
+    python examples/replicate.py --task repeats --quick --output_dir outputs/repeats   # CE vs slack-CTC vs CTC
+    python examples/replicate.py --quick --seeds 0,1,2 --output_dir outputs/replicate-3 # per seed + summary
 
-A judge (a small GPT-2 trained on the training works), a base MDLM trained with the masked-diffusion CE, then
+A judge (a small GPT-2 trained on the training data), a base MDLM trained with the masked-diffusion CE, then
 one fine-tune of that base per arm with the same data order, seed and budget: `ce` (the matched baseline),
 `ce+slack_ctc` (one per --ctc_weight x --slack_prob) and, with --ablation, `ce+slack` (slack inserted, CE
-only). Every model is measured on the held-out works: ELBO perplexity (paired against `ce`), samples judged by
-the judge, the shift-robustness curve and the head-to-head win rate. See `hf_mdlm.replication`.
+only). Every model is measured on the held-out data: ELBO perplexity (paired against `ce`), samples judged by
+the judge, the shift-robustness curve and the head-to-head win rate. --dataset/--heldout take the formats of
+examples/finetune.py (plain text, prompt/completion, chat); a held-out file that shares documents with the
+training data is refused. --task repeats: arithmetic and copying with runs of equal characters, arms `ce`,
+`ce+slack_ctc` and `ce+ctc` (standard CTC, runs merged); exact match, dropped repeats, ELBO. See
+`hf_mdlm.replication`.
 
-Writes into --output_dir: results.json, results.md, shift_robustness.png, training_curves.png, and a model
-folder per arm (`judge/`, `ce/`, ...; reusable with examples/evaluate.py).
+Writes into --output_dir: results.json, results.md, plots, and a model folder per arm (`judge/`, `ce/`, ...;
+reusable with examples/evaluate.py); with --seeds, one folder per seed (seed_0/, ...) and the summary.
 """
 
 import argparse
@@ -28,7 +36,10 @@ import torch  # noqa: E402
 
 from hf_mdlm.evaluation.suite import parse_numbers, parse_rates, require_plotting  # noqa: E402
 from hf_mdlm.hub import OutputFolderError, check_writable_dir  # noqa: E402
-from hf_mdlm.replication import Preset, resolve_preset, run_replication  # noqa: E402
+from hf_mdlm.replication.presets import Preset, resolve_preset  # noqa: E402
+from hf_mdlm.replication.repeats import RepeatsPreset, resolve_repeats_preset, run_repeats  # noqa: E402
+from hf_mdlm.replication.run import ReplicationDataError, run_replication  # noqa: E402
+from hf_mdlm.replication.seeds import parse_seeds, run_seeds  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--quick", action="store_true", help="CI mode: <= 10 minutes on 2 CPU cores")
     mode.add_argument("--smoke", action="store_true", help="tiny everything: the test suite's run (about a minute)")
     p.add_argument("--scale", type=int, default=1, help="multiply width, depth and batch of both models (GPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=("text", "repeats"), default="text",
+                   help="text: the bundled corpus or --dataset; repeats: the repeat-collapse experiment")
+    p.add_argument("--dataset", default=None, help="training data (file, folder or Hub name; finetune.py's formats)")
+    p.add_argument("--heldout", default=None, help="held-out data for every metric (file or folder; default: the "
+                   "dataset's validation split); must not share documents with --dataset")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 0,1,2): the whole comparison per "
+                       "seed, then each metric's values, mean and range, and the pooled win rate")
     p.add_argument("--slack_prob", type=lambda text: parse_numbers(text, "slack_prob"), default=[0.1],
                    help="slack insertion probability of the slack arm; a comma-separated list trains one arm per value")
     p.add_argument("--ctc_weight", type=lambda text: parse_numbers(text, "ctc_weight"), default=[1.0],
@@ -51,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice). On cores shared with other jobs, 1 is much "
                         "faster than oversubscribing them (numbers then differ in the last digits)")
-    for f in fields(Preset):  # every preset value can be overridden: --arm_steps 300, --shift_rates 0,0.1 ...
+    known = {"slack_prob"}
+    for f in [*fields(Preset), *fields(RepeatsPreset)]:  # every preset value can be overridden: --arm_steps 300 ...
+        if f.name in known:
+            continue
+        known.add(f.name)
         if f.name == "shift_rates":
             p.add_argument("--shift_rates", type=parse_rates, default=None)
         else:
@@ -60,12 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PRESET_NAMES = {f.name for f in fields(Preset)}
+REPEATS_NAMES = {f.name for f in fields(RepeatsPreset)} - {"slack_prob"}
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     try:  # everything that would fail after minutes of work fails now: the preset, the plots, the output folder
-        preset = resolve_preset(mode, {f.name: getattr(args, f.name) for f in fields(Preset)}, args.scale)
-        require_plotting("replicate.py (shift_robustness.png, training_curves.png)")
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+        if args.task == "repeats":
+            given = {n for n in PRESET_NAMES - REPEATS_NAMES if getattr(args, n) is not None}
+            if given or args.dataset or args.heldout or args.ablation or args.judge or args.scale != 1:
+                raise ValueError("--task repeats generates its own data and has its own arms: drop --dataset, "
+                                 "--heldout, --ablation, --judge, --scale and " + ", ".join(f"--{n}" for n in given))
+            overrides = {n: getattr(args, n) for n in REPEATS_NAMES}
+            if len(args.slack_prob) > 1 or args.ctc_weight != [1.0]:
+                raise ValueError("--task repeats takes one --slack_prob and no --ctc_weight sweep")
+            preset = resolve_repeats_preset(mode, {**overrides, "slack_prob": args.slack_prob[0]})
+        else:
+            given = {n for n in REPEATS_NAMES - PRESET_NAMES if getattr(args, n) is not None}
+            if given:
+                raise ValueError("only for --task repeats: " + ", ".join(f"--{n}" for n in sorted(given)))
+            preset = resolve_preset(mode, {n: getattr(args, n) for n in PRESET_NAMES}, args.scale)
+            require_plotting("replicate.py (shift_robustness.png, training_curves.png)")
+            if args.heldout is not None and args.dataset is None:
+                raise ValueError("--heldout needs --dataset (the bundled corpus brings its own held-out works)")
+            if args.heldout is not None and not os.path.exists(args.heldout):
+                raise ValueError(f"--heldout {args.heldout}: no such file or folder")
+            if args.judge is not None and len(seeds) > 1:
+                raise ValueError("--judge reuses one seed's judge; with --seeds every seed trains its own")
         check_writable_dir(args.output_dir, "--output_dir")
     except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
@@ -74,9 +121,21 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("transformers", "datasets", "hf_mdlm.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return run_replication(args.output_dir, preset, mode=mode, seed=args.seed, scale=args.scale,
-                           ctc_weights=args.ctc_weight, slack_probs=args.slack_prob, ablation=args.ablation,
-                           judge_folder=args.judge, device=args.device)
+
+    def run_one(seed, folder):
+        if args.task == "repeats":
+            return run_repeats(folder, preset, mode=mode, seed=seed, device=args.device)
+        try:
+            return run_replication(folder, preset, mode=mode, seed=seed, scale=args.scale,
+                                   ctc_weights=args.ctc_weight, slack_probs=args.slack_prob, ablation=args.ablation,
+                                   judge_folder=args.judge, device=args.device, dataset=args.dataset,
+                                   heldout=args.heldout)
+        except ReplicationDataError as err:  # the data checks: before any training
+            raise SystemExit(f"replicate.py: {err}") from None
+
+    if args.seeds is None:
+        return run_one(args.seed, args.output_dir)
+    return run_seeds(run_one, seeds, args.output_dir, args.task, preset.num_bootstrap)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from .arguments import DATA_FORMATS, FORMAT_COLUMNS, DataArguments
 from .collator import DiffusionCollator
 from .loading import (
     bundled_corpus_files,
+    check_heldout_overlap,
     load_heldout,
     load_raw_datasets,
     prepare_datasets,
@@ -25,6 +26,7 @@ __all__ = [
     "DiffusionCollator",
     "PreprocessStats",
     "bundled_corpus_files",
+    "check_heldout_overlap",
     "detect_data_format",
     "load_heldout",
     "load_raw_datasets",

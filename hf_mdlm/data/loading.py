@@ -316,3 +316,56 @@ def load_heldout(data_args, tokenizer, *, max_examples: int | None = None, sprea
     if spread and max_examples is not None and len(rows) > max_examples:
         rows = rows.select(spread_indices(len(rows), max_examples))
     return rows
+
+
+def _row_keys(part, fmt: str) -> list[str]:
+    """One canonical string per row: its format's columns, whitespace collapsed (JSON for message lists)."""
+    import json
+
+    keys = []
+    for row in part:
+        values = []
+        for column in FORMAT_COLUMNS[fmt]:
+            value = row[column]
+            values.append(" ".join(value.split()) if isinstance(value, str) else json.dumps(value, sort_keys=True))
+        keys.append("\x00".join(values))
+    return keys
+
+
+def check_heldout_overlap(train_source, heldout_source, *, config: str | None = None, train_split: str = "train",
+                          cache_dir: str | None = None, min_chars: int = 200) -> None:
+    """Refuse held-out data that overlap the training data, with a ValueError that says how.
+
+    ``train_source``: a path or Hub name (its ``train_split``); ``heldout_source``: a file or folder path. They
+    overlap when they are the same file, when a held-out row equals a training row (the format's columns,
+    whitespace collapsed), or, for plain text, when one's document of at least ``min_chars`` characters lies
+    inside one of the other's. A measurement on training rows would be no held-out measurement at all.
+    """
+    if os.path.exists(os.fspath(train_source)) and os.path.exists(os.fspath(heldout_source)) and os.path.samefile(
+            train_source, heldout_source):
+        raise ValueError(f"the held-out data {heldout_source} is the training data itself; pass a held-out file "
+                         "with other documents")
+    train = load_raw_datasets(train_source, config, cache_dir)
+    if train_split not in train:
+        raise ValueError(f"train split {train_split!r} not found; the dataset has splits {list(train)}")
+    train = train[train_split]
+    loaded = load_raw_datasets(heldout_source, None, cache_dir)
+    heldout = loaded[next(iter(loaded))]
+    fmt = detect_data_format(train.column_names)
+    if any(c not in heldout.column_names for c in FORMAT_COLUMNS[fmt]):
+        return  # a format mismatch is reported by preprocessing, with the columns
+    train_keys = _row_keys(train, fmt)
+    known = set(train_keys)
+    heldout_keys = _row_keys(heldout, fmt)
+    shared = [i for i, key in enumerate(heldout_keys) if key in known]
+    long_train = [k for k in train_keys if len(k) >= min_chars] if fmt == "text" else []
+    if not shared and long_train and len(long_train) * len(heldout_keys) <= 100_000:  # documents, not lines
+        shared = [i for i, key in enumerate(heldout_keys) if len(key) >= min_chars
+                  and any(key in doc or doc in key for doc in long_train)]
+    if shared:
+        example = heldout_keys[shared[0]].replace("\x00", " | ")
+        raise ValueError(
+            f"the held-out data {heldout_source} overlap the training data {train_source}: {len(shared)} of its "
+            f"{len(heldout_keys)} rows/documents are also in the training data (e.g. row {shared[0]}: "
+            f"{example[:80]!r}). Held-out metrics need documents the models never trained on."
+        )

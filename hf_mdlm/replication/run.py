@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataArguments, DiffusionCollator, prepare_datasets, spread_indices
+from ..data import DataArguments, DiffusionCollator, check_heldout_overlap, prepare_datasets, spread_indices
 from ..evaluation.judge import load_judge_checked, train_judge, win_rate
 from ..evaluation.report import compare_elbos, plot_training, write_report
 from ..evaluation.suite import evaluate_model, parse_samplers, reference_quality
@@ -40,7 +40,7 @@ def train_mdlm(model, tokenizer, train_ds, output_dir, steps, preset, seed, devi
         model=model, args=training_args(output_dir, steps, preset, seed, device, **objective),
         processing_class=tokenizer, train_dataset=train_ds,
         data_collator=DiffusionCollator(pad_token_id=tokenizer.pad_token_id, canvas_length=preset.canvas_length),
-    )
+    )  # preset: any object with batch, lr and canvas_length (Preset, RepeatsPreset)
     trainer.train()
     return trainer
 
@@ -60,11 +60,46 @@ def arms(ctc_weights, slack_probs, ablation=False) -> dict:
     return out
 
 
+class ReplicationDataError(ValueError):
+    """The data cannot give a fair comparison (overlap, no or too little held-out data); raised before training."""
+
+
+def replication_data_args(preset: Preset, dataset=None, heldout=None) -> DataArguments:
+    """The data of the comparison: the bundled corpus (train works / held-out works), or `dataset` (a file, folder
+    or Hub name, any of the formats of examples/finetune.py) with `heldout` (a file or folder; None: the dataset's
+    own validation split). Never a random slice of the training rows."""
+    if heldout is not None and dataset is None:
+        raise ValueError("--heldout needs --dataset (the bundled corpus brings its own held-out works)")
+    return DataArguments(dataset=dataset, eval_split=heldout, eval_fraction=0.0,
+                         canvas_length=preset.canvas_length, text_prompt_length=preset.text_prompt_length,
+                         text_response_length=preset.text_response_length,
+                         max_train_samples=preset.max_train_samples)
+
+
+def check_replication_data(data_args: DataArguments, tokenizer, num_prompts: int):
+    """(train, held-out) examples, or a ValueError before any training: overlapping files, no held-out part, or
+    fewer held-out windows than prompts to sample."""
+    if data_args.dataset is not None and data_args.eval_split is not None:
+        check_heldout_overlap(data_args.dataset, data_args.eval_split, config=data_args.dataset_config)
+    train_ds, heldout = prepare_datasets(data_args, tokenizer)
+    where = data_args.eval_split or (f"{data_args.dataset}'s validation split" if data_args.dataset
+                                     else "the bundled held-out works")
+    if heldout is None:
+        raise ValueError(f"dataset {data_args.dataset!r} has no held-out part: pass --heldout FILE (documents the "
+                         "models do not train on)")
+    if len(heldout) < num_prompts:
+        raise ValueError(f"the held-out data ({where}) gave {len(heldout)} examples/windows after preprocessing, fewer "
+                         f"than --num_prompts {num_prompts}: use more held-out text or a smaller --num_prompts")
+    return train_ds, heldout
+
+
 def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, scale: int = 1,
                     ctc_weights=(1.0,), slack_probs=(0.1,), ablation: bool = False, judge_folder=None,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", dataset=None, heldout=None) -> dict:
     """Run the whole comparison into `output_dir`; returns the results (also written as results.json/.md, plots and a
-    model folder per arm). `judge_folder` reuses the judge of an earlier run with the same preset and seed."""
+    model folder per arm). `judge_folder` reuses the judge of an earlier run with the same preset and seed.
+    `dataset` / `heldout`: the user's corpus (see `replication_data_args`); the judge, the base and the arms train
+    on `dataset`, every metric is computed on `heldout`."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -84,12 +119,11 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
     model_args = ModelArguments(hidden_size=preset.width, num_hidden_layers=preset.layers,
                                 num_attention_heads=preset.heads, intermediate_size=preset.intermediate)
     init_model, tokenizer = model_from_scratch(model_args)
-    data_args = DataArguments(canvas_length=preset.canvas_length, text_prompt_length=preset.text_prompt_length,
-                              text_response_length=preset.text_response_length,
-                              max_train_samples=preset.max_train_samples)
-    train_ds, heldout = prepare_datasets(data_args, tokenizer)
-    if heldout is None or len(heldout) == 0:
-        raise SystemExit("the bundled corpus gave no held-out examples")
+    try:
+        data_args = replication_data_args(preset, dataset, heldout)
+        train_ds, heldout = check_replication_data(data_args, tokenizer, preset.num_prompts)
+    except (ValueError, FileNotFoundError) as err:
+        raise ReplicationDataError(str(err)) from err
     lap("data", t0)
 
     # 1. the judge
@@ -167,7 +201,8 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
             "Head to head, unshifted samples (judge's mean log-likelihood per token, same prompts and seeds)":
             "\n".join(head_to_head)}
     timings["total"] = round(time.time() - start, 1)
-    results["settings"] = {"mode": mode, "seed": seed, "scale": scale, "device": device,
+    results["settings"] = {"mode": mode, "seed": seed, "dataset": dataset or "bundled",
+                           "heldout": data_args.eval_split or ("bundled" if dataset is None else "validation split"), "scale": scale, "device": device,
                            "slack_prob": list(slack_probs), "ctc_weight": list(ctc_weights), "preset": vars(preset),
                            "samplers": samplers, "num_train_examples": len(train_ds), "num_heldout_examples": len(heldout),
                            "torch_threads": torch.get_num_threads(), "timings_seconds": timings}
@@ -177,7 +212,8 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
     paths = write_report(results, out)
     plot_training({k: tuple(zip(*v)) for k, v in curves.items() if v}, out / "training_curves.png")
     md = Path(paths["markdown"]).read_text()
-    header = (f"## slack-CTC in miniature ({mode} mode, seed {seed}, scale {scale})\n\n"
+    header = (f"## slack-CTC in miniature ({mode} mode, seed {seed}, scale {scale}; data: "
+              f"{results['settings']['dataset']}, held out: {results['settings']['heldout']})\n\n"
               f"Wall time {timings['total'] / 60:.1f} min on {device} ({torch.get_num_threads()} threads); "
               f"{len(train_ds)} training windows, {len(heldout)} held-out windows; judge: GPT-2 with "
               f"{results['judge']['num_parameters'] / 1e6:.2f} M parameters.\n\n")

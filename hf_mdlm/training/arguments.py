@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .canvas import CANVAS_PADDINGS, SLACK_RULES, get_schedule
+from .losses import _COLLAPSES as COLLAPSES
 from .losses import NORMALIZATIONS
 
 
@@ -29,6 +30,12 @@ class MDLMTrainingArguments(TrainingArguments):
         default=0.1,
         metadata={"help": "Probability (bernoulli) or ratio (fixed) of slack. In the README's sweep 0.3 hurt both "
                           "likelihood and samples; 0.03 cost no likelihood."},
+    )
+    ctc_collapse: str = field(
+        default="slack",
+        metadata={"help": "The CTC's collapse map: 'slack' (delete <slack>, keep repeats: the project's objective) or "
+                          "'ctc' (standard CTC: merge runs of equal tokens, then delete <slack>; an ablation, which "
+                          "treats '100' and '10' as one answer; examples/replicate.py --task repeats)."},
     )
     canvas_padding: str = field(
         default="eos",
@@ -61,6 +68,8 @@ class MDLMTrainingArguments(TrainingArguments):
             raise ValueError(f"slack_rule={self.slack_rule!r}: expected one of {SLACK_RULES}")
         if not 0.0 <= self.slack_prob <= 1.0:
             raise ValueError(f"slack_prob={self.slack_prob} must be in [0, 1]")
+        if self.ctc_collapse not in COLLAPSES:
+            raise ValueError(f"ctc_collapse={self.ctc_collapse!r}: expected one of {COLLAPSES}")
         if self.canvas_padding not in CANVAS_PADDINGS:
             raise ValueError(f"canvas_padding={self.canvas_padding!r}: expected one of {CANVAS_PADDINGS}")
         if self.loss_normalization not in NORMALIZATIONS:

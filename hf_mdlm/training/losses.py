@@ -410,36 +410,46 @@ def _standard_ctc(canvas: _Canvas, logits, slack_id):
 
     Extended labels with a virtual start state in front: state 0 = nothing
     emitted yet, state 2u+1 = blank number u, state 2u+2 = target y[u].
+    The labels are the standard collapse of the clean canvas, ``y = B(c)``
+    (runs merged, then blanks deleted), so the anchor is always a path: a
+    canvas ``1 0 0`` has the labels ``1 0``, and ``1 0 <s> 0`` has ``1 0 0``.
     Autograd through the loop (an ablation, not a hot path).
     """
     batch, steps = canvas.valid.shape
     device = logits.device
     cdt = _compute_dtype(logits.dtype)
-    num_y = canvas.targets.shape[1]
-    states = 2 * canvas.max_targets + 2
+    # y = B(c): keep a canvas token when it is not a blank and differs from the token before it.
+    previous = torch.cat([torch.full_like(canvas.clean[:, :1], slack_id), canvas.clean[:, :-1]], dim=1)
+    keep = canvas.valid & (canvas.clean != slack_id) & (canvas.clean != previous)  # valid positions come first
+    num_targets = keep.sum(1)
+    max_targets = int(num_targets.max()) if batch else 0
+    order = torch.sort(~keep, dim=1, stable=True).indices[:, : max(max_targets, 1)]
+    targets = canvas.clean.gather(1, order)  # garbage beyond num_targets
+    num_y = targets.shape[1]
+    states = 2 * max_targets + 2
     # Token emitted by each state (state 0 emits nothing; its column is a dummy).
-    state_tokens = torch.full((batch, states), slack_id, dtype=canvas.targets.dtype, device=device)
-    if canvas.max_targets:
-        state_tokens[:, 2::2] = canvas.targets[:, : canvas.max_targets]
+    state_tokens = torch.full((batch, states), slack_id, dtype=targets.dtype, device=device)
+    if max_targets:
+        state_tokens[:, 2::2] = targets[:, :max_targets]
     # Skip transition s-2 -> s: into the first target from the start, or between different targets.
     can_skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
-    if canvas.max_targets:
+    if max_targets:
         can_skip[:, 2] = True
-        if canvas.max_targets > 1:
-            can_skip[:, 4::2] = canvas.targets[:, 1 : canvas.max_targets] != canvas.targets[:, : canvas.max_targets - 1]
-    state_ok = torch.arange(states, device=device)[None] <= 2 * canvas.num_targets[:, None] + 1
+        if max_targets > 1:
+            can_skip[:, 4::2] = targets[:, 1:max_targets] != targets[:, : max_targets - 1]
+    state_ok = torch.arange(states, device=device)[None] <= 2 * num_targets[:, None] + 1
     state_ok[:, 0] = False
 
     # Emissions (B, L, states): pinned 0/-inf, masked from the distinct tokens (targets + slack).
     agrees = state_tokens[:, None, :] == canvas.noised[:, :, None]
     emis = torch.where(agrees & state_ok[:, None, :], 0.0, _NEG).to(cdt)
     rows, cols = canvas.masked.nonzero(as_tuple=True)
-    slack_col = torch.full((rows.numel(), 1), slack_id, dtype=canvas.targets.dtype, device=device)
-    candidates = torch.cat([canvas.targets[rows], slack_col], dim=1)  # (M, U+1)
+    slack_col = torch.full((rows.numel(), 1), slack_id, dtype=targets.dtype, device=device)
+    candidates = torch.cat([targets[rows], slack_col], dim=1)  # (M, U+1)
     log_probs = _selected_log_probs(logits, rows, canvas.positions[rows, cols], candidates)
     # Map each state to its candidate column: blanks -> last column, target u -> column u.
     col_of_state = torch.full((states,), num_y, dtype=torch.long, device=device)
-    col_of_state[2::2] = torch.arange(canvas.max_targets, device=device)
+    col_of_state[2::2] = torch.arange(max_targets, device=device)
     masked_emis = log_probs[:, col_of_state].clamp(min=_NEG)
     masked_emis = torch.where(state_ok[rows], masked_emis, torch.full_like(masked_emis, _NEG))
     emis = emis.index_put((rows, cols), masked_emis)
@@ -454,7 +464,7 @@ def _standard_ctc(canvas: _Canvas, logits, slack_id):
         incoming = torch.logaddexp(torch.logaddexp(alpha, from_prev), from_skip) + emis[:, i]
         incoming = torch.cat([neg_col, incoming[:, 1:]], dim=1)  # the start state cannot be re-entered
         alpha = torch.where(canvas.valid[:, i, None], incoming, alpha)
-    last = 2 * canvas.num_targets + 1
+    last = 2 * num_targets + 1
     end_blank = alpha.gather(1, last[:, None])[:, 0]
     end_target = alpha.gather(1, (last - 1)[:, None])[:, 0]
     log_z = torch.logaddexp(end_blank, end_target)

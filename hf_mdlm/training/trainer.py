@@ -120,7 +120,7 @@ class MDLMTrainer(Trainer):
             masked=masked.to(device), loss_mask=canvas_mask.to(device), t=t.to(device), schedule=self.schedule,
             mask_token_id=self.mask_id, slack_token_id=self.slack_id,
             ce_weight=args.ce_weight, ctc_weight=args.ctc_weight,
-            normalization=args.loss_normalization,
+            normalization=args.loss_normalization, collapse=args.ctc_collapse,
         )
         num_slack = ((clean_ids == self.slack_id) & canvas_mask).sum(1) if self.slack_id is not None else None
         return result, num_slack

@@ -1,0 +1,156 @@
+"""examples/replicate.py on a user's corpus (--dataset/--heldout), the repeat-collapse task (--task repeats),
+several seeds (--seeds), and the trainer's ctc_collapse: in-process, smoke-sized."""
+
+import importlib.util
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from hf_mdlm.replication.repeats import dropped_repeats, merge_runs, pairwise_exact
+from hf_mdlm.replication.seeds import parse_seeds, summarize_seeds
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("the a of river stone light over under green quiet morning house road garden winter sings falls "
+         "keeps opens listens carries bright old small").split()
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_replicate_test", ROOT / "examples" / "replicate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lines(n, seed):
+    rng = random.Random(seed)
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 10))) for _ in range(n)) + "\n"
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    train, heldout = tmp_path / "train.txt", tmp_path / "heldout.txt"
+    train.write_text(_lines(300, 0))
+    heldout.write_text(_lines(80, 1))
+    return train, heldout
+
+
+def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
+    train, heldout = corpus
+    out = tmp_path / "out"
+    _script().main(["--smoke", "--dataset", str(train), "--heldout", str(heldout), "--output_dir", str(out),
+                    "--shift_rates", "0", "--threads", "1"])
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == ["ce", "ce+slack_ctc"]
+    assert results["settings"]["dataset"] == str(train) and results["settings"]["heldout"] == str(heldout)
+    assert all(math.isfinite(m["elbo"]["perplexity"]) for m in results["models"].values())
+    assert "win_rate_vs_baseline" in results["models"]["ce+slack_ctc"]
+    assert f"held out: {heldout}" in (out / "results.md").read_text()
+
+
+def test_overlapping_or_short_heldout_is_refused_before_training(tmp_path, corpus):
+    train, _ = corpus
+    script = _script()
+    part = tmp_path / "part.txt"  # the first 100 lines of the training file: the same document, cut
+    part.write_text("\n".join(train.read_text().splitlines()[:100]) + "\n")
+    for heldout in (train, part):
+        with pytest.raises(SystemExit, match="overlap|training data itself"):
+            script.main(["--smoke", "--dataset", str(train), "--heldout", str(heldout),
+                         "--output_dir", str(tmp_path / "o1")])
+    rows = tmp_path / "train.jsonl"  # prompt/completion rows: one shared row is enough
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(20)))
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"prompt": "q3", "completion": "answer  3"}) + "\n")
+    with pytest.raises(SystemExit, match="1 of its 1 rows"):
+        script.main(["--smoke", "--dataset", str(rows), "--heldout", str(held), "--output_dir", str(tmp_path / "o2")])
+    short = tmp_path / "short.txt"
+    short.write_text("a quiet river falls under the old stone house\n")
+    with pytest.raises(SystemExit, match="fewer than --num_prompts 4"):
+        script.main(["--smoke", "--dataset", str(train), "--heldout", str(short), "--output_dir", str(tmp_path / "o3")])
+    with pytest.raises(SystemExit, match="--heldout needs --dataset"):
+        script.main(["--smoke", "--heldout", str(short), "--output_dir", str(tmp_path / "o4")])
+    for path in ("o1", "o2", "o3"):  # nothing trained: no judge, no model folder
+        assert not (tmp_path / path / "judge").exists() and not (tmp_path / path / "base").exists()
+
+
+def test_seeds_parsing():
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds(" 5 ") == [5]
+    for text, message in (("0,1,0", "appears twice"), ("0,-1", "negative"), ("0,x", "not an integer"), ("", "integer")):
+        with pytest.raises(ValueError, match=message):
+            parse_seeds(text)
+    script = _script()
+    with pytest.raises(SystemExit, match="appears twice"):
+        script.main(["--smoke", "--seeds", "1,1", "--output_dir", "/nonexistent/never-written"])
+    with pytest.raises(SystemExit, match="negative"):
+        script.main(["--task", "repeats", "--smoke", "--seeds", "-2", "--output_dir", "/nonexistent/never-written"])
+    with pytest.raises(SystemExit):  # --seed and --seeds together: argparse refuses
+        script.main(["--smoke", "--seed", "1", "--seeds", "1,2"])
+
+
+def test_seed_summary_pools_the_per_prompt_comparisons():
+    def res(exact, outcomes=None):
+        r = {"exact_match": {"value": exact}, "dropped_repeat_rate": {"value": 0.1}, "elbo": {"perplexity": 2.0}}
+        if outcomes is not None:
+            r["elbo_vs_baseline"] = {"nll_difference": 0.01}
+            r["win_rate_vs_baseline"] = {"win_rate": sum(outcomes) / len(outcomes), "outcomes": outcomes}
+        return r
+
+    by_seed = {0: {"models": {"ce": res(0.5), "x": res(0.6, [1.0, 0.5, 0.5, 1.0])}},
+               3: {"models": {"ce": res(0.7), "x": res(0.6, [0.0, 0.5, 0.5, 0.5])}}}
+    summary = summarize_seeds("repeats", by_seed, num_bootstrap=200)
+    exact = summary["models"]["ce"]["metrics"]["exact match"]
+    assert exact["per_seed"] == [0.5, 0.7] and exact["mean"] == pytest.approx(0.6) and exact["max"] == 0.7
+    pooled = summary["models"]["x"]["pooled_win_rate"]["exact match"]
+    assert pooled["win_rate"] == pytest.approx(4.5 / 8) and pooled["num_pairs"] == 8
+    assert pooled["ci_low"] <= pooled["win_rate"] <= pooled["ci_high"]
+
+
+def test_repeat_metrics():
+    assert dropped_repeats("47000", "47000") == (0, 2)
+    assert dropped_repeats("47000", "470") == (2, 2)  # trailing zeros merged: the collapse symptom
+    assert dropped_repeats("7770011", "77011") == (2, 4)
+    assert dropped_repeats("100", "1000") == (0, 1)  # a repeat added is not a repeat dropped
+    assert dropped_repeats("1000", "1") == (0, 2)  # a run lost entirely is a wrong answer, not a shortened run
+    assert merge_runs(list("7770011")) == list("701")
+    w = pairwise_exact([1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0], 100, 0)
+    assert (w["wins"], w["ties"], w["losses"]) == (1, 2, 1) and w["win_rate"] == 0.5
+
+
+def test_repeats_task_smoke_with_two_seeds(tmp_path):
+    out = tmp_path / "repeats"
+    _script().main(["--task", "repeats", "--smoke", "--seeds", "0,1", "--output_dir", str(out), "--threads", "1"])
+    for seed in (0, 1):
+        results = json.loads((out / f"seed_{seed}" / "results.json").read_text())
+        assert list(results["models"]) == ["ce", "ce+slack_ctc", "ce+ctc"]
+        assert results["models"]["ce+ctc"]["objective"]["ctc_collapse"] == "ctc"
+        for res in results["models"].values():
+            assert 0 <= res["exact_match"]["value"] <= 1 and math.isfinite(res["elbo"]["perplexity"])
+            assert 0 <= res["dropped_repeat_rate"]["value"] <= 1
+        log = results["models"]["ce+ctc"]["train_log"]
+        assert any("loss_ctc" in e for e in log)  # standard CTC trained (no infeasible canvases)
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["seeds"] == [0, 1] and "exact match" in summary["models"]["ce+ctc"]["pooled_win_rate"]
+    assert "| ce+ctc | dropped repeated tokens |" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit, match="does not apply|drop --dataset"):
+        _script().main(["--task", "repeats", "--smoke", "--judge_steps", "3", "--output_dir", str(tmp_path / "x")])
+
+
+def test_trainer_ctc_collapse(tmp_path):
+    from test_trainer import make_trainer
+
+    from hf_mdlm.training.arguments import MDLMTrainingArguments
+
+    with pytest.raises(ValueError, match="ctc_collapse"):
+        MDLMTrainingArguments(output_dir=str(tmp_path), ctc_collapse="merge", use_cpu=True, report_to="none")
+    logs = {}
+    for collapse in ("slack", "ctc"):
+        trainer = make_trainer(tmp_path / collapse, steps=2, ctc_collapse=collapse)
+        trainer.train()
+        logs[collapse] = [e for e in trainer.state.log_history if "loss_ctc" in e]
+    assert all(math.isfinite(e["loss_ctc"]) for e in logs["ctc"])
+    # The toy responses repeat tokens and end in EOS fill: standard CTC merges them, so its loss differs
+    # (and, the anchor being one of its paths, stays below the CE).
+    assert logs["ctc"][0]["loss_ctc"] != pytest.approx(logs["slack"][0]["loss_ctc"])
+    assert all(e["loss_ctc"] <= e["loss_ce"] + 1e-6 for e in logs["ctc"])
