@@ -41,13 +41,19 @@ def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
     train, heldout = corpus
     out = tmp_path / "out"
     _script().main(["--smoke", "--dataset", str(train), "--heldout", str(heldout), "--output_dir", str(out),
-                    "--shift_rates", "0", "--threads", "1"])
-    results = json.loads((out / "results.json").read_text())
-    assert list(results["models"]) == ["ce", "ce+slack_ctc"]
-    assert results["settings"]["dataset"] == str(train) and results["settings"]["heldout"] == str(heldout)
-    assert all(math.isfinite(m["elbo"]["perplexity"]) for m in results["models"].values())
-    assert "win_rate_vs_baseline" in results["models"]["ce+slack_ctc"]
-    assert f"held out: {heldout}" in (out / "results.md").read_text()
+                    "--shift_rates", "0", "--threads", "1", "--seeds", "0,2"])
+    for seed in (0, 2):
+        results = json.loads((out / f"seed_{seed}" / "results.json").read_text())
+        assert list(results["models"]) == ["ce", "ce+slack_ctc"] and results["settings"]["seed"] == seed
+        assert results["settings"]["dataset"] == str(train) and results["settings"]["heldout"] == str(heldout)
+        assert all(math.isfinite(m["elbo"]["perplexity"]) for m in results["models"].values())
+        assert "win_rate_vs_baseline" in results["models"]["ce+slack_ctc"]
+        assert f"held out: {heldout}" in (out / f"seed_{seed}" / "results.md").read_text()
+    summary = json.loads((out / "results.json").read_text())
+    pooled = summary["models"]["ce+slack_ctc"]["pooled_win_rate"]["ancestral"]
+    assert pooled["num_pairs"] == 8  # 4 prompts x 2 seeds
+    metrics = summary["models"]["ce+slack_ctc"]["metrics"]
+    assert len(metrics["win rate vs baseline, ancestral"]["per_seed"]) == 2 and "gen-PPL ancestral" in metrics
 
 
 def test_overlapping_or_short_heldout_is_refused_before_training(tmp_path, corpus):
