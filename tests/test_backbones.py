@@ -114,3 +114,24 @@ def test_original_folders_are_converted_once_on_the_fly(tmp_path, monkeypatch, c
     with torch.no_grad():
         assert (model(input_ids=ref["input_ids"]).logits - ref["logits"]).abs().max() < 1e-4
     assert again.config.prediction_alignment == "next_token" and again.generation_config.schedule == "dream"
+
+
+def test_an_empty_prompt_on_a_next_token_model_reads_position_0_from_itself():
+    """As Dream: with nothing before it, position 0's prediction is the model's own output at position 0."""
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config(prediction_alignment="next_token")).eval()
+    mask_id = model.config.mask_token_id
+    out = model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=8, steps=8,
+                         return_dict_in_generate=True, output_history=True)
+    with torch.no_grad():
+        raw = model(input_ids=torch.full((1, 8), mask_id)).logits[0]
+    aligned = torch.cat([raw[:1], raw[:-1]])
+    proposals = aligned.clone()
+    proposals[:, mask_id] = float("-inf")  # never proposed; its probability still counts in the confidence
+    token = proposals.argmax(-1)
+    confidence = torch.softmax(aligned, -1).gather(-1, token[:, None])[:, 0]
+    position = int(confidence.argmax())
+    first = out.history[0][0]
+    assert (first != mask_id).sum() == 1 and first[position] == token[position]
