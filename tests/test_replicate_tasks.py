@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_mdlm.replication.repeats import dropped_repeats, merge_runs, pairwise_exact
+from hf_mdlm.replication.repeats import dropped_repeats, merge_runs, pairwise_exact, run_length_error
 from hf_mdlm.replication.seeds import parse_seeds, summarize_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,8 @@ def test_seeds_parsing():
 
 def test_seed_summary_pools_the_per_prompt_comparisons():
     def res(exact, outcomes=None):
-        r = {"exact_match": {"value": exact}, "dropped_repeat_rate": {"value": 0.1}, "elbo": {"perplexity": 2.0}}
+        r = {"exact_match": {"value": exact}, "dropped_repeat_rate": {"value": 0.1}, "elbo": {"perplexity": 2.0},
+             "runs_shortened_only": {"value": 0.0}, "runs_lengthened_only": {"value": 0.0}}
         if outcomes is not None:
             r["elbo_vs_baseline"] = {"nll_difference": 0.01}
             r["win_rate_vs_baseline"] = {"win_rate": sum(outcomes) / len(outcomes), "outcomes": outcomes}
@@ -120,6 +121,9 @@ def test_repeat_metrics():
     assert dropped_repeats("100", "1000") == (0, 1)  # a repeat added is not a repeat dropped
     assert dropped_repeats("1000", "1") == (0, 2)  # a run lost entirely is a wrong answer, not a shortened run
     assert merge_runs(list("7770011")) == list("701")
+    assert run_length_error("47000", "470") == "shorter" and run_length_error("6600", "66600") == "longer"
+    assert run_length_error("7700", "7000") == "both" and run_length_error("47000", "47000") is None
+    assert run_length_error("47000", "48000") is None  # wrong elsewhere, not in a run's length
     w = pairwise_exact([1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0], 100, 0)
     assert (w["wins"], w["ties"], w["losses"]) == (1, 2, 1) and w["win_rate"] == 0.5
 

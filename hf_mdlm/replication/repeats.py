@@ -11,7 +11,8 @@ Three arms from one base (masked-diffusion CE), with the same data order, seed a
 CTC, collapse "ctc": merge runs, then delete ``<slack>``). Each is decoded greedily on held-out problems (whose
 prompts never occur in training) and scored by exact match, by the rate of dropped repeated tokens (a token of a
 run of the answer that the output lacks while it keeps the run, by edit-distance alignment: a run shortened), and by the
-held-out ELBO; bootstrap intervals over problems.
+held-out ELBO; and by the outputs whose only error is a run's length (shorter or longer: the answer's runs in
+order, with runs merged the output equals the answer); bootstrap intervals over problems.
 """
 
 from __future__ import annotations
@@ -197,6 +198,26 @@ def dropped_repeats(target, output) -> tuple[int, int]:
     return dropped, repeats
 
 
+def run_length_error(target, output) -> str | None:
+    """'shorter' / 'longer' / 'both' when the output has the answer's runs in order (the same sequence with runs
+    merged) but not their lengths: an error of run length alone; None otherwise (right, or wrong elsewhere)."""
+    if output == target or merge_runs(list(output)) != merge_runs(list(target)):
+        return None
+
+    def lengths(seq):
+        out = []
+        for i, t in enumerate(seq):
+            if i and t == seq[i - 1]:
+                out[-1] += 1
+            else:
+                out.append(1)
+        return out
+
+    pairs = list(zip(lengths(target), lengths(output)))
+    shorter, longer = any(o < t for t, o in pairs), any(o > t for t, o in pairs)
+    return "both" if shorter and longer else "shorter" if shorter else "longer"
+
+
 def _interval(draws) -> list:
     return [float(x) for x in np.quantile(draws, [0.025, 0.975])]
 
@@ -231,6 +252,7 @@ def score_outputs(rows, raw_canvases, tokenizer, slack_id, num_bootstrap: int, s
         dropped.append(d)
         repeats.append(r)
         records.append({"family": row["family"], "answer": row["answer"], "output": text, "dropped": d,
+                        "run_length_error": run_length_error(row["answer"], text),
                         "num_slack": sum(t == slack_id for t in raw)})
     families = {}
     for family in sorted({r["family"] for r in records}):
@@ -241,6 +263,10 @@ def score_outputs(rows, raw_canvases, tokenizer, slack_id, num_bootstrap: int, s
         "exact_match": bootstrap_mean(exact, num_bootstrap, seed),
         "dropped_repeat_rate": bootstrap_ratio(dropped, repeats, num_bootstrap, seed),
         "outputs_with_dropped_repeat": bootstrap_mean([float(d > 0) for d in dropped], num_bootstrap, seed),
+        "runs_shortened_only": bootstrap_mean([float(r["run_length_error"] == "shorter") for r in records],
+                                              num_bootstrap, seed),
+        "runs_lengthened_only": bootstrap_mean([float(r["run_length_error"] == "longer") for r in records],
+                                               num_bootstrap, seed),
         "exact_match_ctc_decoding": bootstrap_mean(exact_merged, num_bootstrap, seed),
         "per_family": families,
         "per_problem_exact": exact,
@@ -291,14 +317,16 @@ def _ci(res, digits=3):
 
 def repeats_table(results) -> str:
     lines = ["| model | exact match [95% CI] | dropped repeated tokens [95% CI] | outputs with a dropped repeat "
-             "| exact, runs merged on decoding | exact: mul / copy | ELBO PPL ≤ (slack-free) [95% CI] "
-             "| ΔNLL/token vs `ce` | exact-match win rate vs `ce` [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+             "| wrong run lengths only: shorter / longer [95% CI] | exact, runs merged on decoding | exact: mul / copy "
+             "| ELBO PPL ≤ (slack-free) [95% CI] | ΔNLL/token vs `ce` | exact-match win rate vs `ce` [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, res in results["models"].items():
         e, d, w = res["elbo"], res.get("elbo_vs_baseline"), res.get("win_rate_vs_baseline")
         fam = res["per_family"]
         lines.append(
             f"| {name} | {_ci(res['exact_match'])} | {_ci(res['dropped_repeat_rate'])} | "
-            f"{res['outputs_with_dropped_repeat']['value']:.3f} | {res['exact_match_ctc_decoding']['value']:.3f} | "
+            f"{res['outputs_with_dropped_repeat']['value']:.3f} | {_ci(res['runs_shortened_only'])} / "
+            f"{_ci(res['runs_lengthened_only'])} | {res['exact_match_ctc_decoding']['value']:.3f} | "
             f"{fam.get('mul', {}).get('exact_match', float('nan')):.3f} / "
             f"{fam.get('copy', {}).get('exact_match', float('nan')):.3f} | "
             f"{e['perplexity']:.3f} [{e['perplexity_ci95'][0]:.3f}, {e['perplexity_ci95'][1]:.3f}] | "
