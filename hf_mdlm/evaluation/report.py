@@ -9,18 +9,18 @@ from pathlib import Path
 from .likelihood import paired_elbo_difference
 
 
-def _clean(value):
+def json_safe(value):
     """JSON-safe: NaN/inf become None (strict JSON has no NaN)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-def _fmt(value, digits=3):
+def format_number(value, digits=3):
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.{digits}f}"
@@ -65,15 +65,15 @@ def markdown_tables(results) -> str:
         if not e:
             return "n/a"
         ci = e.get("perplexity_ci95") or [None, None]
-        return f"{_fmt(e['perplexity'], 2)} [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]"
+        return f"{format_number(e['perplexity'], 2)} [{format_number(ci[0], 2)}, {format_number(ci[1], 2)}]"
 
     def diff(d):
-        return "—" if d is None else f"{d['nll_difference']:+.4f} ± {_fmt(d['stderr'], 4)}"
+        return "—" if d is None else f"{d['nll_difference']:+.4f} ± {format_number(d['stderr'], 4)}"
 
     for name, res in models.items():
         lines.append(f"| {name} | {bound(res['elbo'])} | {diff(res.get('elbo_vs_baseline'))} | "
                      f"{bound(res.get('elbo_slack_marginal'))} | {diff(res.get('elbo_slack_marginal_vs_baseline'))} | "
-                     f"{_fmt(res[best_elbo(res)]['perplexity'], 2)} ({'slack-marginal' if best_elbo(res) == 'elbo_slack_marginal' else 'slack-free'}) | "
+                     f"{format_number(res[best_elbo(res)]['perplexity'], 2)} ({'slack-marginal' if best_elbo(res) == 'elbo_slack_marginal' else 'slack-free'}) | "
                      f"{diff(res.get('elbo_best_vs_baseline'))} | {res['elbo']['num_tokens']} |")
     curves = _curves(results)
     if curves:
@@ -82,15 +82,15 @@ def markdown_tables(results) -> str:
                   "| `<slack>` / sample |", "|---|---|---|---|---|---|---|---|"]
         for (name, sampler), curve in curves.items():
             q = curve["per_rate"][0]
-            lines.append(f"| {name} | {sampler} | {_fmt(q['gen_ppl'], 2)} | {_fmt(q['entropy'])} | "
-                         + "/".join(_fmt(q[f"distinct_{n}"], 2) for n in (1, 2, 3))
-                         + f" | {q['num_empty']}/{q['num_texts']} | {_fmt(q['mean_tokens'], 1)} | "
-                         f"{_fmt(q['mean_slack'], 2)} |")
+            lines.append(f"| {name} | {sampler} | {format_number(q['gen_ppl'], 2)} | {format_number(q['entropy'])} | "
+                         + "/".join(format_number(q[f"distinct_{n}"], 2) for n in (1, 2, 3))
+                         + f" | {q['num_empty']}/{q['num_texts']} | {format_number(q['mean_tokens'], 1)} | "
+                         f"{format_number(q['mean_slack'], 2)} |")
         ref = results.get("reference")
         if ref:
-            lines.append(f"| held-out text (reference) | — | {_fmt(ref['gen_ppl'], 2)} | {_fmt(ref['entropy'])} | "
-                         + "/".join(_fmt(ref[f"distinct_{n}"], 2) for n in (1, 2, 3))
-                         + f" | {ref['num_empty']}/{ref['num_texts']} | {_fmt(ref['mean_tokens'], 1)} | — |")
+            lines.append(f"| held-out text (reference) | — | {format_number(ref['gen_ppl'], 2)} | {format_number(ref['entropy'])} | "
+                         + "/".join(format_number(ref[f"distinct_{n}"], 2) for n in (1, 2, 3))
+                         + f" | {ref['num_empty']}/{ref['num_texts']} | {format_number(ref['mean_tokens'], 1)} | — |")
     if any(len(curve["per_rate"]) > 1 for curve in curves.values()):  # nothing to show with shift rate 0 alone
         lines += ["", "### Shift robustness: win rate of the unshifted output against the shifted one "
                   "(same prompts and seeds; 0.5 = the shift does no harm)", "",
@@ -100,10 +100,10 @@ def markdown_tables(results) -> str:
             for row in curve["per_rate"][1:]:
                 w = row["win_rate_unshifted"]
                 lines.append(
-                    f"| {name} | {sampler} | {row['shift_rate']:g} | {_fmt(w['win_rate'])} [{_fmt(w['ci_low'])}, "
-                    f"{_fmt(w['ci_high'])}] | {w['wins']}/{w['ties']}/{w['losses']} | {_fmt(row['gen_ppl'], 2)} | "
-                    f"{_fmt(row['entropy'])} | {_fmt(row['distinct_2'], 3)} | {row['num_empty']}/{row['num_texts']} | "
-                    f"{_fmt(row['mean_slack'], 2)} |")
+                    f"| {name} | {sampler} | {row['shift_rate']:g} | {format_number(w['win_rate'])} [{format_number(w['ci_low'])}, "
+                    f"{format_number(w['ci_high'])}] | {w['wins']}/{w['ties']}/{w['losses']} | {format_number(row['gen_ppl'], 2)} | "
+                    f"{format_number(row['entropy'])} | {format_number(row['distinct_2'], 3)} | {row['num_empty']}/{row['num_texts']} | "
+                    f"{format_number(row['mean_slack'], 2)} |")
     for title, extra in results.get("extra_tables", {}).items():
         lines += ["", f"### {title}", "", extra]
     return "\n".join(lines) + "\n"
@@ -154,7 +154,7 @@ def write_report(results, output_dir) -> dict:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md"}
-    paths["json"].write_text(json.dumps(_clean(results), indent=2) + "\n")
+    paths["json"].write_text(json.dumps(json_safe(results), indent=2) + "\n")
     paths["markdown"].write_text(markdown_tables(results))
     if _curves(results):
         paths["plot"] = output_dir / "shift_robustness.png"

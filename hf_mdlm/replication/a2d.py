@@ -34,9 +34,9 @@ from ..data.loading import bundled_corpus_files
 from ..evaluation.judge import load_judge_checked, train_judge, win_rate
 from ..evaluation.likelihood import paired_elbo_difference
 from ..evaluation.report import (
-    _clean,
-    _fmt,
     compare_elbos,
+    format_number,
+    json_safe,
     markdown_tables,
     plot_training,
 )
@@ -168,7 +168,7 @@ def _summary(results, preset) -> str:
     for name, res in models.items():
         e, d = res["elbo"], res.get("elbo_vs_baseline")
         ci = e.get("perplexity_ci95") or [None, None]
-        row = [name, res["init"], res["budget"], f"{_fmt(e['perplexity'], 1)} [{_fmt(ci[0], 1)}, {_fmt(ci[1], 1)}]",
+        row = [name, res["init"], res["budget"], f"{format_number(e['perplexity'], 1)} [{format_number(ci[0], 1)}, {format_number(ci[1], 1)}]",
                "—" if d is None else f"{d['nll_difference']:+.3f} ± {d['stderr']:.3f}"]
         for s in samplers:
             if s not in res.get("samplers", {}):
@@ -176,12 +176,12 @@ def _summary(results, preset) -> str:
                 continue
             q = res["samplers"][s]["per_rate"][0]
             w = res.get("win_rate_vs_baseline", {}).get(s)
-            row += [_fmt(q["gen_ppl"], 0), _fmt(q["entropy"]), f"{q['num_empty']}/{q['num_texts']}",
+            row += [format_number(q["gen_ppl"], 0), format_number(q["entropy"]), f"{q['num_empty']}/{q['num_texts']}",
                     "—" if w is None else f"{w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]"]
         lines.append("| " + " | ".join(row) + " |")
     ref, causal = results["reference"], results["causal_lm"]
     lines.append("| held-out text | | | | | " + " | ".join(
-        [_fmt(ref["gen_ppl"], 1), _fmt(ref["entropy"]), "", ""] * len(samplers)) + " |")
+        [format_number(ref["gen_ppl"], 1), format_number(ref["entropy"]), "", ""] * len(samplers)) + " |")
     lines += ["", (f"Causal LM (the A2D source; Llama, {causal['init_check']['causal_parameters'] / 1e6:.2f} M "
               f"parameters, {preset.causal_steps} steps): exact held-out perplexity "
               f"**{causal['heldout']['perplexity']:.1f}** on the same {causal['heldout']['num_examples']} windows "
@@ -355,7 +355,7 @@ def run_a2d_experiment(output_dir, preset: A2DPreset | None = None, *, mode: str
                         "final_train_loss": sum(judge_losses[-20:]) / len(judge_losses[-20:]),
                         "num_parameters": sum(p.numel() for p in judge.parameters())}
 
-    (out / "results.json").write_text(json.dumps(_clean(results), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
     plot_training({k: tuple(zip(*v)) for k, v in curves.items() if v}, out / "training_curves.png")
     mdlm_params = sum(p.numel() for p in a2d_model.parameters())
     md = (f"## A2D: a diffusion LM from a causal LM ({mode} mode, seed {seed})\n\n"
