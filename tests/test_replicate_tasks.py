@@ -98,7 +98,7 @@ def test_seeds_parsing():
 def test_seed_summary_pools_the_per_prompt_comparisons():
     def res(exact, outcomes=None):
         r = {"exact_match": {"value": exact}, "dropped_repeat_rate": {"value": 0.1}, "elbo": {"perplexity": 2.0},
-             "runs_shortened_only": {"value": 0.0}, "runs_lengthened_only": {"value": 0.0}}
+             "run_length_errors": {"value": 0.0}, "runs_shortened_only": {"value": 0.0}, "runs_lengthened_only": {"value": 0.0}}
         if outcomes is not None:
             r["elbo_vs_baseline"] = {"nll_difference": 0.01}
             r["win_rate_vs_baseline"] = {"win_rate": sum(outcomes) / len(outcomes), "outcomes": outcomes}

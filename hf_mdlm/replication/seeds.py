@@ -41,6 +41,7 @@ def _text_metrics(res) -> dict:
 
 def _repeats_metrics(res) -> dict:
     out = {"exact match": res["exact_match"]["value"], "dropped repeated tokens": res["dropped_repeat_rate"]["value"],
+           "wrong run lengths only": res["run_length_errors"]["value"],
            "runs shortened only": res["runs_shortened_only"]["value"],
            "runs lengthened only": res["runs_lengthened_only"]["value"],
            "held-out ELBO PPL (slack-free)": res["elbo"]["perplexity"]}
