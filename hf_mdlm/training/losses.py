@@ -527,8 +527,9 @@ def slack_ctc_loss(
             taken in order.
         collapse: ``"slack"`` (delete ``<slack>``, keep repeats: the project's
             objective) or ``"ctc"`` (ablation: standard CTC that also merges
-            repeats, blank = ``<slack>``; repeated targets then need a slack
-            between them).
+            repeats, blank = ``<slack>``; its labels are the standard collapse
+            of the clean canvas, so adjacent repeats of the canvas merge into
+            one label and a repeat kept as a label needs a slack between).
         _backward: ``"analytic"`` (default: scaled forward-backward posteriors
             in a custom autograd Function; faster, and more accurate in
             float32) or ``"autograd"`` (autograd through the recursion; kept
