@@ -15,6 +15,7 @@ HUB_FILES = ("configuration_mdlm", "modeling_mdlm", "generation_mdlm")
 # Lower layers first: a module may import its own layer (its own subpackage) and layers below it, never above.
 LAYERS = [
     set(HUB_FILES),
+    {"memory"},  # parameter counts and memory estimates: needs only the config
     {"tokenization"},
     {"data"},
     {"training"},
