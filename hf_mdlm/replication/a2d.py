@@ -45,47 +45,23 @@ from ..hub.folder import save_model_folder
 from ..loading import ModelArguments, load_model_and_tokenizer
 from ..modeling_mdlm import MDLMForMaskedLM
 from ..tokenization import add_diffusion_tokens
+from .presets import ExperimentSizes
 from .run import train_mdlm
 
 logger = logging.getLogger("a2d")
 
 
 @dataclass
-class A2DPreset:
-    # data
-    canvas_length: int = 48
-    text_prompt_length: int = 32
-    text_response_length: int = 40
-    max_train_samples: int | None = None
-    # judge (GPT-2)
-    judge_width: int = 192
-    judge_layers: int = 4
-    judge_heads: int = 4
-    judge_steps: int = 1500
-    judge_batch: int = 32
-    judge_lr: float = 1e-3
-    # the causal LM (Llama) and the MDLMs share width and depth
-    width: int = 192
-    layers: int = 4
-    heads: int = 4
-    intermediate: int = 512
+class A2DPreset(ExperimentSizes):
+    """The A2D experiment: a causal LM (Llama, the MDLMs' width and depth) trained `causal_steps`, then the
+    conversion and the from-scratch arms trained `steps` with CE + slack-CTC."""
+
     causal_steps: int = 1500
     causal_lr: float = 1e-3
-    # diffusion training: both arms
     steps: int = 1000
-    batch: int = 16
-    lr: float = 2e-3
     ctc_weight: float = 1.0
     slack_prob: float = 0.1
     scratch_total: bool = True
-    # evaluation
-    elbo_examples: int = 256
-    elbo_samples: int = 8
-    num_prompts: int = 128
-    samplers: str = "ancestral,greedy"
-    num_bootstrap: int = 2000
-    eval_batch: int = 64
-
 
 A2D_PRESETS = {
     "full": A2DPreset(),

@@ -9,7 +9,10 @@ from ..evaluation.suite import parse_samplers
 
 
 @dataclass
-class Preset:
+class ExperimentSizes:
+    """What every experiment of this package sizes the same way: data windows, the GPT-2 judge, the MDLMs' shape,
+    the diffusion batch and learning rate, and the evaluation."""
+
     # data
     canvas_length: int = 48
     text_prompt_length: int = 32
@@ -27,19 +30,24 @@ class Preset:
     layers: int = 4
     heads: int = 4
     intermediate: int = 512
-    base_steps: int = 1500
-    arm_steps: int = 1000
     batch: int = 16
     lr: float = 2e-3
     # evaluation
     elbo_examples: int = 256
     elbo_samples: int = 8
     num_prompts: int = 128
-    shift_rates: tuple = (0.0, 0.01, 0.05, 0.1, 0.2)
     samplers: str = "ancestral,greedy"
     num_bootstrap: int = 2000
     eval_batch: int = 64
 
+
+@dataclass
+class Preset(ExperimentSizes):
+    """The replication: a base MDLM trained `base_steps`, then each arm `arm_steps` from it."""
+
+    base_steps: int = 1500
+    arm_steps: int = 1000
+    shift_rates: tuple = (0.0, 0.01, 0.05, 0.1, 0.2)
 
 PRESETS = {
     "full": Preset(),
