@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataArguments, DiffusionCollator, check_heldout_overlap, prepare_datasets, spread_indices
+from ..data import (
+    DataArguments,
+    DiffusionCollator,
+    check_heldout_overlap,
+    prepare_datasets,
+    spread_indices,
+)
 from ..evaluation.judge import load_judge_checked, train_judge, win_rate
 from ..evaluation.report import compare_elbos, plot_training, write_report
 from ..evaluation.suite import evaluate_model, parse_samplers, reference_quality
