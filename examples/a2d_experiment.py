@@ -18,7 +18,6 @@ Writes into --output_dir: results.json, results.md, training_curves.png and a fo
 """
 
 import argparse
-import logging
 import os
 from dataclasses import fields
 
@@ -30,6 +29,7 @@ import torch
 from hf_mdlm.evaluation.suite import require_plotting
 from hf_mdlm.hub import OutputFolderError, check_writable_dir
 from hf_mdlm.replication import A2DPreset, resolve_a2d_preset, run_a2d_experiment
+from hf_mdlm.replication.run import configure_run
 
 
 def _bool(text):
@@ -63,11 +63,7 @@ def main(argv=None):
         check_writable_dir(args.output_dir, "--output_dir")
     except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("transformers", "datasets", "hf_mdlm.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_run(args.threads)
     return run_a2d_experiment(args.output_dir, preset, mode=mode, seed=args.seed, device=args.device,
                               judge_folder=args.judge)
 

@@ -25,7 +25,6 @@ reusable with examples/evaluate.py); with --seeds, one folder per seed (seed_0/,
 """
 
 import argparse
-import logging
 import os
 from dataclasses import fields
 
@@ -37,8 +36,12 @@ import torch  # noqa: E402
 from hf_mdlm.evaluation.suite import parse_numbers, parse_rates, require_plotting  # noqa: E402
 from hf_mdlm.hub import OutputFolderError, check_writable_dir  # noqa: E402
 from hf_mdlm.replication.presets import Preset, resolve_preset  # noqa: E402
-from hf_mdlm.replication.repeats import RepeatsPreset, resolve_repeats_preset, run_repeats  # noqa: E402
-from hf_mdlm.replication.run import ReplicationDataError, run_replication  # noqa: E402
+from hf_mdlm.replication.repeats import (  # noqa: E402
+    RepeatsPreset,
+    resolve_repeats_preset,
+    run_repeats,
+)
+from hf_mdlm.replication.run import ReplicationDataError, configure_run, run_replication  # noqa: E402
 from hf_mdlm.replication.seeds import parse_seeds, run_seeds  # noqa: E402
 
 
@@ -116,11 +119,7 @@ def main(argv=None):
         check_writable_dir(args.output_dir, "--output_dir")
     except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("transformers", "datasets", "hf_mdlm.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_run(args.threads)
 
     def run_one(seed, folder):
         if args.task == "repeats":

@@ -46,7 +46,7 @@ from ..loading import ModelArguments, load_model_and_tokenizer
 from ..modeling_mdlm import MDLMForMaskedLM
 from ..tokenization import add_diffusion_tokens
 from .presets import ExperimentSizes
-from .run import train_mdlm
+from .run import Stopwatch, train_mdlm
 
 logger = logging.getLogger("a2d")
 
@@ -190,12 +190,8 @@ def run_a2d_experiment(output_dir, preset: A2DPreset | None = None, *, mode: str
     preset = preset or resolve_a2d_preset(mode)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    timings = {}
-
-    def lap(name, since):
-        timings[name] = round(time.time() - since, 1)
-        logger.info("%s done in %.0fs (total %.0fs)", name, timings[name], time.time() - start)
+    clock = Stopwatch(logger)
+    lap, timings = clock.lap, clock.timings
 
     judge = load_judge_checked(judge_folder, preset.judge_width, preset.judge_layers, device) if judge_folder else None
     samplers = parse_samplers(preset.samplers)
@@ -323,7 +319,7 @@ def run_a2d_experiment(output_dir, preset: A2DPreset | None = None, *, mode: str
     results["causal_lm"] = {"folder": str(out / "causal"), "heldout": causal_heldout, "init_check": check,
                             "final_train_loss": sum(causal_losses[-20:]) / len(causal_losses[-20:]),
                             "train_losses": causal_losses}
-    timings["total"] = round(time.time() - start, 1)
+    clock.stop()
     results["settings"] = {"mode": mode, "seed": seed, "device": device, "preset": vars(preset), "samplers": samplers,
                            "num_train_examples": len(train_ds), "num_heldout_examples": len(heldout),
                            "torch_threads": torch.get_num_threads(), "timings_seconds": timings}

@@ -31,6 +31,31 @@ from .presets import Preset
 logger = logging.getLogger("replicate")
 
 
+class Stopwatch:
+    """Seconds spent in each stage of a run, logged as each stage ends; `stop()` adds the total."""
+
+    def __init__(self, log):
+        self.log, self.start, self.timings = log, time.time(), {}
+
+    def lap(self, name, since):
+        self.timings[name] = round(time.time() - since, 1)
+        self.log.info("%s done in %.0fs (total %.0fs)", name, self.timings[name], time.time() - self.start)
+
+    def stop(self):
+        self.timings["total"] = round(time.time() - self.start, 1)
+        return self.timings
+
+
+def configure_run(threads=None):
+    """What an experiment's command line sets up: torch's CPU threads (None: torch's choice) and INFO logging with
+    the libraries' own chatter quieted."""
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("transformers", "datasets", "hf_mdlm.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def training_args(output_dir, steps, preset: Preset, seed: int, device: str, **objective):
     return MDLMTrainingArguments(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=preset.batch,
@@ -108,12 +133,8 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
     on `dataset`, every metric is computed on `heldout`."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    timings = {}
-
-    def lap(name, since):
-        timings[name] = round(time.time() - since, 1)
-        logger.info("%s done in %.0fs (total %.0fs)", name, timings[name], time.time() - start)
+    clock = Stopwatch(logger)
+    lap, timings = clock.lap, clock.timings
 
     judge = load_judge_checked(judge_folder, preset.judge_width, preset.judge_layers, device) if judge_folder else None  # a mismatch fails before any work
 
@@ -206,7 +227,7 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
         results["extra_tables"] = {
             "Head to head, unshifted samples (judge's mean log-likelihood per token, same prompts and seeds)":
             "\n".join(head_to_head)}
-    timings["total"] = round(time.time() - start, 1)
+    clock.stop()
     results["settings"] = {"mode": mode, "seed": seed, "dataset": dataset or "bundled",
                            "heldout": data_args.eval_split or ("bundled" if dataset is None else "validation split"), "scale": scale, "device": device,
                            "slack_prob": list(slack_probs), "ctc_weight": list(ctc_weights), "preset": vars(preset),
