@@ -29,13 +29,8 @@ import torch
 from hf_mdlm.evaluation.suite import require_plotting
 from hf_mdlm.hub import OutputFolderError, check_writable_dir
 from hf_mdlm.replication import A2DPreset, resolve_a2d_preset, run_a2d_experiment
+from hf_mdlm.replication.presets import add_preset_arguments
 from hf_mdlm.replication.run import configure_run
-
-
-def _bool(text):
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default=None, help="reuse the judge/ folder of an earlier run with the same judge size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    for f in fields(A2DPreset):  # every preset value can be overridden: --steps 300, --slack_prob 0.03 ...
-        kind = {"int": int, "float": float, "int | None": int, "str": str, "bool": _bool}[str(f.type)]
-        p.add_argument(f"--{f.name}", type=kind, default=None)
+    add_preset_arguments(p, A2DPreset)  # every preset value can be overridden: --steps 300 ...
     return p
 
 

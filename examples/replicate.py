@@ -33,9 +33,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from hf_mdlm.evaluation.suite import parse_numbers, parse_rates, require_plotting  # noqa: E402
+from hf_mdlm.evaluation.suite import parse_numbers, require_plotting  # noqa: E402
 from hf_mdlm.hub import OutputFolderError, check_writable_dir  # noqa: E402
-from hf_mdlm.replication.presets import Preset, resolve_preset  # noqa: E402
+from hf_mdlm.replication.presets import Preset, add_preset_arguments, resolve_preset  # noqa: E402
 from hf_mdlm.replication.repeats import (  # noqa: E402
     RepeatsPreset,
     resolve_repeats_preset,
@@ -73,16 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice). On cores shared with other jobs, 1 is much "
                         "faster than oversubscribing them (numbers then differ in the last digits)")
-    known = {"slack_prob"}
-    for f in [*fields(Preset), *fields(RepeatsPreset)]:  # every preset value can be overridden: --arm_steps 300 ...
-        if f.name in known:
-            continue
-        known.add(f.name)
-        if f.name == "shift_rates":
-            p.add_argument("--shift_rates", type=parse_rates, default=None)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "str": str}[str(f.type)]
-            p.add_argument(f"--{f.name}", type=kind, default=None)
+    # every preset value can be overridden: --arm_steps 300, --shift_rates 0,0.1 ...
+    add_preset_arguments(p, Preset, RepeatsPreset, skip={"slack_prob"})
     return p
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from ..configuration_mdlm import MDLMConfig
-from ..generation_mdlm import MDLMGenerationConfig
 from ..tokenization import add_diffusion_tokens
-from .common import read_source_config, refuse, write_converted
+from .common import llada_generation_config, read_source_config, refuse, write_converted
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +91,7 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
             tensor[new_ids] = tensor[:old_len].float().mean(0).to(tensor.dtype)
         return tensor
 
-    generation = MDLMGenerationConfig(
-        mask_token_id=config.mask_token_id, slack_token_id=config.slack_token_id, eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id, max_new_tokens=128, steps=128, block_length=32, temperature=0.0,
-        remasking="low_confidence",
-    )
+    generation = llada_generation_config(config)
     described = f"num_hidden_layers={config.num_hidden_layers}, tie_word_embeddings={config.tie_word_embeddings}"
     return write_converted(src_dir, dst_dir, config, lambda key: None if key.endswith("rotary_emb.inv_freq") else key,
                            generation, f"{source['model_type']} (A2D)", described, dtype, transform=grow,

@@ -141,3 +141,13 @@ def refuse(family: str, source: dict, field: str, allowed) -> None:
     if field in source and source[field] not in allowed:
         raise ValueError(f"{family} config field {field!r}={source[field]!r} cannot be represented by MDLMConfig "
                          f"(supported: {' or '.join(map(repr, allowed))})")
+
+
+def llada_generation_config(config: MDLMConfig) -> MDLMGenerationConfig:
+    """LLaDA's usual sampling settings (blocks of 32, one token per step, greedy, low-confidence remasking), so that
+    `model.generate(ids)` works out of the box for the families that sample like LLaDA."""
+    return MDLMGenerationConfig(
+        mask_token_id=config.mask_token_id, slack_token_id=config.slack_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, max_new_tokens=128, steps=128, block_length=32, temperature=0.0,
+        remasking="low_confidence",
+    )

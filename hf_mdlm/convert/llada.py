@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_mdlm import MDLMConfig
-from ..generation_mdlm import MDLMGenerationConfig
-from .common import read_source_config, write_converted
+from .common import llada_generation_config, read_source_config, write_converted
 
 # LLaDA config fields our architecture can represent only with one of these values.
 _SUPPORTED_LLADA_VALUES = {
@@ -115,11 +114,7 @@ def convert_llada_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None =
     Returns the written `MDLMConfig`.
     """
     config = llada_config_to_mdlm(read_source_config(Path(src_dir), "LLaDA"))
-    # LLaDA's usual sampling settings, so that `model.generate(ids)` works out of the box.
-    generation = MDLMGenerationConfig(
-        mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        max_new_tokens=128, steps=128, block_length=32, temperature=0.0, remasking="low_confidence",
-    )
+    generation = llada_generation_config(config)
     described = (f"n_layers={config.num_hidden_layers}, include_qkv_bias={config.attention_bias}, "
                  f"weight_tying={config.tie_word_embeddings}")
     return write_converted(src_dir, dst_dir, config, llada_key_to_mdlm, generation, "LLaDA", described, dtype)

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_mdlm import MDLMConfig
-from ..generation_mdlm import MDLMGenerationConfig
-from .common import read_source_config, refuse, write_converted
+from .common import llada_generation_config, read_source_config, refuse, write_converted
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +82,7 @@ def convert_llada_moe_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | No
     """Convert a LLaDA-MoE folder; it samples with LLaDA's sampler (blocks, low-confidence remasking)."""
     source = read_source_config(Path(src_dir), "LLaDA-MoE")
     config = llada_moe_config_to_mdlm(source, mask_token_id)
-    generation = MDLMGenerationConfig(
-        mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        max_new_tokens=128, steps=128, block_length=32, temperature=0.0, remasking="low_confidence",
-    )
+    generation = llada_generation_config(config)
     described = (f"num_hidden_layers={config.num_hidden_layers}, moe_layer_freq={source.get('moe_layer_freq')}, "
                  f"num_experts={config.num_experts}")
     return write_converted(src_dir, dst_dir, config, llada_moe_key_to_mdlm, generation, "LLaDA-MoE", described, dtype)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 from dataclasses import dataclass, fields
 
-from ..evaluation.suite import parse_samplers
+from ..evaluation.suite import parse_rates, parse_samplers
 
 
 @dataclass
@@ -81,3 +82,24 @@ def resolve_preset(mode: str, overrides: dict | None = None, scale: int = 1) -> 
                  "batch", "judge_batch"):
         setattr(preset, name, getattr(preset, name) * scale)
     return preset
+
+
+def parse_bool(text: str) -> bool:
+    """'true'/'false' (or 1/0) on the command line."""
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
+# How a preset field's annotation reads a command-line value.
+_FLAG_TYPES = {"int": int, "int | None": int, "float": float, "str": str, "bool": parse_bool, "tuple": parse_rates}
+
+
+def add_preset_arguments(parser, *presets, skip=()) -> None:
+    """Every field of the preset dataclasses as a flag (`--arm_steps 300`, `--shift_rates 0,0.1`), default None
+    (keep the preset's value); a field in several presets, or in `skip`, is added once or not at all."""
+    seen = set(skip)
+    for field in (f for preset in presets for f in fields(preset)):
+        if field.name not in seen:
+            seen.add(field.name)
+            parser.add_argument(f"--{field.name}", type=_FLAG_TYPES[str(field.type)], default=None)
