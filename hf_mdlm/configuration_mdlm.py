@@ -176,9 +176,10 @@ class MDLMConfig(PretrainedConfig):
             raise ValueError(f"MDLMConfig.rms_norm_eps must be positive, got {self.rms_norm_eps!r}")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"MDLMConfig.attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
-        if not 0 < self.partial_rotary_factor <= 1 or int(self.head_dim * self.partial_rotary_factor) % 2:
+        rotary_dim = int(self.head_dim * self.partial_rotary_factor) if 0 < self.partial_rotary_factor <= 1 else 0
+        if rotary_dim < 2 or rotary_dim % 2:
             raise ValueError(f"MDLMConfig.partial_rotary_factor={self.partial_rotary_factor!r} must be in (0, 1] and "
-                             f"turn an even number of the head's {self.head_dim} dims")
+                             f"turn an even, non-zero number of the head's {self.head_dim} dims")
         if self.prediction_alignment not in PREDICTION_ALIGNMENTS:
             raise ValueError(f"MDLMConfig.prediction_alignment must be one of {PREDICTION_ALIGNMENTS}, got "
                              f"{self.prediction_alignment!r}")

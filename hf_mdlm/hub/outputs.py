@@ -28,7 +28,7 @@ STAGING_NAME = ".hf_mdlm-saving"  # the final model is written here, then moved 
 # Everything a run (ours or Trainer's) writes into its output folder; `overwrite` removes exactly these.
 RUN_OUTPUT_PATTERNS = (
     "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "training_args.bin", "README.md", "adapter", "converted-llada",
+    "model.safetensors.index.json", "training_args.bin", "README.md", "adapter",
     "checkpoint-*", "runs", "all_results.json", "train_results.json", "eval_results.json",
     *HUB_CODE_FILES, *TOKENIZER_FILES, *RUN_FILES, *ADAPTER_FILES, STAGING_NAME,
 )
