@@ -7,7 +7,10 @@ all measured side by side in one run, forward + backward wrt the logits:
 
   (a)  ``masked_cross_entropy`` (this package);
   (a0) the CE most users write: ``F.cross_entropy(logits[masked].float(), ...)``;
-  (b)  ``slack_ctc_loss`` with its default analytic (forward-backward) gradient;
+  (b)  ``slack_ctc_loss`` with its default analytic (forward-backward) gradient
+       (on CUDA its recursions run as Triton kernels when Triton is installed);
+  (bl) on CUDA only: (b) with the recursions as PyTorch loops (the CPU code), for
+       the kernels' speed-up side by side;
   (b') ``slack_ctc_loss(..., _backward="autograd")``: autograd through the recursion;
   (c)  the naive route: float32 ``log_softmax`` of the full (B, S, V) logits and
        ``F.ctc_loss`` with blank = ``<slack>`` (standard CTC, pins ignored).
@@ -41,6 +44,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import platform
@@ -52,14 +56,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from hf_mdlm.training import lattice_kernels  # noqa: E402
 from hf_mdlm.training.losses import masked_cross_entropy, slack_ctc_loss  # noqa: E402
 from hf_mdlm.training.canvas import LinearSchedule, mask_canvas  # noqa: E402
 
-METHODS = ("a", "a0", "b", "b'", "c")
+METHODS = ("a", "a0", "b", "bl", "b'", "c")
 LABELS = {
     "a": "CE (ours)",
     "a0": "CE (torch)",
     "b": "slack-CTC",
+    "bl": "slack-CTC, PyTorch loop",
     "b'": "slack-CTC autograd",
     "c": "naive log_softmax+ctc_loss",
 }
@@ -93,6 +99,14 @@ def loss_fn(method, logits, inputs, clean, loss_mask, masked, mask_id, slack_id)
             logits, inputs, clean, mask_token_id=mask_id, slack_token_id=slack_id, loss_mask=loss_mask,
             _backward=backward,
         )
+    if method == "bl":
+        slack_ctc = loss_fn("b", logits, inputs, clean, loss_mask, masked, mask_id, slack_id)
+
+        def pytorch_loop():
+            return slack_ctc()
+
+        pytorch_loop.context = kernels_off  # forward and backward: see run_once
+        return pytorch_loop
     if method == "c":
         keep = loss_mask & (clean != slack_id)
         targets = clean[keep]
@@ -115,10 +129,20 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def kernels_off():
+    enabled, lattice_kernels.ENABLED = lattice_kernels.ENABLED, False
+    try:
+        yield
+    finally:
+        lattice_kernels.ENABLED = enabled
+
+
 def run_once(fn, logits):
     logits.grad = None
-    loss = fn()
-    loss.sum().backward()
+    with getattr(fn, "context", contextlib.nullcontext)():
+        loss = fn()
+        loss.sum().backward()
     del loss
 
 
@@ -180,7 +204,7 @@ def bench_case(batch, seq, vocab, k, args, device, dtype):
     logits, inputs, clean, loss_mask, masked, mask_id, slack_id = make_batch(batch, seq, vocab, k, dtype, device)
     logits_bytes = logits.numel() * logits.element_size()
     row = {"S": seq, "V": vocab, "k": k, "logits_mb": logits_bytes / 2**20}
-    methods = [m for m in METHODS if m not in args.skip]
+    methods = [m for m in METHODS if m not in args.skip and (m != "bl" or device.type == "cuda")]
     fns = {m: loss_fn(m, logits, inputs, clean, loss_mask, masked, mask_id, slack_id) for m in methods}
     times = time_methods(fns, logits, device, args.repeats)
     for method in methods:
@@ -222,13 +246,14 @@ def markdown(rows, batch, clock):
     head = ["S", "V", "k", "logits MB"]
     head += [f"{clock} time {m} (ms)" for m in methods]
     head += [f"extra peak {m}" for m in methods]
-    head += ["b/a time", "c/b time", "b'/b time"]
+    head += ["b/a time", "c/b time", "b'/b time"] + (["bl/b time"] if "bl" in methods else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [str(r["S"]), str(r["V"]), str(r["k"]), f"{r['logits_mb']:.0f}"]
         cells += [fmt_time(r, m) for m in methods]
         cells += [fmt_mem(r, m) for m in methods]
         cells += [ratio(r, "b", "a"), ratio(r, "c", "b"), ratio(r, "b'", "b")]
+        cells += [ratio(r, "bl", "b")] if "bl" in methods else []
         lines.append("| " + " | ".join(cells) + " |")
     legend = "; ".join(f"{m} = {LABELS[m]}" for m in methods)
     lines.append("")

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # The accelerator check: one script, under 8 minutes on one GPU, every section bounded by its own timeout.
 #   bash bench/device_check.sh        (prints Markdown tables; paste them into the README's GPU section)
-# 1. the losses in bf16 at LLaDA's vocabulary (126464); 2. generate with KV caches at batch 1/8/32 in bf16, with
-# sdpa and (when flash-attn is installed) flash_attention_2; 3. a 50-step bf16 fine-tune of a ~300M MDLM with
-# CE + slack-CTC; 4. LLaDA-8B's shape with random weights, LoRA + gradient checkpointing, canvas 1024, 10 steps.
+#   SECTIONS="0 1 3" bash bench/device_check.sh   (only those sections)
+# 0. the Triton lattice kernels against the CPU loops (pytest); 1. the losses in bf16 at LLaDA's vocabulary
+# (126464); 2. generate with KV caches at batch 1/8/32 in bf16, with sdpa and (when flash-attn is installed)
+# flash_attention_2; 3. a 50-step bf16 fine-tune of a ~300M MDLM with CE + slack-CTC; 4. LLaDA-8B's shape with
+# random weights, LoRA + gradient checkpointing, canvas 1024, 10 steps; 5. a profile of batch-1 sampling.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 
-echo; echo "## 1. Losses, bf16, V = 126464 (bench/bench_losses.py)"
-timeout 100 python bench/bench_losses.py --device cuda --dtype bfloat16 --repeats 3 \
-    --case 1024 126464 16 --case 1024 126464 64 --case 4096 126464 64 || echo "(section 1 failed or timed out)"
+want() { [[ " ${SECTIONS:-0 1 2 3 5} " == *" $1 "* ]]; }
 
+if want 0; then
+echo; echo "## 0. slack-CTC lattice kernels on CUDA vs the CPU loops (tests/test_lattice_kernels.py)"
+timeout 120 python -m pytest -q -p no:cacheprovider tests/test_lattice_kernels.py -k cuda || echo "(section 0 failed)"
+fi
+
+if want 1; then
+echo; echo "## 1. Losses, bf16, V = 126464 (bench/bench_losses.py)"
+timeout 150 python bench/bench_losses.py --device cuda --dtype bfloat16 --repeats 3 \
+    --case 1024 126464 16 --case 1024 126464 64 --case 4096 126464 64 || echo "(section 1 failed or timed out)"
+fi
+
+if want 2; then
 echo; echo "## 2. Sampling with KV caches, bf16 (bench/bench_generate.py --caches)"
 for attn in sdpa flash_attention_2; do
     if [ "$attn" = flash_attention_2 ] && ! python -c "import flash_attn" 2>/dev/null; then
@@ -24,7 +36,15 @@ for attn in sdpa flash_attention_2; do
         --batch_sizes 1 8 32 --cache_lengths 256 512 --hidden 1024 --layers 8 --heads 16 --vocab 32000 \
         || echo "(section 2, $attn, failed or timed out)"
 done
+fi
 
+if want 3; then
 echo; echo "## 3-4. Fine-tuning, bf16, CE + slack-CTC (bench/device_check.py)"
 timeout 120 python bench/device_check.py finetune --header || echo "(section 3 failed or timed out)"
 timeout 150 python bench/device_check.py llada8b || echo "(section 4 failed or timed out)"
+fi
+
+if want 5; then
+echo; echo "## 5. Where a batch-1 sampling step spends its time (bench/profile_generate.py)"
+timeout 150 python bench/profile_generate.py --device cuda --length 128 --top 10 || echo "(section 5 failed or timed out)"
+fi

@@ -492,10 +492,17 @@ def test_chunked_logsumexp_matches_single_chunk(monkeypatch):
     kwargs = dict(mask_token_id=mask_id, slack_token_id=slack_id, loss_mask=loss_mask)
     weights = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     full = _loss_and_grad(lambda x: slack_ctc_loss(x, inputs, clean, **kwargs), logits, weights)
-    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 7)  # one row per chunk
+    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", {"cpu": 7})  # one row per chunk
     chunked = _loss_and_grad(lambda x: slack_ctc_loss(x, inputs, clean, **kwargs), logits, weights)
     _assert_close(full[0], chunked[0], 1e-13)
     _assert_close(full[1], chunked[1], 1e-13)
+
+
+def test_accelerators_take_bigger_chunks_than_the_cpu():
+    # CPU: cache-sized chunks (2 rows of LLaDA's vocabulary); an accelerator: ~64 MB chunks, few kernel launches.
+    assert len(losses._row_chunks(4096, 126464, "cpu")) == 2048
+    assert len(losses._row_chunks(4096, 126464, "cuda")) == 32
+    assert losses._row_chunks(3, 10**9, "cuda") == [slice(0, 1), slice(1, 2), slice(2, 3)]  # never under one row
 
 
 @pytest.mark.parametrize("backward", BACKWARDS)
