@@ -21,7 +21,8 @@ training data is refused. --task repeats: arithmetic and copying with runs of eq
 `hf_mdlm.replication`.
 
 Writes into --output_dir: results.json, results.md, plots, and a model folder per arm (`judge/`, `ce/`, ...;
-reusable with examples/evaluate.py); with --seeds, one folder per seed (seed_0/, ...) and the summary.
+reusable with examples/evaluate.py); with --seeds, one folder per seed (seed_0/, ...) and the summary. A seed
+whose folder holds a finished run with the same settings is reused, not rerun (run seeds in several sittings).
 """
 
 import argparse
@@ -42,7 +43,7 @@ from hf_mdlm.replication.repeats import (  # noqa: E402
     run_repeats,
 )
 from hf_mdlm.replication.run import ReplicationDataError, configure_run, run_replication  # noqa: E402
-from hf_mdlm.replication.seeds import parse_seeds, run_seeds  # noqa: E402
+from hf_mdlm.replication.seeds import SeedFolderError, parse_seeds, run_seeds  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +127,16 @@ def main(argv=None):
 
     if args.seeds is None:
         return run_one(args.seed, args.output_dir)
-    return run_seeds(run_one, seeds, args.output_dir, args.task, preset.num_bootstrap)
+    if args.task == "repeats":  # what a finished seed folder must agree on to be reused, as results.json saves it
+        settings = {"task": "repeats", "mode": mode, "preset": vars(preset)}
+    else:
+        settings = {"mode": mode, "preset": vars(preset), "dataset": args.dataset or "bundled", "scale": args.scale,
+                    "heldout": args.heldout or ("bundled" if args.dataset is None else "validation split"),
+                    "slack_prob": list(args.slack_prob), "ctc_weight": list(args.ctc_weight), "ablation": args.ablation}
+    try:
+        return run_seeds(run_one, seeds, args.output_dir, args.task, preset.num_bootstrap, settings)
+    except SeedFolderError as err:
+        raise SystemExit(f"replicate.py: {err}") from None
 
 
 if __name__ == "__main__":

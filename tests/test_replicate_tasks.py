@@ -55,6 +55,17 @@ def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
     metrics = summary["models"]["ce+slack_ctc"]["metrics"]
     assert len(metrics["win rate vs baseline, ancestral"]["per_seed"]) == 2 and "gen-PPL ancestral" in metrics
 
+    # Finished seeds are reused, not rerun; a finished seed made with other settings stops the run before any work.
+    stamps = {seed: (out / f"seed_{seed}" / "results.json").stat().st_mtime_ns for seed in (0, 2)}
+    _script().main(["--smoke", "--dataset", str(train), "--heldout", str(heldout), "--output_dir", str(out),
+                    "--shift_rates", "0", "--threads", "1", "--seeds", "2,0"])
+    assert {seed: (out / f"seed_{seed}" / "results.json").stat().st_mtime_ns for seed in (0, 2)} == stamps
+    assert json.loads((out / "results.json").read_text())["seeds"] == [2, 0]
+    with pytest.raises(SystemExit, match=r"seed_0 holds a finished run with other settings \(preset: saved"):
+        _script().main(["--smoke", "--dataset", str(train), "--heldout", str(heldout), "--output_dir", str(out),
+                        "--shift_rates", "0", "--threads", "1", "--seeds", "0,5", "--base_steps", "3"])
+    assert not (out / "seed_5").exists()
+
 
 def test_overlapping_or_short_heldout_is_refused_before_training(tmp_path, corpus):
     train, _ = corpus

@@ -230,7 +230,8 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
     clock.stop()
     results["settings"] = {"mode": mode, "seed": seed, "dataset": dataset or "bundled",
                            "heldout": data_args.eval_split or ("bundled" if dataset is None else "validation split"), "scale": scale, "device": device,
-                           "slack_prob": list(slack_probs), "ctc_weight": list(ctc_weights), "preset": vars(preset),
+                           "slack_prob": list(slack_probs), "ctc_weight": list(ctc_weights), "ablation": ablation,
+                           "preset": vars(preset),
                            "samplers": samplers, "num_train_examples": len(train_ds), "num_heldout_examples": len(heldout),
                            "torch_threads": torch.get_num_threads(), "timings_seconds": timings}
     results["judge"] = {"folder": str(judge_folder or out / "judge"),

@@ -4,9 +4,16 @@ and the win rates pooled over the per-prompt comparisons of all seeds (bootstrap
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class SeedFolderError(ValueError):
+    """A seed's folder holds a finished run made with other settings."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -108,14 +115,42 @@ def seeds_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_seeds(run_one, seeds, output_dir, task: str, num_bootstrap: int = 2000) -> dict:
+def run_seeds(run_one, seeds, output_dir, task: str, num_bootstrap: int = 2000, settings: dict | None = None) -> dict:
     """`run_one(seed, folder)` for every seed (into output_dir/seed_<s>), then the summary into output_dir
-    (results.json, results.md); returns the summary."""
+    (results.json, results.md); returns the summary.
+
+    A seed whose folder already holds a finished run (its results.json) is not run again when that run's settings
+    agree with `settings` on every key (mode, preset, data, arms...): several seeds can be run over several
+    sessions, or one at a time with ``--seed N --output_dir OUT/seed_N``, and summarised together. A finished run
+    with other settings is an error naming the differences, never overwritten."""
     out = Path(output_dir)
-    by_seed = {seed: run_one(seed, out / f"seed_{seed}") for seed in seeds}
+    finished = {seed: _finished_run(out / f"seed_{seed}", seed, settings or {}) for seed in seeds}  # errors first
+    by_seed = {}
+    for seed in seeds:
+        if finished[seed] is not None:
+            logger.info("seed %d: reusing the finished run in %s (same settings)", seed, out / f"seed_{seed}")
+            by_seed[seed] = finished[seed]
+        else:
+            by_seed[seed] = run_one(seed, out / f"seed_{seed}")
     summary = summarize_seeds(task, by_seed, num_bootstrap)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = seeds_markdown(summary)
     (out / "results.md").write_text(md)
     print(md)
     return summary
+
+
+def _finished_run(folder: Path, seed: int, settings: dict):
+    """The results of a finished run in `folder` with these settings; None when there is none."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    saved = results.get("settings", {})
+    expected = {"seed": seed, **json.loads(json.dumps(settings))}  # tuples -> lists, as saved
+    different = sorted(k for k, v in expected.items() if saved.get(k, False if k == "ablation" else None) != v)
+    if different:
+        details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {expected[k]!r}" for k in different)
+        raise SeedFolderError(f"{folder} holds a finished run with other settings ({details}): choose another "
+                         "--output_dir, or remove that folder to run the seed again")
+    return results
