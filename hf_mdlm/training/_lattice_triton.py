@@ -29,6 +29,7 @@ def forward(e_target, e_slack, alpha, log_scale, steps, width, batch, BLOCK: tl.
         tl.store(log_scale + (i + 1) * batch + row, scale)
         tl.debug_barrier()  # the next position reads what the other threads just wrote
 
+
 @triton.jit
 def backward(e_target, e_slack, beta, log_scale, steps, width, batch, BLOCK: tl.constexpr):
     # beta: (B, L+1, W+1), row L set by the caller, last column a permanent -inf.
