@@ -537,3 +537,30 @@ def test_slack_ctc_blames_the_model_for_a_minus_inf_target():
     with pytest.raises(ValueError, match="inconsistent"):
         slack_ctc_loss(torch.zeros(1, 4, vocab), inconsistent, clean, mask_token_id=mask, slack_token_id=slack,
                        loss_mask=loss_mask)
+
+
+def test_loading_a_saved_folder_does_not_warn_about_the_model_type(tokenizer, tmp_path):
+    """AutoTokenizer read our config.json as a generic config and warned "a model of type `mdlm` to instantiate a
+    model of type ``" on every load; the loader hands it our config instead."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from hf_mdlm.loading import load_for_inference
+
+    folder = tmp_path / "model"
+    tiny_model_for(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    messages = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    old = hf_logging.get_verbosity()
+    hf_logging.get_logger().addHandler(handler)
+    hf_logging.set_verbosity_warning()
+    try:
+        model, loaded = load_for_inference(str(folder))
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+        hf_logging.set_verbosity(old)
+    assert len(loaded) == len(tokenizer) and loaded.mask_token_id == tokenizer.mask_token_id
+    assert not [m for m in messages if "model of type" in m], messages

@@ -71,4 +71,8 @@ def load_tokenizer(source, *, trust_remote_code: bool = False):
     remote code."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code and not is_mdlm_source(source))
+    if is_mdlm_source(source):
+        # Handing AutoTokenizer our config keeps it from reading config.json as a generic config, which warns
+        # "You are using a model of type `mdlm` to instantiate a model of type ``" on every load.
+        return AutoTokenizer.from_pretrained(source, config=MDLMConfig.from_pretrained(source))
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
