@@ -2,13 +2,16 @@
 """Greedy decoding and EOS: how often the output is empty, and what an EOS penalty does to it.
 
     python bench/eos_study.py --model outputs/shakespeare-mdlm --judge outputs/replicate-quick/judge \\
-        --eos_penalty 0,1,2,4,8 [--suppress_eos]
+        --eos_penalty 0,1,2,4,8 [--suppress_eos] [--suppress_slack] [--block_lengths none,8] \\
+        [--heldout bench/data/austen/heldout.txt.gz]
 
 Small masked diffusion LMs decoded greedily (low-confidence remasking, temperature 0) often commit EOS first at
 the start of the canvas: the text ends before it begins. For each `eos_penalty` (subtracted from the EOS logits,
 so EOS is proposed and ranked later) this prints, on held-out prompts of the bundled corpus: the share of empty
 outputs (nothing but whitespace), the mean length, the `<slack>` committed before the first EOS, and the judge's
-generative perplexity and token entropy of the texts. `--suppress_slack` adds the same with `<slack>` never proposed.
+generative perplexity and token entropy of the texts. `--suppress_slack` adds the same with `<slack>` never proposed;
+`--block_lengths` repeats everything per block length ("none": the whole canvas is one block); `--heldout` takes the
+prompts from a held-out file (default: the bundled corpus's held-out works).
 """
 
 import argparse
@@ -31,29 +34,37 @@ def main(argv=None):
     p.add_argument("--suppress_slack", action="store_true",
                    help="also rows with <slack> never proposed (alone, and with each EOS penalty above 0)")
     p.add_argument("--num_prompts", type=int, default=128)
-    p.add_argument("--block_length", type=int, default=8)
+    p.add_argument("--block_lengths", default="8", help="comma-separated block lengths; none = one block")
+    p.add_argument("--heldout", default=None, help="held-out text file for the prompts (default: the bundled one)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     model, tokenizer = load_for_inference(args.model)
     judge, judge_tokenizer = load_judge(args.judge)
     canvas = model.generation_config.max_new_tokens
-    heldout = load_heldout(DataArguments(canvas_length=canvas, text_prompt_length=32,
-                                         text_response_length=max(1, canvas - 8)), tokenizer)
+    blocks = [None if b.strip().lower() == "none" else int(b) for b in args.block_lengths.split(",")]
+    data_args = DataArguments(canvas_length=canvas, text_prompt_length=32, text_response_length=max(1, canvas - 8))
+    if args.heldout:
+        data_args.eval_split = args.heldout
+    heldout = load_heldout(data_args, tokenizer)
     prompts = [heldout[i]["prompt_ids"] for i in spread_indices(len(heldout), args.num_prompts)]
-    settings = [(f"eos_penalty {v:g}", {"eos_penalty": v}) for v in args.eos_penalty]
-    if args.suppress_eos:
-        settings.append(("suppress_eos", {"suppress_eos": True}))
-    if args.suppress_slack:
-        settings += [(f"suppress_slack, eos_penalty {v:g}", {"suppress_slack": True, "eos_penalty": v})
-                     for v in args.eos_penalty]
-    print(f"{args.model}: greedy (low-confidence, temperature 0), canvas {canvas}, blocks of {args.block_length}, "
-          f"{len(prompts)} held-out prompts\n")
+    settings = []
+    for block in blocks:
+        where = "one block" if block is None else f"blocks of {block}"
+        variants = [(f"eos_penalty {v:g}", {"eos_penalty": v}) for v in args.eos_penalty]
+        if args.suppress_eos:
+            variants.append(("suppress_eos", {"suppress_eos": True}))
+        if args.suppress_slack:
+            variants += [(f"suppress_slack, eos_penalty {v:g}", {"suppress_slack": True, "eos_penalty": v})
+                         for v in args.eos_penalty]
+        settings += [(f"{where}, {name}", {"block_length": block, **extra}) for name, extra in variants]
+    print(f"{args.model}: greedy (low-confidence, temperature 0), canvas {canvas}, {len(prompts)} held-out prompts "
+          f"({args.heldout or 'bundled held-out works'})\n")
     print("| setting | empty | mean tokens | `<slack>` / sample | gen-PPL | entropy |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, extra in settings:
         samples = generate_continuations(
             model, tokenizer, prompts, seed=args.seed, generation_kwargs=dict(
-                max_new_tokens=canvas, steps=canvas, block_length=args.block_length, temperature=0.0,
+                max_new_tokens=canvas, steps=canvas, temperature=0.0,
                 remasking="low_confidence", **extra))
         texts = [s["text"] for s in samples]
         quality = generative_perplexity(texts, judge, judge_tokenizer, prompts=[s["prompt_text"] for s in samples])

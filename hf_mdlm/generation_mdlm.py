@@ -20,7 +20,7 @@ Extras on top of the reference algorithm:
   step budget still guarantees the block finishes in `steps // num_blocks` steps, and a block that is done
   early ends early, so fewer model calls are made.
 * `<slack>` (slack-CTC) is an ordinary token while sampling; `strip_generation` removes it from the output.
-  `suppress_slack=True` forbids it.
+  `suppress_slack=True` forbids it (the saved default of models trained with `<slack>`).
 * EOS controls (`suppress_eos`, `eos_penalty`, `stop_at_eos`).
 * `shift_rate`: the positional-shift intervention (docs/objective.md §7; the sensitivity test of slack-CTC,
   arXiv 2601.22947).
@@ -149,8 +149,9 @@ class MDLMGenerationConfig(GenerationConfig):
             finished (fewer model calls).
 
     Slack-CTC:
-        suppress_slack (`bool`): never propose `<slack>` (an ablation: by default slack is an ordinary token and
-            is deleted from the final text by `strip_generation` / `skip_special_tokens=True`).
+        suppress_slack (`bool`): never propose `<slack>` (otherwise an ordinary token, deleted from the final text
+            by `strip_generation` / `skip_special_tokens=True`). Folders saved after training with `<slack>` set it:
+            greedy decoding of such a model otherwise commits `<slack>` almost everywhere.
         shift_rate (`float` in [0, 1)): positional-shift intervention: each token about to be committed at
             position i is committed, with this probability, at the adjacent still-masked position instead (i+1,
             else i-1); position i stays masked. "Still masked" means masked before the step, not chosen for

@@ -71,6 +71,8 @@ def test_bundled_default_path_saves_reloads_and_samples(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "modeling_mdlm.py", "generation_mdlm.py", "configuration_mdlm.py",
             "generation_config.json", "tokenizer.json", "trainer_state.json"} <= names
+    # trained with <slack> (the default slack_prob): greedy decoding leaves it out by default
+    assert json.loads((out / "generation_config.json").read_text())["suppress_slack"] is True
 
 
 def test_lora_keeps_new_token_rows_trainable_and_saves_adapter(tmp_path):

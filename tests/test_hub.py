@@ -61,6 +61,7 @@ def trained_looking_model(tokenizer, seed=0):
         model.lm_head.weight[:5].zero_()  # <pad> <bos> <eos> [MASK] <slack>
     model.generation_config.max_new_tokens = 16
     model.generation_config.steps = 16
+    model.generation_config.suppress_slack = True  # as saved after training with <slack>
     return model
 
 
@@ -177,7 +178,8 @@ def test_card_metadata_and_facts(exported):
                  "| CE weight (`ce_weight`) | 1 |", "| slack-CTC weight (`ctc_weight`) | 0.5 |", "bernoulli / 0.2",
                  "cosine (0.001)", "| Loss normalisation | masked |", "4 × 2 × 1 = 8", f"| Hardware | {hardware} |",
                  "30 (max_steps 30, epochs 1.5)", "12m 34s", "`[MASK]` (id 3)", "`<slack>` (id 4)",
-                 "| held_out.accuracy | 0.375 |", f'repo = "{REPO}"', "skip_special_tokens=True"):
+                 "| held_out.accuracy | 0.375 |", f'repo = "{REPO}"', "skip_special_tokens=True",
+                 "`<slack>` is never proposed (`suppress_slack=True`)"):
         assert fact in text, fact
     assert "model.generate(" in first_python_block(exported.folder / "README.md")
 

@@ -49,6 +49,9 @@ def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
         assert all(math.isfinite(m["elbo"]["perplexity"]) for m in results["models"].values())
         assert "win_rate_vs_baseline" in results["models"]["ce+slack_ctc"]
         assert f"held out: {heldout}" in (out / f"seed_{seed}" / "results.md").read_text()
+        saved = {arm: json.loads((out / f"seed_{seed}" / arm / "generation_config.json").read_text())
+                 for arm in ("ce", "ce_slack_ctc")}
+        assert saved["ce"]["suppress_slack"] is False and saved["ce_slack_ctc"]["suppress_slack"] is True
     summary = json.loads((out / "results.json").read_text())
     pooled = summary["models"]["ce+slack_ctc"]["pooled_win_rate"]["ancestral"]
     assert pooled["num_pairs"] == 8  # 4 prompts x 2 seeds

@@ -19,7 +19,8 @@ DEFAULT_SHIFT_RATES = (0.0, 0.01, 0.05, 0.1, 0.2)
 
 # Named samplers. "ancestral": every step unmasks random positions with tokens sampled at temperature 1, the
 # generative process whose likelihood the ELBO bounds. "greedy": LLaDA's default decoding (argmax, most
-# confident positions first), the decoding of the slack-CTC paper.
+# confident positions first), the decoding of the slack-CTC paper. Both may emit <slack> (deleted from the text),
+# whatever the model's saved generation config says: every model of a comparison is decoded the same way.
 SAMPLERS = {
     "ancestral": {"remasking": "random", "temperature": 1.0},
     "greedy": {"remasking": "low_confidence", "temperature": 0.0},
@@ -95,9 +96,9 @@ def parse_rates(text: str) -> list[float]:
 
 
 def generation_settings(canvas_length, steps=None, block_length=None, temperature=0.0, remasking="low_confidence",
-                        kv_cache=None):
+                        kv_cache=None, suppress_slack=False):
     return dict(max_new_tokens=canvas_length, steps=steps or canvas_length, block_length=block_length,
-                temperature=temperature, remasking=remasking, kv_cache=kv_cache)
+                temperature=temperature, remasking=remasking, kv_cache=kv_cache, suppress_slack=suppress_slack)
 
 
 def evaluate_model(model, tokenizer, heldout, *, canvas_length, judge=None, judge_tokenizer=None,

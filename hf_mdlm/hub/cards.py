@@ -202,6 +202,7 @@ def render_model_card(
         "block_length": generation.get("block_length") or "none (one block)",
         "remasking": generation.get("remasking"),
         "temperature": generation.get("temperature"),
+        "suppress_slack": generation.get("suppress_slack", False),
     }
     generation_facts["steps"] = generation.get("steps") or generation_facts["max_new_tokens"]
     if vocab_rows is None and tokenizer is not None:

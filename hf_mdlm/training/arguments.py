@@ -60,6 +60,11 @@ class MDLMTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Kept False: the diffusion collator needs the prompt/response columns."}
     )
 
+    @property
+    def trains_with_slack(self) -> bool:
+        """Whether the training canvases hold `<slack>` (inserted, or as padding): the model learns to emit it."""
+        return (self.slack_rule != "none" and self.slack_prob > 0) or self.canvas_padding == "slack"
+
     def __post_init__(self):
         super().__post_init__()
         if self.ce_weight < 0 or self.ctc_weight < 0 or self.ce_weight + self.ctc_weight == 0:
