@@ -39,10 +39,11 @@ from hf_mdlm.hub import OutputFolderError, check_writable_dir  # noqa: E402
 from hf_mdlm.replication.presets import Preset, add_preset_arguments, resolve_preset  # noqa: E402
 from hf_mdlm.replication.repeats import (  # noqa: E402
     RepeatsPreset,
+    repeats_settings,
     resolve_repeats_preset,
     run_repeats,
 )
-from hf_mdlm.replication.run import ReplicationDataError, configure_run, run_replication  # noqa: E402
+from hf_mdlm.replication.run import ReplicationDataError, configure_run, run_replication, run_settings  # noqa: E402
 from hf_mdlm.replication.seeds import SeedFolderError, parse_seeds, run_seeds  # noqa: E402
 
 
@@ -127,12 +128,9 @@ def main(argv=None):
 
     if args.seeds is None:
         return run_one(args.seed, args.output_dir)
-    if args.task == "repeats":  # what a finished seed folder must agree on to be reused, as results.json saves it
-        settings = {"task": "repeats", "mode": mode, "preset": vars(preset)}
-    else:
-        settings = {"mode": mode, "preset": vars(preset), "dataset": args.dataset or "bundled", "scale": args.scale,
-                    "heldout": args.heldout or ("bundled" if args.dataset is None else "validation split"),
-                    "slack_prob": list(args.slack_prob), "ctc_weight": list(args.ctc_weight), "ablation": args.ablation}
+    settings = repeats_settings(mode, preset) if args.task == "repeats" else run_settings(
+        mode, preset, dataset=args.dataset, heldout=args.heldout, scale=args.scale, slack_probs=args.slack_prob,
+        ctc_weights=args.ctc_weight, ablation=args.ablation)
     try:
         return run_seeds(run_one, seeds, args.output_dir, args.task, preset.num_bootstrap, settings)
     except SeedFolderError as err:

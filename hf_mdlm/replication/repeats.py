@@ -340,6 +340,12 @@ def repeats_table(results) -> str:
     return "\n".join(lines)
 
 
+def repeats_settings(mode: str, preset) -> dict:
+    """What defines a repeats run, as its results.json saves it: `--seeds` reuses a finished seed only when these
+    agree."""
+    return {"task": "repeats", "mode": mode, "preset": vars(preset)}
+
+
 def run_repeats(output_dir, preset: RepeatsPreset, *, mode: str, seed: int = 0, device: str = "cpu") -> dict:
     """The repeat-collapse comparison into `output_dir` (results.json, results.md); returns the results."""
     from transformers import set_seed
@@ -392,7 +398,7 @@ def run_repeats(output_dir, preset: RepeatsPreset, *, mode: str, seed: int = 0, 
                                                      preset.num_bootstrap, seed)
     results["extra_tables"] = {"Repeat collapse: greedy answers to held-out problems": repeats_table(results)}
     timings["total"] = round(time.time() - start, 1)
-    results["settings"] = {"task": "repeats", "mode": mode, "seed": seed, "device": device, "preset": vars(preset),
+    results["settings"] = {**repeats_settings(mode, preset), "seed": seed, "device": device,
                            "num_train_examples": len(train_ds), "num_heldout_examples": len(test_ds),
                            "torch_threads": torch.get_num_threads(), "timings_seconds": timings}
     paths = write_report(results, out)

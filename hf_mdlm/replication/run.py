@@ -91,6 +91,15 @@ def arms(ctc_weights, slack_probs, ablation=False) -> dict:
     return out
 
 
+def run_settings(mode: str, preset: Preset, *, dataset=None, heldout=None, scale: int = 1, slack_probs=(0.1,),
+                 ctc_weights=(1.0,), ablation: bool = False) -> dict:
+    """What defines a run, as its results.json saves it: `--seeds` reuses a finished seed only when these agree."""
+    return {"mode": mode, "dataset": dataset or "bundled",
+            "heldout": heldout or ("bundled" if dataset is None else "validation split"), "scale": scale,
+            "slack_prob": list(slack_probs), "ctc_weight": list(ctc_weights), "ablation": ablation,
+            "preset": vars(preset)}
+
+
 class ReplicationDataError(ValueError):
     """The data cannot give a fair comparison (overlap, no or too little held-out data); raised before training."""
 
@@ -228,11 +237,10 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
             "Head to head, unshifted samples (judge's mean log-likelihood per token, same prompts and seeds)":
             "\n".join(head_to_head)}
     clock.stop()
-    results["settings"] = {"mode": mode, "seed": seed, "dataset": dataset or "bundled",
-                           "heldout": data_args.eval_split or ("bundled" if dataset is None else "validation split"), "scale": scale, "device": device,
-                           "slack_prob": list(slack_probs), "ctc_weight": list(ctc_weights), "ablation": ablation,
-                           "preset": vars(preset),
-                           "samplers": samplers, "num_train_examples": len(train_ds), "num_heldout_examples": len(heldout),
+    results["settings"] = {**run_settings(mode, preset, dataset=dataset, heldout=data_args.eval_split, scale=scale,
+                                          slack_probs=slack_probs, ctc_weights=ctc_weights, ablation=ablation),
+                           "seed": seed, "device": device, "samplers": samplers, "num_train_examples": len(train_ds),
+                           "num_heldout_examples": len(heldout),
                            "torch_threads": torch.get_num_threads(), "timings_seconds": timings}
     results["judge"] = {"folder": str(judge_folder or out / "judge"),
                         "final_train_loss": sum(judge_losses[-20:]) / len(judge_losses[-20:]),

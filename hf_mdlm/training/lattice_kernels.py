@@ -38,6 +38,7 @@ def _triton_installed() -> bool:
 
 
 def _launch(name, e_target, e_slack, lattice, log_scale):
+    """`lattice` (B, L+1, W+1) and `log_scale` (L+1, B, 1) are contiguous; the kernel walks them in place."""
     batch, steps, width = e_target.shape
     if batch and steps:
         from . import _lattice_triton  # Triton only now
@@ -48,20 +49,11 @@ def _launch(name, e_target, e_slack, lattice, log_scale):
                          BLOCK=block, num_warps=1)
 
 
-def forward_alpha(e_target, e_slack):
-    """``(alpha, log_scale)`` exactly as ``losses._forward_alpha`` defines them."""
-    batch, steps, width = e_target.shape
-    alpha = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
-    alpha[:, 0, 1] = 0.0
-    log_scale = e_target.new_zeros((steps + 1, batch))
+def fill_alpha(e_target, e_slack, alpha, log_scale):
+    """Fill ``alpha`` and ``log_scale``, allocated and initialised by ``losses._forward_alpha``, as its loop would."""
     _launch("forward", e_target, e_slack, alpha, log_scale)
-    return alpha, log_scale[..., None]
 
 
-def backward_beta(e_target, e_slack, num_slack, log_scale):
-    """``beta`` exactly as ``losses._backward_beta`` defines it."""
-    batch, steps, width = e_target.shape
-    beta = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
-    beta[torch.arange(batch, device=beta.device), steps, num_slack] = 0.0
-    _launch("backward", e_target, e_slack, beta, log_scale[..., 0].contiguous())
-    return beta
+def fill_beta(e_target, e_slack, beta, log_scale):
+    """Fill ``beta``, allocated and initialised by ``losses._backward_beta``, as its loop would."""
+    _launch("backward", e_target, e_slack, beta, log_scale)

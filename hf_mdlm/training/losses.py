@@ -297,12 +297,13 @@ def _forward_alpha(e_target, e_slack):
     of the whole loss (thousands of nats) and float32 posteriors computed as
     ``exp(alpha + beta - log Z)`` lose about three digits.
     """
-    if lattice_kernels.usable(e_target):  # one kernel instead of several launches per position
-        return lattice_kernels.forward_alpha(e_target, e_slack)
     batch, steps, width = e_target.shape
     alpha = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
     alpha[:, 0, 1] = 0.0
     log_scale = e_target.new_zeros((steps + 1, batch, 1))
+    if lattice_kernels.usable(e_target):  # one kernel instead of several launches per position
+        lattice_kernels.fill_alpha(e_target, e_slack, alpha, log_scale)
+        return alpha, log_scale
     for i in range(steps):
         prev, cur = alpha[:, i], alpha[:, i + 1, 1:]
         torch.logaddexp(prev[:, 1:] + e_target[:, i], prev[:, :-1] + e_slack[:, i], out=cur)
@@ -319,11 +320,12 @@ def _backward_beta(e_target, e_slack, num_slack, log_scale):
     all completions from (i positions, s slack) to the end, minus
     ``log_scale[i+1..L]`` summed.
     """
-    if lattice_kernels.usable(e_target):
-        return lattice_kernels.backward_beta(e_target, e_slack, num_slack, log_scale)
     batch, steps, width = e_target.shape
     beta = e_target.new_full((batch, steps + 1, width + 1), float("-inf"))
     beta[torch.arange(batch, device=beta.device), steps, num_slack] = 0.0
+    if lattice_kernels.usable(e_target):
+        lattice_kernels.fill_beta(e_target, e_slack, beta, log_scale.contiguous())
+        return beta
     e_slack_next = torch.cat([e_slack[..., 1:], torch.full_like(e_slack[..., :1], float("-inf"))], dim=-1)
     for i in range(steps - 1, -1, -1):
         nxt, cur = beta[:, i + 1], beta[:, i, :-1]
