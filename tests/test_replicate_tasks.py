@@ -17,11 +17,15 @@ WORDS = ("the a of river stone light over under green quiet morning house road g
          "keeps opens listens carries bright old small").split()
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_replicate_test", ROOT / "examples" / "replicate.py")
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(f"hf_mdlm_{name}_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return _load("replicate", ROOT / "examples" / "replicate.py")
 
 
 def _lines(n, seed):
@@ -68,6 +72,22 @@ def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
         _script().main(["--smoke", "--dataset", str(train), "--heldout", str(heldout), "--output_dir", str(out),
                         "--shift_rates", "0", "--threads", "1", "--seeds", "0,5", "--base_steps", "3"])
     assert not (out / "seed_5").exists()
+
+    # bench/judge_study.py rejudges the stored samples: the runs' own judges give the stored win rates, and a run
+    # whose stored win rate its own judge does not reproduce is an error.
+    study = _load("judge_study", ROOT / "bench" / "judge_study.py")
+    table = tmp_path / "judges.md"
+    study.main(["--runs", f"two seeds={out}", "--judges", f"seed 2's={out / 'seed_2' / 'judge'}", "--output", str(table)])
+    rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| two seeds")]
+    assert [row[3] for row in rows] == ["own", "seed 2's"]
+    assert rows[0][4].split(", ")[1] == rows[1][4].split(", ")[1]  # seed 2 judged by its own judge both times
+    assert rows[0][5].startswith(f"{pooled['win_rate']:.3f}")
+    results = json.loads((out / "seed_0" / "results.json").read_text())
+    stored = results["models"]["ce+slack_ctc"]["win_rate_vs_baseline"]["ancestral"]
+    stored["wins"] += 1
+    (out / "seed_0" / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="seed 0: rejudging with the run's own judge gives"):
+        study.main(["--runs", f"two seeds={out}"])
 
 
 def test_overlapping_or_short_heldout_is_refused_before_training(tmp_path, corpus):
