@@ -147,6 +147,14 @@ def test_seed_summary_pools_the_per_prompt_comparisons():
     assert pooled["win_rate"] == pytest.approx(4.5 / 8) and pooled["num_pairs"] == 8
     assert pooled["ci_low"] <= pooled["win_rate"] <= pooled["ci_high"]
 
+    # slack-CTC against standard CTC, pooled from the per-problem answers of each seed
+    for seed, (slack, ctc) in {0: ([1, 1, 0, 0], [0, 1, 0, 1]), 3: ([1, 0, 1, 1], [0, 0, 0, 1])}.items():
+        by_seed[seed]["models"]["ce+slack_ctc"] = {**res(0.5, [0.5] * 4), "per_problem_exact": slack}
+        by_seed[seed]["models"]["ce+ctc"] = {**res(0.5, [0.5] * 4), "per_problem_exact": ctc}
+    head_to_head = summarize_seeds("repeats", by_seed, num_bootstrap=200)["models"]["ce+slack_ctc"]["pooled_win_rate"]
+    w = head_to_head["exact match vs ce+ctc"]
+    assert (w["wins"], w["ties"], w["losses"]) == (3, 4, 1) and w["win_rate"] == pytest.approx(5 / 8)
+
 
 def test_repeat_metrics():
     assert dropped_repeats("47000", "47000") == (0, 2)
@@ -174,8 +182,13 @@ def test_repeats_task_smoke_with_two_seeds(tmp_path):
             assert 0 <= res["dropped_repeat_rate"]["value"] <= 1
         log = results["models"]["ce+ctc"]["train_log"]
         assert any("loss_ctc" in e for e in log)  # standard CTC trained (no infeasible canvases)
+        slack, ctc = (results["models"][arm]["per_problem_exact"] for arm in ("ce+slack_ctc", "ce+ctc"))
+        w = results["slack_vs_standard_ctc"]
+        assert w["wins"] == sum(a > b for a, b in zip(slack, ctc)) and w["losses"] == sum(a < b for a, b in zip(slack, ctc))
+        assert "| ce+slack_ctc vs ce+ctc |" in (out / f"seed_{seed}" / "results.md").read_text()
     summary = json.loads((out / "results.json").read_text())
     assert summary["seeds"] == [0, 1] and "exact match" in summary["models"]["ce+ctc"]["pooled_win_rate"]
+    assert summary["models"]["ce+slack_ctc"]["pooled_win_rate"]["exact match vs ce+ctc"]["num_pairs"] == 16
     assert "| ce+ctc | dropped repeated tokens |" in (out / "results.md").read_text()
     with pytest.raises(SystemExit, match="does not apply|drop --dataset"):
         _script().main(["--task", "repeats", "--smoke", "--judge_steps", "3", "--output_dir", str(tmp_path / "x")])

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .repeats import exact_outcomes
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,11 +61,18 @@ def _repeats_metrics(res) -> dict:
     return out
 
 
-def _outcomes(task, res) -> dict:
-    """Per-prompt outcomes against the baseline (1 win, 0.5 tie, 0 loss), by comparison name."""
+def _outcomes(task, results, arm) -> dict:
+    """Per-prompt outcomes against the baseline (1 win, 0.5 tie, 0 loss), by comparison name; for the repeats
+    task also slack-CTC against standard CTC (recomputed from the per-problem answers, so runs saved before that
+    comparison was stored are summarised alike)."""
+    res = results["models"][arm]
     if task == "repeats":
         w = res.get("win_rate_vs_baseline")
-        return {} if w is None else {"exact match": list(w["outcomes"])}
+        out = {} if w is None else {"exact match": list(w["outcomes"])}
+        if arm == "ce+slack_ctc" and "ce+ctc" in results["models"]:
+            out["exact match vs ce+ctc"] = exact_outcomes(res["per_problem_exact"],
+                                                          results["models"]["ce+ctc"]["per_problem_exact"])
+        return out
     return {sampler: [1.0] * w["wins"] + [0.5] * w["ties"] + [0.0] * w["losses"]
             for sampler, w in res.get("win_rate_vs_baseline", {}).items()}
 
@@ -80,7 +89,7 @@ def summarize_seeds(task: str, by_seed: dict, num_bootstrap: int = 2000) -> dict
             values = [float(m[name]) for m in per_seed]
             metrics[name] = {"per_seed": values, "mean": float(np.mean(values)), "min": min(values), "max": max(values)}
         pooled = {}
-        outcomes = [_outcomes(task, by_seed[s]["models"][arm]) for s in seeds]
+        outcomes = [_outcomes(task, by_seed[s], arm) for s in seeds]
         for name in outcomes[0]:
             values = np.asarray([x for o in outcomes for x in o[name]], dtype=np.float64)
             rng = np.random.default_rng(0)
@@ -106,7 +115,7 @@ def seeds_markdown(summary: dict) -> str:
                          + f" | {m['mean']:.4g} | [{m['min']:.4g}, {m['max']:.4g}] |")
     pooled = [(arm, name, w) for arm, res in summary["models"].items() for name, w in res["pooled_win_rate"].items()]
     if pooled:
-        lines += ["", "Win rate against the baseline, the per-prompt comparisons of all seeds pooled (bootstrap over "
+        lines += ["", "Win rates (against the baseline unless named), the per-prompt comparisons of all seeds pooled (bootstrap over "
                   "the pooled prompts; it ignores that prompts repeat across seeds):", "",
                   "| model | comparison | pooled win rate [95% CI] | W/T/L | pairs |", "|---|---|---|---|---|"]
         for arm, name, w in pooled:
