@@ -105,7 +105,8 @@ def summarize_seeds(task: str, by_seed: dict, num_bootstrap: int = 2000) -> dict
 def seeds_markdown(summary: dict) -> str:
     seeds = summary["seeds"]
     lines = [f"## {len(seeds)} seeds ({', '.join(map(str, seeds))}), task {summary['task']}", "",
-             "Each seed reruns everything (judge, base, arms, evaluation). Per metric: each seed's value, the mean "
+             "Each seed reruns everything (" + ("data, " if summary["task"] == "repeats" else "judge, ")
+             + "base, arms, evaluation). Per metric: each seed's value, the mean "
              "and the range over seeds.", "",
              "| model | metric | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |",
              "|---|---|" + "---|" * len(seeds) + "---|---|"]
