@@ -62,6 +62,12 @@ class Judges:
         return self.loaded[folder]
 
 
+def gen_ppl(scores) -> float:
+    """The judge's perplexity over all tokens of the non-empty texts."""
+    kept = [s for s in scores if not s["empty"]]
+    return float(np.exp(-sum(s["logprob"] for s in kept) / max(sum(s["num_tokens"] for s in kept), 1)))
+
+
 def compare(results: dict, arm: str, baseline: str, sampler: str, judge_folder: str, judges: Judges,
             num_bootstrap: int) -> dict:
     model, tokenizer = judges(judge_folder)
@@ -73,9 +79,7 @@ def compare(results: dict, arm: str, baseline: str, sampler: str, judge_folder: 
     scores = score_texts(texts_a + texts_b, model, tokenizer, prompts=prompts + prompts)
     w = win_rate_from_scores(scores[: len(texts_a)], scores[len(texts_a):], texts_a=texts_a, texts_b=texts_b,
                              num_bootstrap=num_bootstrap, seed=results["settings"]["seed"])
-    nll = [s["logprob"] for s in scores[: len(texts_a)] if not s["empty"]]
-    tokens = [s["num_tokens"] for s in scores[: len(texts_a)] if not s["empty"]]
-    w["gen_ppl"] = float(np.exp(-sum(nll) / max(sum(tokens), 1)))
+    w["gen_ppl"] = gen_ppl(scores[: len(texts_a)]), gen_ppl(scores[len(texts_a):])
     w["outcomes"] = [1.0] * w["wins"] + [0.5] * w["ties"] + [0.0] * w["losses"]
     return w
 
@@ -104,6 +108,7 @@ def main(argv=None):
 
     lines = ["| runs | arm | sampler | judge | win rate per seed | pooled win rate [95% CI] | gen-PPL arm / baseline |",
              "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for run_label, folder in runs:
         by_seed = run_results(folder)
         first = next(iter(by_seed.values()))
@@ -121,11 +126,10 @@ def main(argv=None):
                                 raise SystemExit(f"{folder} seed {seed}: rejudging with the run's own judge gives "
                                                  f"W/T/L {w['wins']}/{w['ties']}/{w['losses']}, the run stored "
                                                  f"{stored['wins']}/{stored['ties']}/{stored['losses']}")
-                        base = compare(results, baseline, arm, sampler, folder_j, judges, 0)
                         per_seed.append(w["win_rate"])
                         outcomes += w["outcomes"]
-                        ppl_a.append(w["gen_ppl"])
-                        ppl_b.append(base["gen_ppl"])
+                        ppl_a.append(w["gen_ppl"][0])
+                        ppl_b.append(w["gen_ppl"][1])
                     rate, low, high = pooled(outcomes, args.num_bootstrap)
                     lines.append(f"| {run_label} | {arm} | {sampler} | {judge_label} | "
                                  f"{', '.join(f'{x:.2f}' for x in per_seed)} | {rate:.3f} [{low:.3f}, {high:.3f}] | "
@@ -133,8 +137,9 @@ def main(argv=None):
                     print(lines[-1], flush=True)
     judges_md = [f"- {label}: `{path}`" for label, path in judge_specs if path] + [
         "- own: each seed's own judge (reproduces the run's stored win rates, checked)"]
-    table = "\n".join(lines) + "\n\nJudges:\n" + "\n".join(judges_md) + "\n"
-    print(table)
+    legend = "\n\nJudges:\n" + "\n".join(judges_md) + "\n"
+    print(legend)
+    table = "\n".join(lines) + legend
     if args.output:
         Path(args.output).write_text(table)
 
