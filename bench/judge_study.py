@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from hf_mdlm.evaluation import load_judge  # noqa: E402
 from hf_mdlm.evaluation.judge import score_texts, win_rate_from_scores  # noqa: E402
+from hf_mdlm.replication.seeds import outcomes_of, pool_outcomes  # noqa: E402
 
 
 def labelled(text: str, what: str) -> tuple[str, str]:
@@ -80,15 +81,7 @@ def compare(results: dict, arm: str, baseline: str, sampler: str, judge_folder: 
     w = win_rate_from_scores(scores[: len(texts_a)], scores[len(texts_a):], texts_a=texts_a, texts_b=texts_b,
                              num_bootstrap=num_bootstrap, seed=results["settings"]["seed"])
     w["gen_ppl"] = gen_ppl(scores[: len(texts_a)]), gen_ppl(scores[len(texts_a):])
-    w["outcomes"] = [1.0] * w["wins"] + [0.5] * w["ties"] + [0.0] * w["losses"]
     return w
-
-
-def pooled(outcomes: list, num_bootstrap: int) -> tuple[float, float, float]:
-    values = np.asarray(outcomes, dtype=np.float64)
-    rng = np.random.default_rng(0)
-    draws = values[rng.integers(0, len(values), size=(num_bootstrap, len(values)))].mean(1)
-    return float(values.mean()), *(float(x) for x in np.quantile(draws, [0.025, 0.975]))
 
 
 def main(argv=None):
@@ -127,12 +120,13 @@ def main(argv=None):
                                                  f"W/T/L {w['wins']}/{w['ties']}/{w['losses']}, the run stored "
                                                  f"{stored['wins']}/{stored['ties']}/{stored['losses']}")
                         per_seed.append(w["win_rate"])
-                        outcomes += w["outcomes"]
+                        outcomes += outcomes_of(w)
                         ppl_a.append(w["gen_ppl"][0])
                         ppl_b.append(w["gen_ppl"][1])
-                    rate, low, high = pooled(outcomes, args.num_bootstrap)
+                    pooled = pool_outcomes(outcomes, args.num_bootstrap)
                     lines.append(f"| {run_label} | {arm} | {sampler} | {judge_label} | "
-                                 f"{', '.join(f'{x:.2f}' for x in per_seed)} | {rate:.3f} [{low:.3f}, {high:.3f}] | "
+                                 f"{', '.join(f'{x:.2f}' for x in per_seed)} | {pooled['win_rate']:.3f} "
+                                 f"[{pooled['ci_low']:.3f}, {pooled['ci_high']:.3f}] | "
                                  f"{np.mean(ppl_a):.0f} / {np.mean(ppl_b):.0f} |")
                     print(lines[-1], flush=True)
     judges_md = [f"- {label}: `{path}`" for label, path in judge_specs if path] + [

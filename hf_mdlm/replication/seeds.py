@@ -61,6 +61,21 @@ def _repeats_metrics(res) -> dict:
     return out
 
 
+def outcomes_of(win_rate: dict) -> list[float]:
+    """The per-pair outcomes (1 win, 0.5 tie, 0 loss) behind a win-rate result's counts."""
+    return [1.0] * win_rate["wins"] + [0.5] * win_rate["ties"] + [0.0] * win_rate["losses"]
+
+
+def pool_outcomes(outcomes, num_bootstrap: int) -> dict:
+    """Win rate of pooled per-pair outcomes, its 95% percentile-bootstrap interval (resampling pairs) and counts."""
+    values = np.asarray(outcomes, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    draws = values[rng.integers(0, len(values), size=(num_bootstrap, len(values)))].mean(1)
+    low, high = (float(x) for x in np.quantile(draws, [0.025, 0.975]))
+    return {"win_rate": float(values.mean()), "ci_low": low, "ci_high": high, "num_pairs": int(len(values)),
+            "wins": int((values == 1).sum()), "ties": int((values == 0.5).sum()), "losses": int((values == 0).sum())}
+
+
 def _outcomes(task, results, arm) -> dict:
     """Per-prompt outcomes against the baseline (1 win, 0.5 tie, 0 loss), by comparison name; for the repeats
     task also slack-CTC against standard CTC (recomputed from the per-problem answers, so runs saved before that
@@ -73,8 +88,7 @@ def _outcomes(task, results, arm) -> dict:
             out["exact match vs ce+ctc"] = exact_outcomes(res["per_problem_exact"],
                                                           results["models"]["ce+ctc"]["per_problem_exact"])
         return out
-    return {sampler: [1.0] * w["wins"] + [0.5] * w["ties"] + [0.0] * w["losses"]
-            for sampler, w in res.get("win_rate_vs_baseline", {}).items()}
+    return {sampler: outcomes_of(w) for sampler, w in res.get("win_rate_vs_baseline", {}).items()}
 
 
 def summarize_seeds(task: str, by_seed: dict, num_bootstrap: int = 2000) -> dict:
@@ -91,13 +105,7 @@ def summarize_seeds(task: str, by_seed: dict, num_bootstrap: int = 2000) -> dict
         pooled = {}
         outcomes = [_outcomes(task, by_seed[s], arm) for s in seeds]
         for name in outcomes[0]:
-            values = np.asarray([x for o in outcomes for x in o[name]], dtype=np.float64)
-            rng = np.random.default_rng(0)
-            draws = values[rng.integers(0, len(values), size=(num_bootstrap, len(values)))].mean(1)
-            low, high = (float(x) for x in np.quantile(draws, [0.025, 0.975]))
-            pooled[name] = {"win_rate": float(values.mean()), "ci_low": low, "ci_high": high,
-                            "num_pairs": int(len(values)), "wins": int((values == 1).sum()),
-                            "ties": int((values == 0.5).sum()), "losses": int((values == 0).sum())}
+            pooled[name] = pool_outcomes([x for o in outcomes for x in o[name]], num_bootstrap)
         models[arm] = {"metrics": metrics, "pooled_win_rate": pooled}
     return {"task": task, "seeds": seeds, "models": models}
 
