@@ -15,6 +15,7 @@ interval, and the arms' mean generative perplexity under that judge.
 """
 
 import argparse
+import functools
 import json
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from hf_mdlm.evaluation import load_judge  # noqa: E402
-from hf_mdlm.evaluation.judge import score_texts, win_rate_from_scores  # noqa: E402
+from hf_mdlm.evaluation.judge import score_texts, summarize_scores, win_rate_from_scores  # noqa: E402
 from hf_mdlm.replication.seeds import outcomes_of, pool_outcomes  # noqa: E402
 
 
@@ -50,28 +51,13 @@ def run_results(folder: str) -> dict:
     return dict(sorted(found.items()))
 
 
-class Judges:
-    """Judge folders loaded once each."""
-
-    def __init__(self):
-        self.loaded = {}
-
-    def __call__(self, folder):
-        folder = str(folder)
-        if folder not in self.loaded:
-            self.loaded[folder] = load_judge(folder)
-        return self.loaded[folder]
+judge = functools.cache(load_judge)  # each judge folder loaded once
 
 
-def gen_ppl(scores) -> float:
-    """The judge's perplexity over all tokens of the non-empty texts."""
-    kept = [s for s in scores if not s["empty"]]
-    return float(np.exp(-sum(s["logprob"] for s in kept) / max(sum(s["num_tokens"] for s in kept), 1)))
-
-
-def compare(results: dict, arm: str, baseline: str, sampler: str, judge_folder: str, judges: Judges,
-            num_bootstrap: int) -> dict:
-    model, tokenizer = judges(judge_folder)
+def compare(results: dict, arm: str, baseline: str, sampler: str, judge_folder: str) -> dict:
+    """One seed's head to head under one judge: counts, win rate and both sides' gen-PPL (no interval: the
+    interval reported is the pooled one)."""
+    model, tokenizer = judge(judge_folder)
     ours = results["models"][arm]["samplers"][sampler]
     theirs = results["models"][baseline]["samplers"][sampler]
     if ours["prompts"] != theirs["prompts"]:
@@ -79,8 +65,8 @@ def compare(results: dict, arm: str, baseline: str, sampler: str, judge_folder: 
     texts_a, texts_b, prompts = ours["texts"]["0"], theirs["texts"]["0"], ours["prompts"]
     scores = score_texts(texts_a + texts_b, model, tokenizer, prompts=prompts + prompts)
     w = win_rate_from_scores(scores[: len(texts_a)], scores[len(texts_a):], texts_a=texts_a, texts_b=texts_b,
-                             num_bootstrap=num_bootstrap, seed=results["settings"]["seed"])
-    w["gen_ppl"] = gen_ppl(scores[: len(texts_a)]), gen_ppl(scores[len(texts_a):])
+                             num_bootstrap=0)
+    w["gen_ppl"] = summarize_scores(scores[: len(texts_a)])["gen_ppl"], summarize_scores(scores[len(texts_a):])["gen_ppl"]
     return w
 
 
@@ -97,7 +83,6 @@ def main(argv=None):
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     samplers = [s for s in args.samplers.split(",") if s]
-    judges = Judges()
 
     lines = ["| runs | arm | sampler | judge | win rate per seed | pooled win rate [95% CI] | gen-PPL arm / baseline |",
              "|---|---|---|---|---|---|---|"]
@@ -112,7 +97,7 @@ def main(argv=None):
                     per_seed, outcomes, ppl_a, ppl_b = [], [], [], []
                     for seed, results in by_seed.items():
                         folder_j = judge_folder or results["judge"]["folder"]
-                        w = compare(results, arm, baseline, sampler, folder_j, judges, args.num_bootstrap)
+                        w = compare(results, arm, baseline, sampler, str(folder_j))
                         if judge_folder is None:  # the run's own judge must give the stored answer
                             stored = results["models"][arm]["win_rate_vs_baseline"][sampler]
                             if (w["wins"], w["ties"], w["losses"]) != (stored["wins"], stored["ties"], stored["losses"]):

@@ -345,9 +345,8 @@ def repeats_table(results) -> str:
     return "\n".join(lines)
 
 
-def collapse_table(comparison) -> str:
-    """The paper's claim head to head: slack-CTC's exact answers against standard CTC's, problem by problem."""
-    w = comparison
+def collapse_table(w) -> str:
+    """The paper's claim head to head (`pairwise_exact` of slack-CTC's answers against standard CTC's)."""
     return ("| comparison | exact-match win rate [95% CI] | only slack-CTC exact / both or neither / only standard CTC "
             "exact |\n|---|---|---|\n"
             f"| ce+slack_ctc vs ce+ctc | {w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | "
