@@ -88,6 +88,15 @@ def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
     (out / "seed_0" / "results.json").write_text(json.dumps(results))
     with pytest.raises(SystemExit, match="seed 0: rejudging with the run's own judge gives"):
         study.main(["--runs", f"two seeds={out}"])
+    for runs, message in ((str(out), "expected LABEL=PATH"), (f"x={tmp_path / 'none'}", "no such file or folder"),
+                          (f"x={tmp_path}", "neither results.json nor seed_")):
+        with pytest.raises(SystemExit, match=message):
+            study.main(["--runs", runs])
+    first = json.loads((out / "seed_2" / "results.json").read_text())
+    first["models"]["ce"]["samplers"]["ancestral"]["prompts"][0] += " changed"
+    (out / "seed_2" / "results.json").write_text(json.dumps(first))
+    with pytest.raises(SystemExit, match="were not sampled from the same prompts"):
+        study.main(["--runs", f"x={out / 'seed_2'}"])
 
 
 def test_overlapping_or_short_heldout_is_refused_before_training(tmp_path, corpus):
