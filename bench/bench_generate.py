@@ -49,6 +49,7 @@ try:
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from hf_mdlm import MDLMConfig, MDLMForMaskedLM
+from hf_mdlm.cli import add_bool_flag  # noqa: E402
 
 
 @torch.no_grad()
@@ -194,7 +195,7 @@ def cache_table(args, model, prompts, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model and grid: a smoke run")
+    add_bool_flag(parser, "--quick", help="tiny model and grid: a smoke run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--layers", type=int, default=4)
@@ -210,9 +211,9 @@ def main(argv=None):
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--prompt_length", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no_reference", action="store_true", help="skip the reference loop")
+    add_bool_flag(parser, "--no_reference", help="skip the reference loop")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--caches", action="store_true", help="print the KV-cache table instead")
+    add_bool_flag(parser, "--caches", help="print the KV-cache table instead")
     parser.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")
     parser.add_argument("--cache_lengths", type=int, nargs="+", default=[256, 512], help="canvases of --caches")
     parser.add_argument("--fast_dllm", default=None,

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from hf_mdlm.cli import add_bool_flag  # noqa: E402
 from hf_mdlm.training import lattice_kernels  # noqa: E402
 from hf_mdlm.training.losses import masked_cross_entropy, slack_ctc_loss  # noqa: E402
 from hf_mdlm.training.canvas import LinearSchedule, mask_canvas  # noqa: E402
@@ -264,7 +265,7 @@ def markdown(rows, batch, clock):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small grid for a smoke run")
+    add_bool_flag(parser, "--quick", help="small grid for a smoke run")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="logits dtype (default float32 on CPU, bfloat16 on CUDA)")

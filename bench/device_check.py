@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hf_mdlm import MDLMConfig, MDLMForMaskedLM  # noqa: E402
+from hf_mdlm.cli import add_bool_flag  # noqa: E402
 from hf_mdlm.data.collator import DiffusionCollator  # noqa: E402
 from hf_mdlm.training.arguments import MDLMTrainingArguments  # noqa: E402
 from hf_mdlm.training.trainer import MDLMTrainer  # noqa: E402
@@ -130,11 +131,11 @@ def run(kind: str, tiny: bool, steps: int | None, batch: int | None, canvas: int
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("finetune", "llada8b"))
-    parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: checks the code path")
+    add_bool_flag(parser, "--tiny", help="a tiny model on the CPU: checks the code path")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--canvas", type=int, default=None)
-    parser.add_argument("--header", action="store_true", help="print the table header first")
+    add_bool_flag(parser, "--header", help="print the table header first")
     args = parser.parse_args(argv)
     if args.header:
         print("| run | parameters | trainable | canvas | batch | steps | tokens/s | s/step | peak memory |")

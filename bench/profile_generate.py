@@ -22,13 +22,15 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generate import build_model  # noqa: E402
 
+from hf_mdlm.cli import add_bool_flag  # noqa: E402
+
 SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize",
             "cudaDeviceSynchronize", "aten::is_nonzero", "cudaMemcpyAsync")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
+    add_bool_flag(p, "--quick")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
     p.add_argument("--layers", type=int, default=8)

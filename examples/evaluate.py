@@ -29,16 +29,8 @@ from hf_mdlm.evaluation import (
     reference_quality,
     write_report,
 )
-from hf_mdlm.evaluation.suite import (
-    DEFAULT_SHIFT_RATES,
-    SAMPLERS,
-    evaluate_kv_caches,
-    parse_kv_caches,
-    parse_rates,
-    parse_samplers,
-    positive_int,
-    require_plotting,
-)
+from hf_mdlm.cli import add_bool_flag, parse_kv_caches, parse_rates, parse_samplers, positive_int, require_plotting
+from hf_mdlm.evaluation.suite import DEFAULT_SHIFT_RATES, SAMPLERS, evaluate_kv_caches
 from hf_mdlm.hub import OutputFolderError, check_writable_dir
 from hf_mdlm.loading import load_for_inference, position_limit
 
@@ -46,7 +38,7 @@ from hf_mdlm.loading import load_for_inference, position_limit
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="an hf_mdlm model folder (or Hub id)")
-    p.add_argument("--trust_remote_code", action="store_true",
+    add_bool_flag(p, "--trust_remote_code",
                    help="run the Python files of a model folder that is not an hf_mdlm one")
     p.add_argument("--judge", default=None, help="a causal LM folder (or Hub id) used as judge; omit for ELBO only")
     p.add_argument("--output_dir", required=True)

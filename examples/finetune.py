@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModel, HfArgumentParser, set_seed
 
 from hf_mdlm import strip_generation
+from hf_mdlm.cli import add_bool_flag
 from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
 from hf_mdlm.hub import export_for_hub, prepare_run_outputs, push_to_hub, save_model_folder
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
@@ -69,7 +70,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, MDLMTrainingArguments))
     parser.add_argument("--num_samples", type=int, default=3, help="Held-out prompts sampled after training.")
-    parser.add_argument("--overwrite_output_dir", action="store_true",
+    add_bool_flag(parser, "--overwrite_output_dir",
                         help="Delete an earlier run's files from --output_dir (and its -hub export) first.")
     model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(args=with_bundled_defaults(argv))
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,

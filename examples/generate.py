@@ -23,20 +23,11 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from hf_mdlm.evaluation.suite import positive_int
+from hf_mdlm.cli import add_bool_flag, positive_int
 from hf_mdlm.generation_mdlm import GENERATION_FIELDS, REMASKING_STRATEGIES, mix_seed, strip_generation
 from hf_mdlm.loading import load_for_inference
 
 CHOICES = {"remasking": REMASKING_STRATEGIES}
-
-
-def str2bool(text: str) -> bool:
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,18 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompt_file", default=None, help="a text file with one prompt per line")
-    parser.add_argument("--no_chat_template", action="store_true", help="do not apply the tokenizer's chat template")
+    add_bool_flag(parser, "--no_chat_template", help="do not apply the tokenizer's chat template")
     parser.add_argument("--system", default=None, help="system message for the chat template")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the sampler; prompt i draws from (seed, i), whatever the batch size")
     parser.add_argument("--batch_size", type=positive_int, default=8, help="prompts per generate() call")
-    parser.add_argument("--trust_remote_code", action="store_true",
+    add_bool_flag(parser, "--trust_remote_code",
                         help="run the Python files of a model folder that is not an hf_mdlm one")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    parser.add_argument("--stream", action="store_true", help="print the blocks as they are final (one prompt only)")
-    parser.add_argument("--show_raw", action="store_true", help="also print the raw canvas, slack included")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar over the steps")
+    add_bool_flag(parser, "--stream", help="print the blocks as they are final (one prompt only)")
+    add_bool_flag(parser, "--show_raw", help="also print the raw canvas, slack included")
+    add_bool_flag(parser, "--progress", help="show a progress bar over the steps")
 
     group = parser.add_argument_group("generation settings (MDLMGenerationConfig; default: the model's)")
     for name, (kind, default) in GENERATION_FIELDS.items():
@@ -67,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "output_history":
             helptext = "print the raw canvas of the first sequence after every step"
         if kind is bool:
-            group.add_argument(flag, type=str2bool, nargs="?", const=True, default=None, help=helptext)
+            add_bool_flag(group, flag, default=None, help=helptext)
         elif name == "eos_token_id":
             group.add_argument(flag, type=int, nargs="+", default=None, help=helptext)
         else:

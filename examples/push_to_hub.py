@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hf_mdlm.cli import add_bool_flag
 from hf_mdlm.hub import OutputFolderError, export_for_hub, hub_files, push_to_hub
 from hf_mdlm.hub.outputs import check_apart
 from hf_mdlm.hub.upload import DEFAULT_COMMIT_MESSAGE
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_dir", required=True,
                         help="a saved model folder (e.g. the --output_dir of examples/finetune.py) or an adapter folder")
     parser.add_argument("--repo_id", required=True, help="the Hub repository, ORG/NAME")
-    parser.add_argument("--adapter", action="store_true",
+    add_bool_flag(parser, "--adapter",
                         help="upload the LoRA adapter (MODEL_DIR/adapter, or MODEL_DIR itself when it is an adapter "
                              "folder) instead of the merged model")
     parser.add_argument("--base_model", default=None,
@@ -42,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--license", default="apache-2.0", help="license in the card's metadata")
     parser.add_argument("--eval_results", default=None, help="a results.json to show in the card "
                                                                "(default: MODEL_DIR/results.json when present)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    add_bool_flag(parser, "--private", help="create the repository as private")
     parser.add_argument("--revision", default=None, help="branch to commit to (created if needed)")
     parser.add_argument("--commit_message", default=DEFAULT_COMMIT_MESSAGE)
-    parser.add_argument("--dry_run", action="store_true", help="build OUT_DIR and list its files; upload nothing")
+    add_bool_flag(parser, "--dry_run", help="build OUT_DIR and list its files; upload nothing")
     parser.add_argument("--out_dir", default=None,
                         help="where to build the upload folder (required with --dry_run; default: a temporary folder)")
-    parser.add_argument("--overwrite", action="store_true", help="delete OUT_DIR first if it exists")
+    add_bool_flag(parser, "--overwrite", help="delete OUT_DIR first if it exists")
     return parser
 
 

@@ -1,6 +1,6 @@
 """hf_mdlm: masked diffusion language models (LLaDA, MDLM and kin) for the Hugging Face ecosystem.
 
-The map (README, "How it fits together"):
+The map (docs/architecture.md):
     configuration_mdlm.py, modeling_mdlm.py, generation_mdlm.py   the model and its sampler (ship to the Hub)
     tokenization.py   [MASK] and <slack>: the token strings, adding them, resolving the special ids
     data/             datasets in, prompt/response examples and batches out
@@ -9,7 +9,7 @@ The map (README, "How it fits together"):
     convert/          checkpoints of other families into hf_mdlm folders
     hub/              output folders, checks, model cards, upload
     loading.py        models for training and inference: from scratch, a folder, LoRA
-    replication/      the slack-CTC paper in miniature
+    cli.py            command-line value parsers shared by the scripts
 
 Attributes are imported lazily, so `import hf_mdlm` stays cheap and has no side effects
 (importing `transformers.Trainer` alone costs seconds).

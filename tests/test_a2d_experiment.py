@@ -1,4 +1,4 @@
-"""`examples/a2d_experiment.py --smoke` in-process: a causal Llama trained here, its A2D conversion fine-tuned with
+"""`experiments/a2d_experiment.py --smoke` in-process: a causal Llama trained here, its A2D conversion fine-tuned with
 CE + slack-CTC, the same MDLM from scratch; the results' keys, and the A2D arm starts from the causal LM's weights."""
 
 import importlib.util
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_a2d", ROOT / "examples" / "a2d_experiment.py")
+    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_a2d", ROOT / "experiments" / "a2d_experiment.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

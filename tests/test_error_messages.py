@@ -43,7 +43,7 @@ def test_schedule_options_are_checked(kwargs, message):
 
 
 def test_kv_cache_list_of_the_evaluation_cli():
-    from hf_mdlm.evaluation.suite import parse_kv_caches
+    from hf_mdlm.cli import parse_kv_caches
 
     assert parse_kv_caches("none,prefix,dual") == ["prefix", "dual"]
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown kv_cache \['full'\]: expected prefix, dual"):

@@ -1,5 +1,5 @@
 """Tests of `hf_mdlm/evaluation.py` on tiny cases with hand-computed answers, and a smoke run of
-`examples/replicate.py`."""
+`experiments/replicate.py`."""
 
 import json
 import math
@@ -139,32 +139,34 @@ def test_elbo_all_masked_is_exactly_log_v_per_position():
     assert filled["num_canvas_positions"] == 24 and filled["num_tokens"] == 12
 
 
-@pytest.mark.parametrize("length, canvas, expected_log_q", [
-    (2, 5, 3 * math.log(0.5)),  # 3 gaps, room for all: every pattern has probability 1/8
-    (2, 3, 2 * math.log(0.5)),  # room for 1 slack: the 4 patterns with k <= 1 (mass 1/2), each 1/4
-])
-def test_elbo_slack_marginal_credits_the_alignment_entropy(length, canvas, expected_log_q):
-    """All positions masked, uniform logits: X = L log V + log q(a), the same for every alignment at p = 1/2."""
-    data = rows([length, length])
+def test_elbo_slack_marginal_credits_the_alignment_entropy():
+    """All positions masked, uniform logits, room for every slack: X = L log V + log q(a), and at p = 1/2 every
+    one of the 2^3 layouts of a 2-token response has q = 1/8."""
+    data = rows([2, 2])
     out = elbo_perplexity(UniformModel(), data, num_samples=3, schedule=AllMasked(), mask_token_id=MASK,
-                          canvas_length=canvas, slack_prob=0.5, slack_token_id=46)
-    assert out["nll_per_token"] == pytest.approx((canvas * math.log(V) + expected_log_q) / length, rel=1e-6)
+                          canvas_length=5, slack_prob=0.5, slack_token_id=46)
+    assert out["nll_per_token"] == pytest.approx((5 * math.log(V) + 3 * math.log(0.5)) / 2, rel=1e-6)
     assert out["slack_prob"] == 0.5
 
 
-def test_elbo_slack_alignments_are_drawn_from_q():
+def test_elbo_slack_alignments_are_drawn_from_q_and_scored_by_it():
+    """The proposal is the training-time insertion (a random subset kept when too many slacks are drawn), and the
+    log q the bound credits is that of the drawn layout."""
     from hf_mdlm.evaluation.likelihood import _slack_alignment
 
     g = torch.Generator().manual_seed(0)
-    counts = Counter()
+    counts, log_qs = Counter(), {}
     for _ in range(4000):
         canvas, log_q = _slack_alignment([7, 8], 1, 0.3, 46, g)
         assert [t for t in canvas if t != 46] == [7, 8] and canvas.count(46) <= 1
         counts[tuple(canvas)] += 1
-    # truncated to k <= 1: P(k=0) = 0.7^3 / Z, each k=1 pattern 0.3 * 0.7^2 / Z
-    z = 0.7**3 + 3 * 0.3 * 0.7**2
-    assert counts[(7, 8)] / 4000 == pytest.approx(0.7**3 / z, abs=0.03)
-    assert counts[(46, 7, 8)] / 4000 == pytest.approx(0.3 * 0.7**2 / z, abs=0.03)
+        log_qs[tuple(canvas)] = log_q
+    # room for 1 slack of 3 gaps: P(no slack) = 0.7^3; one given gap = 0.3 * 0.7^2 + P(2 or 3 drawn) / 3
+    one = 0.3 * 0.7**2 + (3 * 0.3**2 * 0.7 + 0.3**3) / 3
+    assert 0.7**3 + 3 * one == pytest.approx(1)
+    assert counts[(7, 8)] / 4000 == pytest.approx(0.7**3, abs=0.03)
+    assert counts[(46, 7, 8)] / 4000 == pytest.approx(one, abs=0.03)
+    assert log_qs[(7, 8)] == pytest.approx(3 * math.log(0.7)) and log_qs[(7, 46, 8)] == pytest.approx(math.log(one))
     with pytest.raises(ValueError, match="canvas_length"):
         elbo_perplexity(UniformModel(), rows([3]), slack_prob=0.1, slack_token_id=46)
 
@@ -444,10 +446,10 @@ def test_load_heldout_bundled_and_missing(tmp_path, bundled_tokenizer):
 
 
 def test_replicate_smoke_and_evaluate_script(tmp_path):
-    """`examples/replicate.py --smoke` end to end, then `examples/evaluate.py` on the folders it wrote."""
+    """`experiments/replicate.py --smoke` end to end, then `examples/evaluate.py` on the folders it wrote."""
     out = tmp_path / "replicate"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "replicate.py"), "--smoke", "--output_dir",
+    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "replicate.py"), "--smoke", "--output_dir",
                              str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -491,7 +493,7 @@ def test_replicate_smoke_and_evaluate_script(tmp_path):
 def _replicate_module():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_replicate", ROOT / "examples" / "replicate.py")
+    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_replicate", ROOT / "experiments" / "replicate.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look themselves up there
     spec.loader.exec_module(module)
@@ -503,7 +505,7 @@ def test_replicate_refuses_bad_sweeps_and_a_judge_of_another_shape(tmp_path, cap
 
     replicate = _replicate_module()
     args = replicate.build_parser().parse_args(["--ctc_weight", "0.25,1", "--slack_prob", "0.03,0.1"])
-    from hf_mdlm.replication import arms
+    from replication import arms
 
     assert list(arms(args.ctc_weight, args.slack_prob)) == ["ce", "ce+slack_ctc(w=0.25,p=0.03)", "ce+slack_ctc(w=0.25,p=0.1)",
                                           "ce+slack_ctc(w=1,p=0.03)", "ce+slack_ctc(w=1,p=0.1)"]
@@ -523,7 +525,7 @@ def test_replicate_refuses_bad_sweeps_and_a_judge_of_another_shape(tmp_path, cap
 def test_sampler_names_are_checked_against_the_sampler():
     import argparse
 
-    from hf_mdlm.evaluation.suite import parse_samplers
+    from hf_mdlm.cli import parse_samplers
 
     assert parse_samplers("ancestral,mine:entropy:0.5")["mine"] == {"remasking": "entropy", "temperature": 0.5}
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown remasking 'entropi' in sampler 'x:entropi:1'"):

@@ -1,5 +1,5 @@
-"""The package's layout: imports flow one way, the Hub files stand alone, old import paths still work, examples
-stay thin and never import each other."""
+"""The layout: imports flow one way through the package, the Hub files stand alone, the installed package holds
+the library and nothing of the lab (`experiments/`), scripts stay thin and never import each other."""
 
 import ast
 import importlib
@@ -23,8 +23,7 @@ LAYERS = [
     {"convert"},
     {"evaluation"},
     {"loading"},
-    {"replication"},
-    {"losses", "noise", "trainer", "lm_eval_harness"},  # aliases of the modules' old paths
+    {"cli"},  # the scripts' argument parsers
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
@@ -92,30 +91,27 @@ def test_hub_files_import_only_torch_transformers_and_each_other():
                 assert all(a.name.split(".")[0] in allowed_roots for a in node.names), stem
 
 
-@pytest.mark.parametrize("old,new,name", [
-    ("hf_mdlm.losses", "hf_mdlm.training.losses", "slack_ctc_loss"),
-    ("hf_mdlm.noise", "hf_mdlm.training.canvas", "mask_canvas"),
-    ("hf_mdlm.trainer", "hf_mdlm.training.trainer", "MDLMTrainer"),
-    ("hf_mdlm.lm_eval_harness", "hf_mdlm.evaluation.lm_eval", "MDLMEvalLM"),
-])
-def test_old_module_paths_are_the_new_modules(old, new, name):
-    assert importlib.import_module(old) is importlib.import_module(new)
-    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
-
-
-def test_old_names_stay_importable():
+def test_public_names_import_and_no_alias_module_is_left():
     import hf_mdlm
-    from hf_mdlm.data import Canvases, build_canvases  # moved to hf_mdlm.training.canvas
-    from hf_mdlm.evaluation import elbo_perplexity, shift_robustness, win_rate  # noqa: F401
-    from hf_mdlm.hub import check_hub_folder, export_for_hub, push_to_hub, render_model_card  # noqa: F401
-    from hf_mdlm.training.canvas import build_canvases as moved
 
-    assert build_canvases is moved and Canvases._fields == ("clean_ids", "canvas_mask", "attention_mask")
-    assert hf_mdlm.MDLMTrainingArguments.__module__ == "hf_mdlm.training.arguments"
     for name in hf_mdlm.__all__:
         assert getattr(hf_mdlm, name) is not None
-    from hf_mdlm.convert import convert_llada_checkpoint, main  # noqa: F401
-    assert hf_mdlm.trainer.MDLMTrainer is hf_mdlm.MDLMTrainer
+    assert hf_mdlm.MDLMTrainingArguments.__module__ == "hf_mdlm.training.arguments"
+    for old in ("losses", "noise", "trainer", "lm_eval_harness", "replication"):  # old paths of a 0.x library
+        assert not (PACKAGE / f"{old}.py").exists() and not (PACKAGE / old).exists(), old
+    data = importlib.import_module("hf_mdlm.data")
+    assert not hasattr(data, "build_canvases") and not hasattr(data, "__getattr__")
+
+
+def test_no_page_or_template_names_an_old_path():
+    old_paths = ("hf_mdlm.lm_eval_harness", "hf_mdlm.losses", "hf_mdlm.noise", "hf_mdlm.trainer",
+                 "hf_mdlm.replication", "examples/replicate.py", "examples/a2d_experiment.py", "bench/data/",
+                 "bench/judge_study.py", "bench/eos_study.py")
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(PACKAGE / "hub" / "templates").glob("*.md"),
+             *PACKAGE.rglob("*.py"), *(ROOT / "examples").glob("*.py"), *(ROOT / "experiments").glob("*.py"),
+             ROOT / "experiments" / "README.md"]
+    stale = [f"{page.relative_to(ROOT)}: {old}" for page in pages for old in old_paths if old in page.read_text()]
+    assert stale == []
 
 
 def test_python_dash_m_convert_still_runs():
@@ -140,14 +136,17 @@ def test_examples_are_thin_and_import_no_example():
 
 @pytest.mark.slow
 def test_wheel_and_sdist_carry_the_templates_and_the_bundled_corpus(tmp_path):
-    """A plain install trains on the bundled corpus and renders model cards: the files are package data."""
+    """A plain install trains on the bundled corpus and renders model cards: the files are package data. And the
+    wheel holds the library alone: nothing of experiments/, bench/, examples/ or tests/."""
     import shutil
     import tarfile
     import zipfile
 
-    source = tmp_path / "src"  # build from a copy: the build leaves no build/ folder in the checkout
-    shutil.copytree(ROOT / "hf_mdlm", source / "hf_mdlm", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    source = tmp_path / "src"  # build from a copy of the checkout: the build leaves no build/ folder in it
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "fixtures", "results")
+    for folder in ("hf_mdlm", "experiments", "bench", "examples", "tests"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                              "-w", str(tmp_path), str(source)], capture_output=True, text=True)
@@ -158,6 +157,8 @@ def test_wheel_and_sdist_carry_the_templates_and_the_bundled_corpus(tmp_path):
               "hf_mdlm/data/bundled/shakespeare_train.jsonl.gz", "hf_mdlm/data/bundled/shakespeare_heldout.jsonl.gz",
               "hf_mdlm/data/bundled/tokenizer/tokenizer.json", "hf_mdlm/data/bundled/tokenizer/tokenizer_config.json"}
     assert needed <= names
+    outside = sorted(n for n in names if not n.startswith(("hf_mdlm/", "hf_mdlm-")))
+    assert outside == [] and not any("replication" in n or "experiment" in n for n in names)
     result = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; "
                              f"print(b.build_sdist({str(tmp_path)!r}))"], capture_output=True, text=True, cwd=source)
     assert result.returncode == 0, result.stderr[-2000:]

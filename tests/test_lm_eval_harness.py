@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness adapter (`hf_mdlm/lm_eval_harness.py`): each request type against a direct
+"""The lm-evaluation-harness adapter (`hf_mdlm/evaluation/lm_eval.py`): each request type against a direct
 computation, and `lm_eval.simple_evaluate` on tiny tasks built here, with a model rigged so the answers are known."""
 
 import json
@@ -214,7 +214,7 @@ def test_simple_evaluate_on_tiny_tasks(tmp_path, tokenizer):
 
 
 def test_command_line_runs_a_task_on_a_saved_folder(tmp_path, tokenizer, monkeypatch, capsys):
-    """`python -m hf_mdlm.lm_eval_harness --model hf_mdlm ...`: lm_eval's CLI finds the adapter by name, loads
+    """`python -m hf_mdlm.evaluation.lm_eval --model hf_mdlm ...`: lm_eval's CLI finds the adapter by name, loads
     the folder with trust_remote_code and writes its results."""
     from hf_mdlm.evaluation.lm_eval import main
 

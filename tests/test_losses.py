@@ -1,4 +1,4 @@
-"""Tests for hf_mdlm.losses: masked CE, slack-CTC (both backward variants), diffusion_loss.
+"""Tests for hf_mdlm.training.losses: masked CE, slack-CTC (both backward variants), diffusion_loss.
 
 The reference for slack-CTC is an explicit enumeration of the alignment set A
 (every placement of the k slack tokens on the canvas, the targets filling the

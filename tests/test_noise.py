@@ -1,4 +1,4 @@
-"""Tests for hf_mdlm.noise: schedules, time sampling and masking."""
+"""Tests for hf_mdlm.training.canvas: schedules, time sampling and masking."""
 
 import math
 
@@ -237,3 +237,48 @@ def test_mask_canvas_validation():
         mask_canvas(ids, t, maskable, mask_token_id=1, schedule=s, generator=[torch.Generator()] * 3)
     with pytest.raises(ValueError, match=r"\(B, S\)"):
         mask_canvas(ids[0], t, maskable[0], mask_token_id=1, schedule=s)
+
+
+# ----------------------------------------------------------------------------- the slack insertion rule
+
+
+@pytest.mark.parametrize("rule, prob", [("bernoulli", 0.3), ("bernoulli", 0.5), ("fixed", 0.4), ("none", 0.3)])
+@pytest.mark.parametrize("n, room", [(3, 10), (3, 2), (4, 1), (2, 0)])
+def test_slack_layout_probabilities_match_the_draws(rule, prob, n, room):
+    """`slack_gaps_log_prob` against brute force: summed over every layout it is 1, and each layout's probability
+    is the frequency with which `draw_slack_gaps` (the training rule) draws it."""
+    import itertools
+    from collections import Counter
+
+    from hf_mdlm.training.canvas import draw_slack_gaps, slack_gaps_log_prob
+
+    layouts = list(itertools.product((False, True), repeat=n + 1))
+    probs = {layout: math.exp(slack_gaps_log_prob(sum(layout), n, room, rule, prob)) for layout in layouts}
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    draws = 6000
+    counts = Counter(tuple(draw_slack_gaps(n, room, rule, prob, g).tolist()) for _ in range(draws))
+    for layout in layouts:
+        assert counts[layout] / draws == pytest.approx(probs[layout], abs=0.025), layout
+
+
+def test_one_rule_says_when_a_run_needs_slack(tmp_path):
+    from hf_mdlm.training.arguments import MDLMTrainingArguments
+    from hf_mdlm.training.canvas import build_canvases
+
+    def args(**kw):
+        return MDLMTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
+
+    assert not args(ctc_weight=0, slack_prob=0).needs_slack_token
+    assert not args(ctc_weight=0, slack_rule="none").needs_slack_token
+    assert args(ctc_weight=0, slack_prob=0.1).canvas_holds_slack
+    assert args(ctc_weight=0, slack_prob=0, canvas_padding="slack").canvas_holds_slack
+    no_slack = args(ctc_weight=1, slack_prob=0)
+    assert no_slack.needs_slack_token and not no_slack.canvas_holds_slack  # the CTC's blank is <slack>
+    ids = torch.tensor([[1, 2, 3, 0, 0]])
+    clean, _, _ = build_canvases(ids, torch.tensor([1]), torch.tensor([2]), canvas_length=4, slack_token_id=None,
+                                 fill_token_id=9, slack_prob=0)  # nothing inserted: no slack id needed
+    assert clean.tolist() == [[1, 2, 3, 9, 9]]
+    with pytest.raises(ValueError, match="slack_prob=0.1 needs a slack_token_id"):
+        build_canvases(ids, torch.tensor([1]), torch.tensor([2]), canvas_length=4, slack_token_id=None,
+                       fill_token_id=9, slack_prob=0.1)

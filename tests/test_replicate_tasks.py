@@ -1,4 +1,4 @@
-"""examples/replicate.py on a user's corpus (--dataset/--heldout), the repeat-collapse task (--task repeats),
+"""experiments/replicate.py on a user's corpus (--dataset/--heldout), the repeat-collapse task (--task repeats),
 several seeds (--seeds), and the trainer's ctc_collapse: in-process, smoke-sized."""
 
 import importlib.util
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_mdlm.replication.repeats import dropped_repeats, merge_runs, pairwise_exact, run_length_error
-from hf_mdlm.replication.seeds import parse_seeds, summarize_seeds
+from replication.repeats import dropped_repeats, merge_runs, pairwise_exact, run_length_error
+from replication.seeds import parse_seeds, summarize_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the a of river stone light over under green quiet morning house road garden winter sings falls "
@@ -25,7 +25,7 @@ def _load(name, path):
 
 
 def _script():
-    return _load("replicate", ROOT / "examples" / "replicate.py")
+    return _load("replicate", ROOT / "experiments" / "replicate.py")
 
 
 def _lines(n, seed):
@@ -73,9 +73,9 @@ def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
                         "--shift_rates", "0", "--threads", "1", "--seeds", "0,5", "--base_steps", "3"])
     assert not (out / "seed_5").exists()
 
-    # bench/judge_study.py rejudges the stored samples: the runs' own judges give the stored win rates, and a run
+    # experiments/judge_study.py rejudges the stored samples: the runs' own judges give the stored win rates, and a run
     # whose stored win rate its own judge does not reproduce is an error.
-    study = _load("judge_study", ROOT / "bench" / "judge_study.py")
+    study = _load("judge_study", ROOT / "experiments" / "judge_study.py")
     table = tmp_path / "judges.md"
     study.main(["--runs", f"two seeds={out}", "--judges", f"seed 2's={out / 'seed_2' / 'judge'}", "--output", str(table)])
     rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| two seeds")]

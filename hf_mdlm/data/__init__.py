@@ -5,8 +5,6 @@
 The canvas itself (slack insertion, fill, noise) is the training side's: :mod:`hf_mdlm.training.canvas`.
 """
 
-import importlib
-
 from .arguments import DATA_FORMATS, FORMAT_COLUMNS, DataArguments
 from .collator import DiffusionCollator
 from .loading import (
@@ -34,13 +32,3 @@ __all__ = [
     "preprocess_dataset",
     "spread_indices",
 ]
-
-# Names that lived here before the canvas moved to the training side; still importable from here.
-_MOVED = {"build_canvases": "hf_mdlm.training.canvas", "Canvases": "hf_mdlm.training.canvas",
-          "SLACK_RULES": "hf_mdlm.training.canvas"}
-
-
-def __getattr__(name):
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..generation_mdlm import logits_for_tokens
-from ..training.canvas import NoiseSchedule, get_schedule, mask_canvas
+from ..training.canvas import NoiseSchedule, draw_slack_gaps, get_schedule, mask_canvas, slack_gaps_log_prob
 from ..training.losses import masked_cross_entropy
 from .utils import (
     _TAG_CLL,
@@ -51,30 +51,17 @@ def _canvas_rows(pairs, canvas_length, fill_token_id):
 
 # The proposal of the slack-marginal bound: the training insertion rule, sampled exactly (docs/objective.md §8).
 def _slack_alignment(response, room, prob, slack_token_id, generator):
-    """One draw of the slack insertion q(a | response) and its log-probability.
-
-    q: each of the n + 1 gaps of the response gets one ``<slack>`` independently with probability ``prob``,
-    conditioned on the canvas having room (at most ``room`` slacks). Sampled exactly: the number k from the
-    binomial truncated to ``k <= room`` (inverse CDF), then k distinct gaps uniformly (given k, Bernoulli
-    gaps are a uniform k-subset). ``log q = k log p + (n + 1 - k) log(1 - p) - log P(Binomial <= room)``.
-    """
-    gaps = len(response) + 1
-    kmax = min(room, gaps)
-    log_pmf = np.array([math.lgamma(gaps + 1) - math.lgamma(k + 1) - math.lgamma(gaps - k + 1)
-                        + k * math.log(prob) + (gaps - k) * math.log1p(-prob) for k in range(kmax + 1)])
-    log_mass = float(np.logaddexp.reduce(log_pmf))
-    cdf = np.cumsum(np.exp(log_pmf - log_mass))
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    k = min(int(np.searchsorted(cdf, u, side="right")), kmax)
-    chosen = set(torch.randperm(gaps, generator=generator)[:k].tolist())
+    """One draw of the training-time slack insertion q(a | response) (bernoulli rule, at most ``room`` slacks) and
+    its log-probability: the same `draw_slack_gaps` that builds the training canvases, scored exactly by
+    `slack_gaps_log_prob`."""
+    gaps = draw_slack_gaps(len(response), room, "bernoulli", prob, generator).tolist()
     canvas = []
-    for gap in range(gaps):
-        if gap in chosen:
+    for gap, has_slack in enumerate(gaps):
+        if has_slack:
             canvas.append(int(slack_token_id))
         if gap < len(response):
             canvas.append(response[gap])
-    log_q = k * math.log(prob) + (gaps - k) * math.log1p(-prob) - log_mass
-    return canvas, log_q
+    return canvas, slack_gaps_log_prob(sum(gaps), len(response), room, "bernoulli", prob)
 
 
 def _resolve_schedule(schedule, time_eps) -> NoiseSchedule:
@@ -122,8 +109,8 @@ def elbo_perplexity(
     (valid, but looser than for a model trained without slack). With ``slack_prob > 0`` (needs
     ``canvas_length``) the bound is on the text's probability summed over slack alignments: each
     (example, replicate) draws a canvas ``a`` from q = the training-time insertion (each gap of the
-    response gets a ``<slack>`` with probability ``slack_prob``, conditioned on fitting the canvas; see
-    ``_slack_alignment``) and scores ``X = w(t) CE(a) + log q(a)``. Since
+    response gets a ``<slack>`` with probability ``slack_prob``; when more than fit, a random subset that fits is
+    kept; see ``_slack_alignment``) and scores ``X = w(t) CE(a) + log q(a)``. Since
     ``-log sum_a p(a) <= E_q[-log p(a) + log q(a)]`` (Jensen) and ``-log p(a) <= E_t[w(t) CE(a)]``,
     ``E[X]`` is again an upper bound on the NLL: the entropy of q is credited back. Every choice of q
     gives a valid bound, so for any model the smaller of the two bounds is the better one.

@@ -2,12 +2,12 @@
 
 From the command line (registers the model under the names `hf_mdlm` and `mdlm`, then runs lm_eval's CLI):
 
-    python -m hf_mdlm.lm_eval_harness --model hf_mdlm --model_args pretrained=DIR,mc_num=64 --tasks piqa
+    python -m hf_mdlm.evaluation.lm_eval --model hf_mdlm --model_args pretrained=DIR,mc_num=64 --tasks piqa
 
 From Python:
 
     import lm_eval
-    from hf_mdlm.lm_eval_harness import MDLMEvalLM
+    from hf_mdlm.evaluation.lm_eval import MDLMEvalLM
     lm_eval.simple_evaluate(model=MDLMEvalLM(model, tokenizer, mc_num=64), tasks=["piqa"])
 
 How the three request types are answered:
@@ -299,7 +299,7 @@ class MDLMEvalLM(TemplateLM):
         return out  # type: ignore[return-value]
 
 
-# `python -m hf_mdlm.lm_eval_harness` runs this file as __main__ and then imports it under its own name; only
+# `python -m hf_mdlm.evaluation.lm_eval` runs this file as __main__ and then imports it under its own name; only
 # that import registers the class (two registrations under one name are an error in lm_eval).
 if __name__ != "__main__":
     register_model("hf_mdlm", "mdlm")(MDLMEvalLM)
@@ -314,3 +314,10 @@ def main(argv=None):
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     cli_evaluate()
+
+
+if __name__ == "__main__":
+    import importlib
+
+    # importing the module under its own name registers the adapter (see above), then lm_eval's CLI runs
+    raise SystemExit(importlib.import_module("hf_mdlm.evaluation.lm_eval").main())

@@ -29,8 +29,8 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         max_new_tokens=canvas, steps=canvas,
         block_length=8 if canvas % 8 == 0 else None,  # semi-autoregressive blocks (docs/objective.md §6)
         # A model trained with <slack> in its canvases, decoded greedily, commits that predictable filler first and
-        # returns almost nothing (bench/eos_study.py, both corpora): its default decoding leaves <slack> out.
-        suppress_slack=getattr(trainer.args, "trains_with_slack", False) and model.config.slack_token_id is not None,
+        # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
+        suppress_slack=getattr(trainer.args, "canvas_holds_slack", False) and model.config.slack_token_id is not None,
     )
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)

@@ -4,27 +4,69 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .canvas import CANVAS_PADDINGS, SLACK_RULES, get_schedule
+from .canvas import CANVAS_PADDINGS, SLACK_RULES, get_schedule, inserts_slack
 from .losses import _COLLAPSES as COLLAPSES
 from .losses import NORMALIZATIONS
 
 
 @dataclass
 class MDLMTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the masked-diffusion / slack-CTC objective (docs/objective.md §1-§5)."""
+    r"""`TrainingArguments` plus the masked-diffusion / slack-CTC objective (docs/objective.md §1-§5).
+
+    Every field is a command-line flag of `examples/finetune.py` (through `transformers.HfArgumentParser`); the
+    fields inherited from `TrainingArguments` keep their meaning.
+
+    Parameters:
+        > Loss weights
+
+        ce_weight (`float`, defaults to `1.0`):
+            Weight of the masked cross-entropy on the anchor alignment (lambda_ce).
+        ctc_weight (`float`, defaults to `1.0`):
+            Weight of the slack-CTC loss (lambda_ctc); `0` gives plain masked-diffusion SFT. `ce_weight` and
+            `ctc_weight` must not both be 0.
+
+        > The canvas: `<slack>` insertion and fill
+
+        slack_rule (`str`, defaults to `"bernoulli"`):
+            How many `<slack>` go into a response: `"bernoulli"` (each of the n + 1 gaps gets one with probability
+            `slack_prob`), `"fixed"` (round(slack_prob * n) at random gaps) or `"none"`.
+        slack_prob (`float`, defaults to `0.1`):
+            The probability (`"bernoulli"`) or ratio (`"fixed"`) of `<slack>`, in [0, 1].
+        canvas_padding (`str`, defaults to `"eos"`):
+            What fills the canvas after the response: `"eos"` (as LLaDA: the model learns to stop) or `"slack"`.
+        ctc_collapse (`str`, defaults to `"slack"`):
+            The CTC's collapse map: `"slack"` (delete `<slack>`, keep repeated tokens: the slack-CTC objective) or
+            `"ctc"` (standard CTC: merge runs of equal tokens, then delete `<slack>`; an ablation).
+
+        > Noise
+
+        noise_schedule (`str`, defaults to `"linear"`):
+            The masking schedule m(t): `"linear"` or `"cosine"`.
+        time_eps (`float`, defaults to `1e-3`):
+            The smallest mask probability m(0), in [0, 1).
+        antithetic_time (`bool`, defaults to `True`):
+            Stratify the times t over the global batch (low-discrepancy sampling, as in MDLM).
+
+        > Normalisation
+
+        loss_normalization (`str`, defaults to `"canvas"`):
+            Divide each example's loss by its canvas length (`"canvas"`, LLaDA's per-answer normalisation), by its
+            number of masked tokens (`"masked"`), or the batch sum by the batch's response tokens
+            (`"batch_tokens"`).
+
+        > Changed default
+
+        remove_unused_columns (`bool`, defaults to `False`):
+            Kept `False`: the diffusion collator reads the prompt/response columns.
+    """
 
     ce_weight: float = field(
         default=1.0, metadata={"help": "Weight of the masked cross-entropy on the anchor alignment (lambda_ce)."}
     )
     ctc_weight: float = field(
         default=1.0,
-        metadata={"help": "Weight of the slack-CTC loss (lambda_ctc). 0 gives the standard MDLM SFT baseline. "
-                          "1 with slack_prob 0.1 is the best slack-CTC setting measured, but whether it beats the "
-                          "baseline depends on the corpus: over 3 seeds of the README's full-mode replication "
-                          "(examples/replicate.py) the judge preferred its samples to CE's on Shakespeare (win rate "
-                          "0.59 [0.55, 0.64], +0.05 nats/token of held-out likelihood) but not on Austen's prose "
-                          "(0.45 [0.40, 0.51], +0.12 nats/token); at the short quick budget it helped on neither. "
-                          "Run the replication on your data (--dataset/--heldout --seeds 0,1,2) to choose."},
+        metadata={"help": "Weight of the slack-CTC loss (lambda_ctc); 0 gives plain masked-diffusion SFT. "
+                          "Default: 1.0."},
     )
     slack_rule: str = field(
         default="bernoulli",
@@ -33,14 +75,13 @@ class MDLMTrainingArguments(TrainingArguments):
     )
     slack_prob: float = field(
         default=0.1,
-        metadata={"help": "Probability (bernoulli) or ratio (fixed) of slack. In the README's sweep 0.3 hurt both "
-                          "likelihood and samples; 0.03 cost no likelihood (3 quick seeds) but did not help samples."},
+        metadata={"help": "Probability (bernoulli) or ratio (fixed) of <slack>, in [0, 1]. Default: 0.1."},
     )
     ctc_collapse: str = field(
         default="slack",
-        metadata={"help": "The CTC's collapse map: 'slack' (delete <slack>, keep repeats: the project's objective) or "
-                          "'ctc' (standard CTC: merge runs of equal tokens, then delete <slack>; an ablation, which "
-                          "treats '100' and '10' as one answer; examples/replicate.py --task repeats)."},
+        metadata={"help": "The CTC's collapse map: 'slack' (delete <slack>, keep repeats: the slack-CTC objective) "
+                          "or 'ctc' (standard CTC: merge runs of equal tokens, then delete <slack>; an ablation). "
+                          "Default: 'slack'."},
     )
     canvas_padding: str = field(
         default="eos",
@@ -64,9 +105,14 @@ class MDLMTrainingArguments(TrainingArguments):
     )
 
     @property
-    def trains_with_slack(self) -> bool:
-        """Whether the training canvases hold `<slack>` (inserted, or as padding): the model learns to emit it."""
-        return (self.slack_rule != "none" and self.slack_prob > 0) or self.canvas_padding == "slack"
+    def canvas_holds_slack(self) -> bool:
+        """Whether the training canvases hold `<slack>` (inserted, or as fill): the model learns to emit it."""
+        return inserts_slack(self.slack_rule, self.slack_prob) or self.canvas_padding == "slack"
+
+    @property
+    def needs_slack_token(self) -> bool:
+        """Whether the run needs a `<slack>` id: its canvases hold `<slack>`, or the CTC loss, whose blank it is, is on."""
+        return self.canvas_holds_slack or self.ctc_weight > 0
 
     def __post_init__(self):
         super().__post_init__()

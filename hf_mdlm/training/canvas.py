@@ -261,8 +261,16 @@ def _check_lengths(name: str, t: Any, batch: int) -> torch.Tensor:
     return t.to(device="cpu", dtype=torch.long)
 
 
-def _draw_slack_gaps(n: int, room: int, rule: str, prob: float, gen: torch.Generator | None) -> torch.Tensor:
-    """Bool (n + 1,): which gaps of an n-token response get one <slack>, at most `room` of them."""
+def inserts_slack(slack_rule: str, slack_prob: float) -> bool:
+    """Whether `slack_rule` at `slack_prob` may put `<slack>` into a response (then the run needs a slack id)."""
+    return slack_rule != "none" and slack_prob > 0
+
+
+def draw_slack_gaps(n: int, room: int, rule: str, prob: float, gen: torch.Generator | None) -> torch.Tensor:
+    """Bool (n + 1,): which gaps of an n-token response get one <slack>, at most `room` of them.
+
+    The one insertion rule: training draws its anchor alignments with it, and the slack-marginal likelihood bound
+    draws its proposals with it and scores them with `slack_gaps_log_prob`."""
     dev = gen.device if gen is not None else torch.device("cpu")
     gaps = torch.zeros(n + 1, dtype=torch.bool)
     if rule == "bernoulli":
@@ -278,6 +286,36 @@ def _draw_slack_gaps(n: int, room: int, rule: str, prob: float, gen: torch.Gener
         gaps = torch.zeros(n + 1, dtype=torch.bool)
         gaps[keep] = True
     return gaps
+
+
+def slack_gaps_log_prob(k: int, n: int, room: int, rule: str, prob: float) -> float:
+    """log of the probability that `draw_slack_gaps(n, room, rule, prob)` returns one given layout with k slacks.
+
+    Every layout with the same k is equally likely under each rule (the random trimming keeps a uniform subset),
+    so the probability depends on k alone. -inf for a layout the rule never draws."""
+    gaps = n + 1
+    if not 0 <= k <= min(gaps, room):
+        return -math.inf
+    if rule == "none":
+        return 0.0 if k == 0 else -math.inf
+    if rule == "fixed":
+        drawn = min(int(math.floor(prob * n + 0.5)), gaps, room)
+        return -_log_comb(gaps, drawn) if k == drawn else -math.inf
+
+    def log_pattern(j):  # one given pattern of j gaps out of `gaps`, untrimmed
+        return (j * math.log(prob) if j else 0.0) + ((gaps - j) * math.log1p(-prob) if gaps - j else 0.0)
+
+    if k < room or room >= gaps:
+        return log_pattern(k)
+    # k == room < gaps: drawn as it is, or trimmed down to it from any draw of more than `room` gaps
+    trimmed = [_log_comb(gaps, j) + log_pattern(j) for j in range(room + 1, gaps + 1)]
+    tail = max(trimmed) + math.log(sum(math.exp(x - max(trimmed)) for x in trimmed))
+    first, second = log_pattern(k), tail - _log_comb(gaps, room)
+    return max(first, second) + math.log1p(math.exp(-abs(first - second)))
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
 
 
 # The clean canvas and its anchor alignment (docs/objective.md §1; slack insertion from arXiv 2601.22947).
@@ -304,8 +342,8 @@ def build_canvases(
     * ``"none"``: k = 0.
 
     If n + k > canvas_length, slacks are dropped at random until the canvas fits (the response is
-    never cut). ``slack_token_id`` may be None only with ``slack_rule="none"`` (a CE-only baseline for a
-    model without ``<slack>``). The rest of the canvas is ``fill_token_id`` (EOS for padding mode "eos", the slack id
+    never cut). ``slack_token_id`` may be None only when no slack is inserted (``slack_rule="none"`` or
+    ``slack_prob=0``: a CE-only baseline for a model without ``<slack>``). The rest of the canvas is ``fill_token_id`` (EOS for padding mode "eos", the slack id
     for mode "slack"). ``generators`` (one ``torch.Generator`` per row, or None for torch's global
     generator) makes a row's canvas independent of the other rows of the batch.
 
@@ -328,8 +366,9 @@ def build_canvases(
     if fill_token_id is None or int(fill_token_id) < 0:
         raise ValueError(f"fill_token_id must be a token id >= 0; got {fill_token_id}")
     if slack_token_id is None:
-        if slack_rule != "none":
-            raise ValueError(f"slack_rule={slack_rule!r} needs a slack_token_id (only slack_rule='none' works without)")
+        if inserts_slack(slack_rule, float(slack_prob)):
+            raise ValueError(f"slack_rule={slack_rule!r} with slack_prob={slack_prob} needs a slack_token_id "
+                             "(only slack_rule='none' or slack_prob=0 works without)")
     elif int(slack_token_id) < 0:
         raise ValueError(f"slack_token_id must be a token id >= 0; got {slack_token_id}")
     p_len = _check_lengths("prompt_lengths", prompt_lengths, bsz)
@@ -361,7 +400,7 @@ def build_canvases(
     for b in range(bsz):
         P, n = int(p_len[b]), int(r_len[b])
         gen = generators[b] if generators is not None else None
-        gaps = _draw_slack_gaps(n, L - n, slack_rule, float(slack_prob), gen)
+        gaps = draw_slack_gaps(n, L - n, slack_rule, float(slack_prob), gen)
         canvas = torch.full((L,), int(fill_token_id), dtype=torch.long)
         if n:
             token_pos = torch.arange(n) + torch.cumsum(gaps.long(), 0)[:n]

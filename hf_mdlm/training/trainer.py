@@ -49,7 +49,7 @@ class MDLMTrainer(Trainer):
         tokenizer = kwargs.get("processing_class")
         self.mask_id, self.slack_id, self.eos_id, _ = diffusion_token_ids(
             tokenizer, getattr(model, "config", None), need_pad=False,
-            need_slack=args.ctc_weight > 0 or args.slack_rule != "none" or args.canvas_padding == "slack",
+            need_slack=args.needs_slack_token,
         )
         if not isinstance(data_collator, DiffusionCollator):
             raise TypeError(

@@ -14,7 +14,7 @@ with the same data order, steps, batch and learning-rate schedule; all measured 
        (gen-PPL, entropy, distinct-n, empty), head-to-head win rates; results.json, results.md,
        training_curves.png.
 
-Run by `examples/a2d_experiment.py`.
+Run by `experiments/a2d_experiment.py`.
 """
 
 from __future__ import annotations
@@ -28,23 +28,24 @@ from pathlib import Path
 
 import torch
 
-from ..convert.a2d import convert_a2d_checkpoint
-from ..data import DataArguments, prepare_datasets, spread_indices
-from ..data.loading import bundled_corpus_files
-from ..evaluation.judge import load_judge_checked, train_judge, win_rate
-from ..evaluation.likelihood import paired_elbo_difference
-from ..evaluation.report import (
+from hf_mdlm.convert.a2d import convert_a2d_checkpoint
+from hf_mdlm.data import DataArguments, prepare_datasets, spread_indices
+from hf_mdlm.data.loading import bundled_corpus_files
+from hf_mdlm.evaluation.judge import load_judge_checked, train_judge, win_rate
+from hf_mdlm.evaluation.likelihood import paired_elbo_difference
+from hf_mdlm.evaluation.report import (
     compare_elbos,
     format_number,
     json_safe,
     markdown_tables,
     plot_training,
 )
-from ..evaluation.suite import evaluate_model, parse_samplers, reference_quality
-from ..hub.folder import save_model_folder
-from ..loading import ModelArguments, load_model_and_tokenizer
-from ..modeling_mdlm import MDLMForMaskedLM
-from ..tokenization import add_diffusion_tokens
+from hf_mdlm.cli import parse_samplers
+from hf_mdlm.evaluation.suite import evaluate_model, reference_quality
+from hf_mdlm.hub.folder import save_model_folder
+from hf_mdlm.loading import ModelArguments, load_model_and_tokenizer
+from hf_mdlm.modeling_mdlm import MDLMForMaskedLM
+from hf_mdlm.tokenization import add_diffusion_tokens
 from .presets import ExperimentSizes
 from .run import Stopwatch, train_mdlm
 

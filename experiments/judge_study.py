@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Does the judge decide the win rate? The same samples, judged again by other judges.
 
-    python bench/judge_study.py \\
+    python experiments/judge_study.py \\
         --runs "Shakespeare full=outputs/replicate-full-seeds" --runs "Shakespeare quick=outputs/replicate-quick-seeds" \\
         --judges "quick (Shakespeare)=outputs/replicate-quick-seeds/seed_0/judge" \\
-        --judges "full (Shakespeare)=outputs/replicate-full-seeds/seed_0/judge" [--output bench/results/judge_study.md]
+        --judges "full (Shakespeare)=outputs/replicate-full-seeds/seed_0/judge" [--output experiments/results/judge_study.md]
 
 A `--runs` folder is a `replicate.py` run (results.json) or a `--seeds` folder (seed_*/results.json). Nothing is
 sampled again: every arm's stored unshifted samples (per sampler) are scored by each judge against the baseline's
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from hf_mdlm.evaluation import load_judge  # noqa: E402
 from hf_mdlm.evaluation.judge import score_texts, summarize_scores, win_rate_from_scores  # noqa: E402
-from hf_mdlm.replication.seeds import outcomes_of, pool_outcomes  # noqa: E402
+from replication.seeds import outcomes_of, pool_outcomes  # noqa: E402
 
 
 def labelled(text: str, what: str) -> tuple[str, str]:

@@ -2,16 +2,16 @@
 """A2D learns: a diffusion LM from a causal LM, against the same MDLM trained from scratch, offline on the bundled
 Shakespeare corpus (train works vs held-out works).
 
-    python examples/a2d_experiment.py --output_dir outputs/a2d            # full mode
-    python examples/a2d_experiment.py --quick --output_dir outputs/a2d-q  # quick mode (the README's run)
-    python examples/a2d_experiment.py --smoke --output_dir /tmp/a2d-s     # tiny: the test suite's sizes
+    python experiments/a2d_experiment.py --output_dir outputs/a2d            # full mode
+    python experiments/a2d_experiment.py --quick --output_dir outputs/a2d-q  # quick mode (the README's run)
+    python experiments/a2d_experiment.py --smoke --output_dir /tmp/a2d-s     # tiny: the test suite's sizes
 
 A GPT-2 judge and a small Llama (the MDLM's width and depth) are trained on the training works; the Llama is
 converted into a next-token-aligned MDLM (`hf_mdlm.convert.convert_a2d_checkpoint`) and fine-tuned with CE +
 slack-CTC; the same MDLM architecture is trained from scratch with the same data order, steps, batch and schedule
 (`scratch`) and, unless --scratch_total false, for the A2D arm's whole step budget (`scratch (long)`). All are
 measured on the held-out works: ELBO perplexity (paired), judged samples, head-to-head win rates, and the causal
-LM's own perplexity. See `hf_mdlm.replication.a2d`.
+LM's own perplexity. See `experiments/replication/a2d.py`.
 
 Writes into --output_dir: results.json, results.md, training_curves.png and a folder per model (`judge/`,
 `causal/`, `converted/`, `a2d/`, `scratch/`, `scratch_long/`).
@@ -26,19 +26,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from hf_mdlm.evaluation.suite import require_plotting
+from hf_mdlm.cli import add_bool_flag, require_plotting
 from hf_mdlm.hub import OutputFolderError, check_writable_dir
-from hf_mdlm.replication import A2DPreset, resolve_a2d_preset, run_a2d_experiment
-from hf_mdlm.replication.presets import add_preset_arguments
-from hf_mdlm.replication.run import configure_run
+from replication import A2DPreset, resolve_a2d_preset, run_a2d_experiment
+from replication.presets import add_preset_arguments
+from replication.run import configure_run
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default="outputs/a2d")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smaller models and budgets (minutes on 2 CPU cores)")
-    mode.add_argument("--smoke", action="store_true", help="tiny everything: the test suite's sizes")
+    add_bool_flag(mode, "--quick", help="smaller models and budgets (minutes on 2 CPU cores)")
+    add_bool_flag(mode, "--smoke", help="tiny everything: the test suite's sizes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge", default=None, help="reuse the judge/ folder of an earlier run with the same judge size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

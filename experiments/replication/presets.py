@@ -6,7 +6,7 @@ import argparse
 import copy
 from dataclasses import dataclass, fields
 
-from ..evaluation.suite import parse_rates, parse_samplers
+from hf_mdlm.cli import parse_bool, parse_rates, parse_samplers
 
 
 @dataclass
@@ -82,13 +82,6 @@ def resolve_preset(mode: str, overrides: dict | None = None, scale: int = 1) -> 
                  "batch", "judge_batch"):
         setattr(preset, name, getattr(preset, name) * scale)
     return preset
-
-
-def parse_bool(text: str) -> bool:
-    """'true'/'false' (or 1/0) on the command line."""
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1")
 
 
 # How a preset field's annotation reads a command-line value.

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Greedy decoding and EOS: how often the output is empty, and what an EOS penalty does to it.
 
-    python bench/eos_study.py --model outputs/shakespeare-mdlm --judge outputs/replicate-quick/judge \\
+    python experiments/eos_study.py --model outputs/shakespeare-mdlm --judge outputs/replicate-quick/judge \\
         --eos_penalty 0,1,2,4,8 [--suppress_eos] [--suppress_slack] [--block_lengths none,8] \\
-        [--heldout bench/data/austen/heldout.txt.gz]
+        [--heldout experiments/data/austen/heldout.txt.gz]
 
 Small masked diffusion LMs decoded greedily (low-confidence remasking, temperature 0) often commit EOS first at
 the start of the canvas: the text ends before it begins. For each `eos_penalty` (subtracted from the EOS logits,
@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hf_mdlm.data import DataArguments, load_heldout, spread_indices  # noqa: E402
 from hf_mdlm.evaluation import generate_continuations, generative_perplexity, load_judge  # noqa: E402
-from hf_mdlm.evaluation.suite import parse_numbers  # noqa: E402
+from hf_mdlm.cli import add_bool_flag, parse_numbers  # noqa: E402
 from hf_mdlm.loading import load_for_inference  # noqa: E402
 
 
@@ -30,8 +30,8 @@ def main(argv=None):
     p.add_argument("--model", required=True)
     p.add_argument("--judge", required=True)
     p.add_argument("--eos_penalty", type=lambda text: parse_numbers(text, "eos_penalty"), default=[0, 1, 2, 4, 8])
-    p.add_argument("--suppress_eos", action="store_true", help="also a row with EOS never proposed")
-    p.add_argument("--suppress_slack", action="store_true",
+    add_bool_flag(p, "--suppress_eos", help="also a row with EOS never proposed")
+    add_bool_flag(p, "--suppress_slack",
                    help="also rows with <slack> never proposed (alone, and with each EOS penalty above 0)")
     p.add_argument("--num_prompts", type=int, default=128)
     p.add_argument("--block_lengths", default="8", help="comma-separated block lengths; none = one block")

@@ -2,13 +2,13 @@
 """The slack-CTC paper in miniature, offline: on the bundled Shakespeare corpus (train works vs held-out works), on
 your corpus, or on the repeat-collapse task.
 
-    python examples/replicate.py --output_dir outputs/replicate            # full mode: <= 90 min on 2 CPU cores
-    python examples/replicate.py --quick --output_dir outputs/replicate-q  # CI mode: <= 10 min on 2 CPU cores
-    python examples/replicate.py --smoke --output_dir /tmp/replicate-s     # the test suite's run: about a minute
-    python examples/replicate.py --scale 4 --output_dir outputs/replicate-x4   # 4x width/depth/batch: for a GPU
-    python examples/replicate.py --dataset train.jsonl --heldout heldout.jsonl --output_dir outputs/mine
-    python examples/replicate.py --task repeats --quick --output_dir outputs/repeats   # CE vs slack-CTC vs CTC
-    python examples/replicate.py --quick --seeds 0,1,2 --output_dir outputs/replicate-3 # per seed + summary
+    python experiments/replicate.py --output_dir outputs/replicate            # full mode: <= 90 min on 2 CPU cores
+    python experiments/replicate.py --quick --output_dir outputs/replicate-q  # CI mode: <= 10 min on 2 CPU cores
+    python experiments/replicate.py --smoke --output_dir /tmp/replicate-s     # the test suite's run: about a minute
+    python experiments/replicate.py --scale 4 --output_dir outputs/replicate-x4   # 4x width/depth/batch: for a GPU
+    python experiments/replicate.py --dataset train.jsonl --heldout heldout.jsonl --output_dir outputs/mine
+    python experiments/replicate.py --task repeats --quick --output_dir outputs/repeats   # CE vs slack-CTC vs CTC
+    python experiments/replicate.py --quick --seeds 0,1,2 --output_dir outputs/replicate-3 # per seed + summary
 
 A judge (a small GPT-2 trained on the training data), a base MDLM trained with the masked-diffusion CE, then
 one fine-tune of that base per arm with the same data order, seed and budget: `ce` (the matched baseline),
@@ -18,7 +18,7 @@ the judge, the shift-robustness curve and the head-to-head win rate. --dataset/-
 examples/finetune.py (plain text, prompt/completion, chat); a held-out file that shares documents with the
 training data is refused. --task repeats: arithmetic and copying with runs of equal characters, arms `ce`,
 `ce+slack_ctc` and `ce+ctc` (standard CTC, runs merged); exact match, dropped repeats, ELBO. See
-`hf_mdlm.replication`.
+`experiments/replication/`.
 
 Writes into --output_dir: results.json, results.md, plots, and a model folder per arm (`judge/`, `ce/`, ...;
 reusable with examples/evaluate.py); with --seeds, one folder per seed (seed_0/, ...) and the summary. A seed
@@ -34,25 +34,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from hf_mdlm.evaluation.suite import parse_numbers, require_plotting  # noqa: E402
+from hf_mdlm.cli import add_bool_flag, parse_numbers, require_plotting  # noqa: E402
 from hf_mdlm.hub import OutputFolderError, check_writable_dir  # noqa: E402
-from hf_mdlm.replication.presets import Preset, add_preset_arguments, resolve_preset  # noqa: E402
-from hf_mdlm.replication.repeats import (  # noqa: E402
+from replication.presets import Preset, add_preset_arguments, resolve_preset  # noqa: E402
+from replication.repeats import (  # noqa: E402
     RepeatsPreset,
     repeats_settings,
     resolve_repeats_preset,
     run_repeats,
 )
-from hf_mdlm.replication.run import ReplicationDataError, configure_run, run_replication, run_settings  # noqa: E402
-from hf_mdlm.replication.seeds import SeedFolderError, parse_seeds, run_seeds  # noqa: E402
+from replication.run import ReplicationDataError, configure_run, run_replication, run_settings  # noqa: E402
+from replication.seeds import SeedFolderError, parse_seeds, run_seeds  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default="outputs/replicate")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="CI mode: <= 10 minutes on 2 CPU cores")
-    mode.add_argument("--smoke", action="store_true", help="tiny everything: the test suite's run (about a minute)")
+    add_bool_flag(mode, "--quick", help="CI mode: <= 10 minutes on 2 CPU cores")
+    add_bool_flag(mode, "--smoke", help="tiny everything: the test suite's run (about a minute)")
     p.add_argument("--scale", type=int, default=1, help="multiply width, depth and batch of both models (GPU)")
     p.add_argument("--task", choices=("text", "repeats"), default="text",
                    help="text: the bundled corpus or --dataset; repeats: the repeat-collapse experiment")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slack insertion probability of the slack arm; a comma-separated list trains one arm per value")
     p.add_argument("--ctc_weight", type=lambda text: parse_numbers(text, "ctc_weight"), default=[1.0],
                    help="lambda_ctc of the slack arm; a list sweeps it too (one arm per ctc_weight x slack_prob)")
-    p.add_argument("--ablation", action="store_true", help="add the arm ce+slack (slack inserted, CE only)")
+    add_bool_flag(p, "--ablation", help="add the arm ce+slack (slack inserted, CE only)")
     p.add_argument("--judge", default=None,
                    help="reuse the judge/ folder of an earlier run with the same seed and preset instead of training one "
                         "(e.g. for a ctc_weight/slack_prob sweep)")

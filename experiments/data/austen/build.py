@@ -2,7 +2,7 @@
 """Rebuild train.txt.gz and heldout.txt.gz (Jane Austen's six novels) from Debian's r-cran-janeaustenr package.
 
     apt-get download r-cran-janeaustenr          # r-cran-janeaustenr_1.0.0-1_all.deb (Debian 12 "bookworm")
-    python bench/data/austen/build.py r-cran-janeaustenr_1.0.0-1_all.deb
+    python experiments/data/austen/build.py r-cran-janeaustenr_1.0.0-1_all.deb
 
 Standard library only (no R): the .deb is an ar archive whose data.tar.xz holds the R package's lazy-load
 database (data/Rdata.rdx, data/Rdata.rdb); each novel there is a zlib-compressed, XDR-serialised R character

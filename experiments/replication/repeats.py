@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evaluation.report import compare_elbos, write_report
-from ..evaluation.suite import evaluate_model, generation_settings
-from ..generation_mdlm import strip_generation
-from ..loading import ModelArguments, model_from_scratch
+from hf_mdlm.evaluation.report import compare_elbos, write_report
+from hf_mdlm.evaluation.suite import evaluate_model, generation_settings
+from hf_mdlm.generation_mdlm import strip_generation
+from hf_mdlm.loading import ModelArguments, model_from_scratch
 from .run import train_mdlm
 
 logger = logging.getLogger("replicate")
@@ -98,7 +98,7 @@ def char_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from ..tokenization import add_diffusion_tokens
+    from hf_mdlm.tokenization import add_diffusion_tokens
 
     vocab = {tok: i for i, tok in enumerate([*SPECIALS.values(), *ALPHABET])}
     core = Tokenizer(models.WordLevel(vocab, unk_token=SPECIALS["pad"]))

@@ -12,20 +12,21 @@ from pathlib import Path
 
 import torch
 
-from ..data import (
+from hf_mdlm.data import (
     DataArguments,
     DiffusionCollator,
     check_heldout_overlap,
     prepare_datasets,
     spread_indices,
 )
-from ..evaluation.judge import load_judge_checked, train_judge, win_rate
-from ..evaluation.report import compare_elbos, plot_training, write_report
-from ..evaluation.suite import evaluate_model, parse_samplers, reference_quality
-from ..hub.folder import save_model_folder
-from ..loading import ModelArguments, model_from_scratch
-from ..training.arguments import MDLMTrainingArguments
-from ..training.trainer import MDLMTrainer
+from hf_mdlm.evaluation.judge import load_judge_checked, train_judge, win_rate
+from hf_mdlm.evaluation.report import compare_elbos, plot_training, write_report
+from hf_mdlm.cli import parse_samplers
+from hf_mdlm.evaluation.suite import evaluate_model, reference_quality
+from hf_mdlm.hub.folder import save_model_folder
+from hf_mdlm.loading import ModelArguments, model_from_scratch
+from hf_mdlm.training.arguments import MDLMTrainingArguments
+from hf_mdlm.training.trainer import MDLMTrainer
 from .presets import Preset
 
 logger = logging.getLogger("replicate")
