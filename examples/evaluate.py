@@ -36,7 +36,8 @@ from hf_mdlm.loading import load_for_inference, position_limit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="an hf_mdlm model folder (or Hub id)")
     add_bool_flag(p, "--trust_remote_code",
                    help="run the Python files of a model folder that is not an hf_mdlm one")

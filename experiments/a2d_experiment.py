@@ -34,7 +34,8 @@ from replication.run import configure_run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output_dir", default="outputs/a2d")
     mode = p.add_mutually_exclusive_group()
     add_bool_flag(mode, "--quick", help="smaller models and budgets (minutes on 2 CPU cores)")

@@ -26,7 +26,8 @@ from hf_mdlm.loading import load_for_inference  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--judge", required=True)
     p.add_argument("--eos_penalty", type=lambda text: parse_numbers(text, "eos_penalty"), default=[0, 1, 2, 4, 8])

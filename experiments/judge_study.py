@@ -71,7 +71,8 @@ def compare(results: dict, arm: str, baseline: str, sampler: str, judge_folder: 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--runs", action="append", required=True, help="LABEL=FOLDER (repeatable)")
     p.add_argument("--judges", action="append", default=[], help="LABEL=JUDGE_FOLDER (repeatable); 'own' is added")
     p.add_argument("--samplers", default="ancestral", help="comma-separated samplers of the runs to rejudge")

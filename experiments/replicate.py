@@ -48,7 +48,8 @@ from replication.seeds import SeedFolderError, parse_seeds, run_seeds  # noqa: E
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output_dir", default="outputs/replicate")
     mode = p.add_mutually_exclusive_group()
     add_bool_flag(mode, "--quick", help="CI mode: <= 10 minutes on 2 CPU cores")

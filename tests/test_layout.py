@@ -108,8 +108,7 @@ def test_no_page_or_template_names_an_old_path():
                  "hf_mdlm.replication", "examples/replicate.py", "examples/a2d_experiment.py", "bench/data/",
                  "bench/judge_study.py", "bench/eos_study.py")
     pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(PACKAGE / "hub" / "templates").glob("*.md"),
-             *PACKAGE.rglob("*.py"), *(ROOT / "examples").glob("*.py"), *(ROOT / "experiments").glob("*.py"),
-             ROOT / "experiments" / "README.md"]
+             *PACKAGE.rglob("*.py"), *(ROOT / "examples").glob("*.py"), *(ROOT / "experiments").glob("*.py")]
     stale = [f"{page.relative_to(ROOT)}: {old}" for page in pages for old in old_paths if old in page.read_text()]
     assert stale == []
 

@@ -65,8 +65,7 @@ class MDLMTrainingArguments(TrainingArguments):
     )
     ctc_weight: float = field(
         default=1.0,
-        metadata={"help": "Weight of the slack-CTC loss (lambda_ctc); 0 gives plain masked-diffusion SFT. "
-                          "Default: 1.0."},
+        metadata={"help": "Weight of the slack-CTC loss (lambda_ctc); 0 gives plain masked-diffusion SFT."},
     )
     slack_rule: str = field(
         default="bernoulli",
@@ -75,13 +74,12 @@ class MDLMTrainingArguments(TrainingArguments):
     )
     slack_prob: float = field(
         default=0.1,
-        metadata={"help": "Probability (bernoulli) or ratio (fixed) of <slack>, in [0, 1]. Default: 0.1."},
+        metadata={"help": "Probability (bernoulli) or ratio (fixed) of <slack>, in [0, 1]."},
     )
     ctc_collapse: str = field(
         default="slack",
         metadata={"help": "The CTC's collapse map: 'slack' (delete <slack>, keep repeats: the slack-CTC objective) "
-                          "or 'ctc' (standard CTC: merge runs of equal tokens, then delete <slack>; an ablation). "
-                          "Default: 'slack'."},
+                          "or 'ctc' (standard CTC: merge runs of equal tokens, then delete <slack>; an ablation)."},
     )
     canvas_padding: str = field(
         default="eos",
