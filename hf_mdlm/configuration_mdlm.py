@@ -3,6 +3,8 @@
 This file ships to the Hub next to the weights: it imports only transformers.
 """
 
+import operator
+
 from transformers import PretrainedConfig
 
 # What a saved folder needs so that `AutoModel.from_pretrained(dir, trust_remote_code=True)` finds our classes.
@@ -196,10 +198,10 @@ class MDLMConfig(PretrainedConfig):
             if bad:
                 raise ValueError(f"MDLMConfig.moe_layers holds {bad}, not layer indices in [0, {self.num_hidden_layers})")
         for name in ("mask_token_id", "slack_token_id", "pad_token_id", "bos_token_id"):
-            _check_token_id(name, getattr(self, name), self.vocab_size)
+            check_token_id(name, getattr(self, name), self.vocab_size)
         eos = self.eos_token_id
         for token in eos if isinstance(eos, (list, tuple)) else [eos]:
-            _check_token_id("eos_token_id", token, self.vocab_size)
+            check_token_id("eos_token_id", token, self.vocab_size)
         if self.mask_token_id is not None and self.mask_token_id == self.slack_token_id:
             raise ValueError(f"MDLMConfig.slack_token_id must differ from mask_token_id ({self.mask_token_id})")
 
@@ -210,11 +212,20 @@ def _div_or_none(a, b):
     return None
 
 
-def _check_token_id(name, value, vocab_size):
+def check_token_id(name, value, vocab_size, *, required=False, owner="MDLMConfig."):
+    """`value` as a token id in [0, vocab_size), or None for None (an error when `required`); a ValueError naming
+    `owner + name` otherwise. Shared by the config and the losses (which pass their logits' vocabulary)."""
     if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < vocab_size:
-        raise ValueError(f"MDLMConfig.{name}={value!r} is not a token id in [0, vocab_size={vocab_size})")
+        if required:
+            raise ValueError(f"{owner}{name} is None: the tokenizer/model config must define it")
+        return None
+    try:
+        index = operator.index(value)  # ints of any kind (numpy, 0-d tensors), never bools or floats
+    except TypeError:
+        index = None
+    if index is None or isinstance(value, bool) or not 0 <= index < vocab_size:
+        raise ValueError(f"{owner}{name}={value!r} is not a token id in [0, vocab_size={vocab_size})")
+    return index
 
 
-__all__ = ["MDLMConfig"]
+__all__ = ["MDLMConfig", "check_token_id"]

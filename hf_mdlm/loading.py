@@ -26,7 +26,48 @@ DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 @dataclass
 class ModelArguments:
-    """The model to train; every field is a command-line flag through `transformers.HfArgumentParser`."""
+    r"""The model to train. Every field is a command-line flag of `examples/finetune.py` (through
+    `transformers.HfArgumentParser`).
+
+    Parameters:
+        > The model
+
+        model_name_or_path (`str`, *optional*):
+            An hf_mdlm folder or Hub id; a LLaDA, LLaDA-MoE or Dream checkpoint or a Llama/Qwen causal LM (converted
+            once, on the fly); or any masked LM (e.g. a BERT). Default: a small MDLM trained from scratch.
+        tokenizer_name (`str`, *optional*):
+            The tokenizer (default: the model's; from scratch, the bundled one).
+        trust_remote_code (`bool`, defaults to `False`):
+            Run the Python files of a model folder that is not an hf_mdlm one. An hf_mdlm folder always loads with
+            the installed classes and runs none of its files.
+        init_missing_weights (`bool`, defaults to `False`):
+            Initialise weights the checkpoint lacks (e.g. a new masked-LM head) instead of failing.
+        dtype (`str`, *optional*):
+            Load the weights in this dtype, e.g. `"bfloat16"`.
+
+        > A model from scratch
+
+        hidden_size (`int`, defaults to `192`):
+            Width.
+        num_hidden_layers (`int`, defaults to `4`):
+            Number of transformer blocks.
+        num_attention_heads (`int`, defaults to `4`):
+            Attention heads.
+        intermediate_size (`int`, defaults to `512`):
+            SwiGLU width.
+
+        > LoRA
+
+        lora_r (`int`, defaults to `0`):
+            LoRA rank; 0 trains all weights.
+        lora_alpha (`int`, defaults to `32`):
+            LoRA alpha (the update is scaled by alpha / r).
+        lora_dropout (`float`, defaults to `0.0`):
+            Dropout on the LoRA input.
+        lora_target_modules (`str`, defaults to every attention and MLP projection):
+            Comma-separated module name patterns (fnmatch on the full name or its last part); each must match at
+            least one `Linear` module, or the error lists the module names.
+    """
 
     model_name_or_path: str | None = field(
         default=None,

@@ -36,7 +36,7 @@ from .generation_mdlm import MDLMGenerationMixin
 logger = logging.get_logger(__name__)
 
 
-def _values_are_free(tensor) -> bool:
+def values_are_free(tensor) -> bool:
     """Checks that read tensor values cost nothing on the CPU; on an accelerator (or while compiling) they would
     stall the device, so there the entry points (`generate`, the data pipeline) check values instead."""
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -364,7 +364,7 @@ class MDLMModel(MDLMPreTrainedModel):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         vocab = self.config.vocab_size
-        if _values_are_free(input_ids) and input_ids.numel() and ((input_ids < 0) | (input_ids >= vocab)).any():
+        if values_are_free(input_ids) and input_ids.numel() and ((input_ids < 0) | (input_ids >= vocab)).any():
             bad = input_ids[(input_ids < 0) | (input_ids >= vocab)][0].item()
             raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab})")
 
@@ -392,7 +392,7 @@ class MDLMModel(MDLMPreTrainedModel):
                 "(1 = real token, 0 = padding; keys = the cached positions plus the fed ones) or a 4D mask"
             )
         keep = attention_mask.bool()
-        if _values_are_free(keep):  # on an accelerator these reads would stall it at every forward
+        if values_are_free(keep):  # on an accelerator these reads would stall it at every forward
             empty = ~keep.any(dim=1)
             if empty.any():
                 raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} has no real token")

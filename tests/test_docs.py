@@ -150,3 +150,20 @@ def test_relative_links_point_to_files(page):
         if "://" not in target and not (page.parent / target).exists():
             missing.append(target)
     assert not missing, missing
+
+
+def test_argument_dataclasses_document_every_field_by_group():
+    import dataclasses
+
+    from hf_mdlm.data.arguments import DataArguments
+    from hf_mdlm.loading import ModelArguments
+    from hf_mdlm.training.arguments import MDLMTrainingArguments
+
+    own = {f.name for f in dataclasses.fields(MDLMTrainingArguments)} - {
+        f.name for f in dataclasses.fields(MDLMTrainingArguments.__mro__[1])} | {"remove_unused_columns"}
+    for cls, names in ((DataArguments, {f.name for f in dataclasses.fields(DataArguments)}),
+                       (ModelArguments, {f.name for f in dataclasses.fields(ModelArguments)}),
+                       (MDLMTrainingArguments, own)):
+        documented = set(re.findall(r"^        (\w+) \(`", cls.__doc__, flags=re.M))
+        assert documented == names, (cls.__name__, names ^ documented)
+        assert "        > " in cls.__doc__, cls.__name__  # grouped

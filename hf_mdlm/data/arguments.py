@@ -12,7 +12,64 @@ FORMAT_COLUMNS = {"chat": ("messages",), "prompt_completion": ("prompt", "comple
 
 @dataclass
 class DataArguments:
-    """Data options; every field is a command-line flag through ``transformers.HfArgumentParser``."""
+    r"""Where the fine-tuning data come from and how they become examples. Every field is a command-line flag of
+    `examples/finetune.py` (through `transformers.HfArgumentParser`).
+
+    Parameters:
+        > Source
+
+        dataset (`str`, *optional*):
+            A local file (.json/.jsonl/.parquet/.csv/.txt, optionally .gz), a local folder (data files or a
+            `save_to_disk` dataset) or a Hub dataset name. Default: the bundled Shakespeare corpus.
+        dataset_config (`str`, *optional*):
+            The Hub dataset's configuration name.
+        dataset_cache_dir (`str`, *optional*):
+            Cache folder for `datasets` (default: the datasets library's own).
+        train_split (`str`, defaults to `"train"`):
+            The split trained on.
+        eval_split (`str`, *optional*):
+            The evaluation split's name, or a path to a separate evaluation file. Default: the `validation` split
+            when there is one (the held-out works of the bundled corpus), else `eval_fraction` of the training rows.
+        eval_fraction (`float`, defaults to `0.05`):
+            The share of training rows held out for evaluation when there is no evaluation split (0: none).
+        eval_split_seed (`int`, defaults to `42`):
+            Seed of that train/eval split.
+        max_train_samples (`int`, *optional*):
+            Keep at most this many training examples.
+        max_eval_samples (`int`, *optional*):
+            Keep at most this many evaluation examples.
+
+        > Format
+
+        data_format (`str`, defaults to `"auto"`):
+            `"chat"` (a `messages` column), `"prompt_completion"`, `"text"`, or `"auto"` (picked from the columns in
+            that order).
+        chat_all_assistant_turns (`bool`, defaults to `False`):
+            Chat data: one example per assistant turn instead of the last assistant turn only.
+
+        > Lengths
+
+        canvas_length (`int`, defaults to `128`):
+            The response canvas L, the same for every example: response, EOS, then fill.
+        max_prompt_length (`int`, *optional*, defaults to `512`):
+            Longer prompts keep their last `max_prompt_length` tokens (left truncation); `None`: no limit.
+        truncation (`str`, defaults to `"drop"`):
+            A response (with its EOS) longer than the canvas: `"drop"` the example, or `"truncate"` the response to
+            `canvas_length` tokens without EOS. Either way it is counted and logged.
+
+        > Plain text windows
+
+        text_prompt_length (`int`, defaults to `64`):
+            Prompt tokens per window (leading special tokens not counted).
+        text_response_length (`int`, *optional*):
+            Most continuation tokens per window before EOS (default: `canvas_length - 1`); shorter leaves room in the
+            canvas for `<slack>`.
+        text_window_stride (`int`, *optional*):
+            Tokens between window starts. Default: each continuation starts where the previous one ended, so every
+            token after the first prompt is a response token exactly once.
+        text_align_lines (`bool`, defaults to `True`):
+            End each continuation at a line end when one falls inside the window.
+    """
 
     dataset: str | None = field(
         default=None,

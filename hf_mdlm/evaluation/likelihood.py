@@ -64,6 +64,19 @@ def _slack_alignment(response, room, prob, slack_token_id, generator):
     return canvas, slack_gaps_log_prob(sum(gaps), len(response), room, "bernoulli", prob)
 
 
+def _canvas_settings(model, mask_token_id, canvas_length, fill_token_id):
+    """The mask id and, with a canvas length, the fill id: given, else the model config's (EOS fills)."""
+    mask_token_id = mask_token_id if mask_token_id is not None else _config_value(model, "mask_token_id")
+    if mask_token_id is None:
+        raise ValueError("mask_token_id is not given and the model config has none")
+    if canvas_length is not None:
+        canvas_length = _check_positive_int("canvas_length", canvas_length)
+        fill_token_id = fill_token_id if fill_token_id is not None else _config_value(model, "eos_token_id")
+        if fill_token_id is None:
+            raise ValueError("canvas_length is set but there is no fill_token_id (and no EOS in the model config)")
+    return mask_token_id, canvas_length, fill_token_id
+
+
 def _resolve_schedule(schedule, time_eps) -> NoiseSchedule:
     if isinstance(schedule, NoiseSchedule):
         return schedule
@@ -139,14 +152,7 @@ def elbo_perplexity(
     batch_size = _check_positive_int("batch_size", batch_size)
     seed = _check_seed(seed)
     schedule = _resolve_schedule(schedule, time_eps)
-    mask_token_id = mask_token_id if mask_token_id is not None else _config_value(model, "mask_token_id")
-    if mask_token_id is None:
-        raise ValueError("mask_token_id is not given and the model config has none")
-    if canvas_length is not None:
-        canvas_length = _check_positive_int("canvas_length", canvas_length)
-        fill_token_id = fill_token_id if fill_token_id is not None else _config_value(model, "eos_token_id")
-        if fill_token_id is None:
-            raise ValueError("canvas_length is set but there is no fill_token_id (and no EOS in the model config)")
+    mask_token_id, canvas_length, fill_token_id = _canvas_settings(model, mask_token_id, canvas_length, fill_token_id)
     if pad_token_id is None:
         pad_token_id = _config_value(model, "pad_token_id")
         pad_token_id = pad_token_id if pad_token_id is not None else (fill_token_id if fill_token_id is not None else 0)
@@ -286,14 +292,7 @@ def conditional_log_likelihood(
     num_samples = _check_positive_int("num_samples", num_samples)
     batch_size = _check_positive_int("batch_size", batch_size)
     seed = _check_seed(seed)
-    mask_token_id = mask_token_id if mask_token_id is not None else _config_value(model, "mask_token_id")
-    if mask_token_id is None:
-        raise ValueError("mask_token_id is not given and the model config has none")
-    if canvas_length is not None:
-        canvas_length = _check_positive_int("canvas_length", canvas_length)
-        fill_token_id = fill_token_id if fill_token_id is not None else _config_value(model, "eos_token_id")
-        if fill_token_id is None:
-            raise ValueError("canvas_length is set but there is no fill_token_id (and no EOS in the model config)")
+    mask_token_id, canvas_length, fill_token_id = _canvas_settings(model, mask_token_id, canvas_length, fill_token_id)
     [(clean_ids, p_len, m)] = _canvas_rows([(prompt, completion)], canvas_length, fill_token_id)
     clean = torch.tensor(clean_ids, dtype=torch.long)
     values = np.zeros(num_samples, dtype=np.float64)

@@ -28,6 +28,8 @@ from typing import Optional
 
 import torch
 
+from ..configuration_mdlm import check_token_id
+from ..modeling_mdlm import values_are_free
 from . import lattice_kernels
 from .canvas import NoiseSchedule
 
@@ -121,13 +123,6 @@ def _selected_log_probs(logits, batch_idx, pos_idx, tokens) -> torch.Tensor:
 # ----------------------------------------------------------------------------- validation
 
 
-def _values_are_free(tensor) -> bool:
-    """Whether checks that read tensor values cost nothing: on the CPU and not while compiling. On an accelerator
-    such a check stalls the device every step, so there the inputs' values are the caller's to check (the trainer
-    builds them consistent by construction) and only infeasibility is asserted, asynchronously."""
-    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
 def _check_ids(name, ids, shape, device):
     if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != tuple(shape):
         raise ValueError(
@@ -162,15 +157,6 @@ def _check_logits(logits):
         raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
 
 
-def _check_token_id(name, value, vocab):
-    if value is None:
-        raise ValueError(f"{name} is None: the tokenizer/model config must define it")
-    value = int(value)
-    if not 0 <= value < vocab:
-        raise ValueError(f"{name}={value} is outside the logits vocabulary [0, {vocab})")
-    return value
-
-
 # ----------------------------------------------------------------------------- masked CE
 
 
@@ -193,7 +179,7 @@ def masked_cross_entropy(logits: torch.Tensor, clean_ids: torch.Tensor, masked: 
     _check_bool("masked", masked, shape, logits.device)
     batch_idx, pos_idx = masked.nonzero(as_tuple=True)
     tokens = clean_ids[batch_idx, pos_idx][:, None]
-    if _values_are_free(tokens) and tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
+    if values_are_free(tokens) and tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= logits.shape[-1]):
         raise ValueError("clean_ids at masked positions contain ids outside the logits vocabulary")
     log_probs = _selected_log_probs(logits, batch_idx, pos_idx, tokens)[:, 0]
     out = torch.zeros(shape[0], dtype=log_probs.dtype, device=logits.device)
@@ -335,7 +321,7 @@ def _backward_beta(e_target, e_slack, num_slack, log_scale):
 
 
 def _raise_infeasible(log_z, what="slack-CTC"):
-    if not _values_are_free(log_z):
+    if not values_are_free(log_z):
         torch._assert_async((torch.isfinite(log_z) | torch.isnan(log_z)).all(),
                             f"{what}: an example has no alignment that agrees with its unmasked canvas tokens")
         return
@@ -561,8 +547,8 @@ def slack_ctc_loss(
     _check_logits(logits)
     shape = logits.shape[:2]
     vocab = logits.shape[-1]
-    mask_id = _check_token_id("mask_token_id", mask_token_id, vocab)
-    slack_id = _check_token_id("slack_token_id", slack_token_id, vocab)
+    mask_id = check_token_id("mask_token_id", mask_token_id, vocab, required=True, owner="")
+    slack_id = check_token_id("slack_token_id", slack_token_id, vocab, required=True, owner="")
     if mask_id == slack_id:
         raise ValueError("mask_token_id and slack_token_id must differ")
     _check_ids("input_ids", input_ids, shape, logits.device)
@@ -578,7 +564,7 @@ def slack_ctc_loss(
 
 
 def _check_canvas_ids(clean_ids, loss_mask, vocab):
-    if not _values_are_free(clean_ids):
+    if not values_are_free(clean_ids):
         return
     canvas_ids = clean_ids[loss_mask]
     if canvas_ids.numel() and (int(canvas_ids.min()) < 0 or int(canvas_ids.max()) >= vocab):
@@ -644,7 +630,7 @@ def diffusion_loss(
     _check_ids("clean_ids", clean_ids, shape, logits.device)
     _check_bool("masked", masked, shape, logits.device)
     _check_bool("loss_mask", loss_mask, shape, logits.device)
-    if _values_are_free(masked) and bool((masked & ~loss_mask).any()):
+    if values_are_free(masked) and bool((masked & ~loss_mask).any()):
         raise ValueError("masked marks positions outside loss_mask")
     t = torch.as_tensor(t, device=logits.device)
     if t.dim() == 0:
@@ -654,11 +640,11 @@ def diffusion_loss(
 
     ctc = None
     if ctc_weight != 0:
-        mask_id = _check_token_id("mask_token_id", mask_token_id, vocab)
-        slack_id = _check_token_id("slack_token_id", slack_token_id, vocab)
+        mask_id = check_token_id("mask_token_id", mask_token_id, vocab, required=True, owner="")
+        slack_id = check_token_id("slack_token_id", slack_token_id, vocab, required=True, owner="")
         if mask_id == slack_id:
             raise ValueError("mask_token_id and slack_token_id must differ")
-        if _values_are_free(masked) and not torch.equal(masked, loss_mask & (input_ids == mask_id)):
+        if values_are_free(masked) and not torch.equal(masked, loss_mask & (input_ids == mask_id)):
             raise ValueError("masked must equal loss_mask & (input_ids == mask_token_id)")
         if collapse not in _COLLAPSES:
             raise ValueError(f"unknown collapse {collapse!r}; choose one of {_COLLAPSES}")
