@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -100,11 +101,41 @@ def native_folder(source, dtype=None) -> str:
         logger.info("using the conversion of %s (%s) in %s", source, family, target)
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("converting the %s checkpoint %s into %s (once: later runs reuse it)", family, source, target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        convert_checkpoint(folder, staging, family, dtype=dtype)
-        os.replace(staging, target)  # complete or absent: a killed conversion is never reused
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # One conversion per machine, whatever the launcher: the process that takes the lock converts, the others (the
+    # other ranks of an `accelerate launch`) wait for it and reuse the result.
+    with _conversion_lock(target):
+        if (target / "config.json").exists():
+            logger.info("another process converted %s; using %s", source, target)
+            return str(target)
+        if target.exists():  # not ours to trust: staged moves are whole, so this was made by hand or damaged
+            logger.warning("removing the incomplete conversion %s", target)
+            shutil.rmtree(target)
+        logger.info("converting the %s checkpoint %s into %s (once: later runs reuse it)", family, source, target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            convert_checkpoint(folder, staging, family, dtype=dtype)
+            os.replace(staging, target)  # complete or absent: a killed conversion is never reused
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path):
+    """An exclusive OS lock next to `target` (released when its process ends, so a killed conversion never blocks
+    the next); a process that has to wait says so."""
+    with open(target.parent / f"{target.name}.lock", "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (Windows): no advisory locks; the staged move still keeps it whole
+            yield
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process converting into %s", target)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
