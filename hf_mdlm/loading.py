@@ -118,7 +118,9 @@ def model_from_scratch(model_args: ModelArguments):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    return MDLMForMaskedLM(config), tokenizer
+    model = MDLMForMaskedLM(config)
+    model.generation_config.block_length = 8  # semi-autoregressive blocks (docs/objective.md §6), fit on save
+    return model, tokenizer
 
 
 def load_model_and_tokenizer(model_args: ModelArguments, output_dir):

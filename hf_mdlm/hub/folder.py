@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..generation_mdlm import MDLMGenerationConfig
 from .outputs import publish_staged, staging_folder
 from .records import save_run_record
@@ -22,12 +24,8 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
     if lora:
         model.save_pretrained(staging / "adapter")
         model = model.merge_and_unload()
-    canvas = data_args.canvas_length
-    model.generation_config = MDLMGenerationConfig(
-        mask_token_id=model.config.mask_token_id, slack_token_id=model.config.slack_token_id,
-        eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id,
-        max_new_tokens=canvas, steps=canvas,
-        block_length=8 if canvas % 8 == 0 else None,  # semi-autoregressive blocks (docs/objective.md §6)
+    model.generation_config = trained_generation_config(
+        model.generation_config, model.config, data_args.canvas_length,
         # A model trained with <slack> in its canvases, decoded greedily, commits that predictable filler first and
         # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
         suppress_slack=getattr(trainer.args, "canvas_holds_slack", False) and model.config.slack_token_id is not None,
@@ -37,3 +35,23 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
     trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
     save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
     publish_staged(staging, output_dir)
+
+
+def trained_generation_config(base, config, canvas: int, *, suppress_slack: bool) -> MDLMGenerationConfig:
+    """The sampling defaults of a fine-tuned model: the base model's (its family's schedule, remasking, top-p,
+    block length...), resized to the training canvas, with the token ids of the trained config.
+
+    The canvas becomes `max_new_tokens`; `steps` keeps the base's steps per token; a block length that does not
+    divide the canvas becomes their greatest common divisor (semi-autoregressive decoding kept, blocks made to fit).
+    """
+    # another masked LM (a BERT) has no diffusion sampling defaults: ours then start from the class defaults
+    generation = MDLMGenerationConfig.from_dict(base.to_dict()) if isinstance(base, MDLMGenerationConfig) else \
+        MDLMGenerationConfig()
+    per_token = (generation.steps / generation.max_new_tokens) if generation.steps and generation.max_new_tokens else 1
+    block = generation.block_length
+    generation.update(
+        mask_token_id=config.mask_token_id, slack_token_id=config.slack_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, max_new_tokens=canvas, steps=max(1, round(canvas * per_token)),
+        block_length=math.gcd(canvas, block) if block else None, suppress_slack=suppress_slack,
+    )
+    return generation
