@@ -1,8 +1,8 @@
 """Fine-tune a masked diffusion LM with masked-diffusion CE + slack-CTC.
 
 With no arguments it runs the bundled default: a small MDLM trained from scratch on the bundled
-Shakespeare corpus for a few minutes on CPU, saved as a self-contained Hub folder, reloaded with
-`AutoModel.from_pretrained(..., trust_remote_code=True)`, and sampled on held-out prompts.
+Shakespeare corpus for a few minutes on CPU, saved as a self-contained Hub folder (checked to load with
+`trust_remote_code=True`), and sampled on held-out prompts where it trained.
 
     python examples/finetune.py                                   # the bundled default
     accelerate launch examples/finetune.py --model_name_or_path MODEL --dataset data.jsonl \\
@@ -25,10 +25,10 @@ from transformers import AutoModel, HfArgumentParser, set_seed
 from hf_mdlm import strip_generation
 from hf_mdlm.cli import add_bool_flag
 from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
-from hf_mdlm.hub import export_for_hub, prepare_run_outputs, push_to_hub, save_model_folder
+from hf_mdlm.hub import check_remote_code_loads, export_for_hub, prepare_run_outputs, push_to_hub, save_model_folder
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
 from hf_mdlm.training.arguments import MDLMTrainingArguments
-from hf_mdlm.training.trainer import MDLMTrainer
+from hf_mdlm.training.trainer import MDLMTrainer, sharded
 
 logger = logging.getLogger("finetune")
 
@@ -49,15 +49,17 @@ def with_bundled_defaults(argv):
     return list(argv) if named else BUNDLED_DEFAULTS + list(argv)
 
 
-def sample_held_out(output_dir, eval_dataset, tokenizer, num_samples, seed):
-    """Reload the saved folder as a Hub user would and sample continuations of held-out prompts, at temperature
-    0.7: small models trained for minutes otherwise commit their most confident tokens (newlines, EOS) first.
-    The folder's code is the installed package's, copied there by this run moments ago."""
-    model = AutoModel.from_pretrained(output_dir, trust_remote_code=True).eval()
+def sample_held_out(model, eval_dataset, tokenizer, num_samples, seed, bf16=False):
+    """Continuations of held-out prompts from the trained model, where it trained (its device; bf16 autocast when it
+    trained so), at temperature 0.7: small models trained for minutes otherwise commit their most confident tokens
+    (newlines, EOS) first."""
+    model.eval()
+    device = next(model.parameters()).device
     for index in range(min(num_samples, len(eval_dataset))):
         row = eval_dataset[index * max(1, len(eval_dataset) // num_samples)]
-        prompt = torch.tensor([row["prompt_ids"]])
-        canvas = model.generate(prompt, temperature=0.7, generator=seed + index)
+        prompt = torch.tensor([row["prompt_ids"]], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            canvas = model.generate(prompt, temperature=0.7, generator=seed + index)
         [completion] = strip_generation(
             canvas[:, prompt.shape[1]:], mask_token_id=model.config.mask_token_id,
             slack_token_id=model.config.slack_token_id, eos_token_id=model.config.eos_token_id,
@@ -102,10 +104,16 @@ def run(model_args, data_args, training_args, extra, outputs):
     if losses:
         print(f"training loss: first logged {losses[0]:.4f}, last logged {losses[-1]:.4f}")
     if trainer.is_world_process_zero():
-        save_model_folder(trainer, tokenizer, training_args.output_dir, data_args, lora=model_args.lora_r > 0)
+        saved = save_model_folder(trainer, tokenizer, training_args.output_dir, data_args, lora=model_args.lora_r > 0)
+        check_remote_code_loads(training_args.output_dir)  # as Hub users load it: config and code, not the weights
         print(f"saved a self-contained model folder to {os.path.abspath(training_args.output_dir)}")
-        if eval_dataset is not None and extra.num_samples > 0:
-            sample_held_out(training_args.output_dir, eval_dataset, tokenizer, extra.num_samples, training_args.seed)
+        if extra.num_samples == 0 or eval_dataset is None:
+            print("no samples drawn (--num_samples 0 or no held-out data)")
+        else:  # a sharded model (FSDP, ZeRO) is whole only in the saved folder: load it where it trained
+            model = AutoModel.from_pretrained(training_args.output_dir, trust_remote_code=True, dtype="auto",
+                                              device_map=training_args.device) if sharded(trainer) else saved
+            sample_held_out(model, eval_dataset, tokenizer, extra.num_samples, training_args.seed,
+                            bf16=training_args.bf16)
         if outputs.hub is not None:  # our checked export, with its model card, in one commit: the only upload
             repo_id = outputs.hub.repo_id or Path(training_args.output_dir).name
             folder = export_for_hub(training_args.output_dir, None, outputs.hub_dir, repo_id=repo_id)

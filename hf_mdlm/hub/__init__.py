@@ -22,7 +22,7 @@ from .cards import render_model_card
 from .checks import check_hub_folder, hub_files
 from .export import export_for_hub
 from .files import HUB_CODE_FILES, TOKENIZER_FILES, copy_hub_code
-from .folder import save_model_folder
+from .folder import check_remote_code_loads, save_model_folder
 from .outputs import (
     OutputFolder,
     OutputFolderError,
@@ -41,6 +41,7 @@ __all__ = [
     "OutputFolderError",
     "TOKENIZER_FILES",
     "check_hub_folder",
+    "check_remote_code_loads",
     "check_writable_dir",
     "copy_hub_code",
     "detach_hub_settings",

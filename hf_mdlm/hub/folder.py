@@ -9,12 +9,12 @@ from .outputs import publish_staged, staging_folder
 from .records import save_run_record
 
 
-def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool = False) -> None:
+def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool = False):
     """Write the trained model as a Hub-ready folder: config with `auto_map`, code, weights, tokenizer, a generation
     config sized for the training canvas, the loss curve (`trainer_state.json`) and the run's records.
 
     With `lora`, the adapter alone (with its new token rows) is saved to `output_dir/adapter` and the folder itself
-    holds the merged model.
+    holds the merged model. Returns the model saved (the merged one under LoRA), still where it trained.
 
     Everything is written into a hidden staging folder inside `output_dir` first and moved into place once complete
     (`config.json` last), so a run killed during the save leaves no half-written model that would still load.
@@ -35,6 +35,7 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
     trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
     save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
     publish_staged(staging, output_dir)
+    return model
 
 
 def trained_generation_config(base, config, canvas: int, *, suppress_slack: bool) -> MDLMGenerationConfig:
@@ -55,3 +56,13 @@ def trained_generation_config(base, config, canvas: int, *, suppress_slack: bool
         block_length=math.gcd(canvas, block) if block else None, suppress_slack=suppress_slack,
     )
     return generation
+
+
+def check_remote_code_loads(folder) -> None:
+    """Load `folder`'s config and model class as a Hub user does (`trust_remote_code=True`, from the folder's own
+    code files), without reading the weights: an error here means the folder would not load on the Hub."""
+    from transformers import AutoConfig
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    get_class_from_dynamic_module(config.auto_map["AutoModel"], folder)

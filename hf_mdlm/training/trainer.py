@@ -209,3 +209,12 @@ class MDLMTrainer(Trainer):
         if "loss" in logs:  # a training log: add the loss parts averaged since the previous one
             logs.update(self._flush_metrics("train"))
         return super().log(logs, *args, **kwargs)
+
+
+def sharded(trainer) -> bool:
+    """Whether the trained weights are split over the processes (FSDP, DeepSpeed ZeRO-3), so that no process holds
+    the whole model in memory."""
+    if trainer.is_fsdp_enabled:
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
+    return plugin is not None and plugin.zero_stage == 3
