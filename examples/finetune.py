@@ -25,7 +25,14 @@ from transformers import AutoModel, HfArgumentParser, set_seed
 from hf_mdlm import strip_generation
 from hf_mdlm.cli import add_bool_flag
 from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
-from hf_mdlm.hub import check_remote_code_loads, export_for_hub, prepare_run_outputs, push_to_hub, save_model_folder
+from hf_mdlm.hub import (
+    check_remote_code_loads,
+    export_for_hub,
+    gathered_state_dict,
+    prepare_run_outputs,
+    push_to_hub,
+    save_model_folder,
+)
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
 from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.trainer import MDLMTrainer, sharded
@@ -97,21 +104,27 @@ def run(model_args, data_args, training_args, extra, outputs):
         data_collator=DiffusionCollator(pad_token_id=tokenizer.pad_token_id, canvas_length=data_args.canvas_length),
         train_dataset=train_dataset, eval_dataset=eval_dataset,
     )
+    if model_args.lora_r > 0 and sharded(trainer):  # before any work: the adapter could not be saved
+        raise ValueError("LoRA with sharded weights (FSDP, ZeRO-3) is not supported: the adapter fits on every GPU, "
+                         "so train it with data parallelism (examples/configs/ddp.yaml)")
     trainer.train(resume_from_checkpoint=outputs.resume)
     logger.info("trained with %d process(es)", training_args.world_size)
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if losses:
         print(f"training loss: first logged {losses[0]:.4f}, last logged {losses[-1]:.4f}")
+    # sharded weights (FSDP, ZeRO-3) are gathered by every process; the main process writes the folder
+    state_dict = gathered_state_dict(trainer.model_wrapped, trainer.accelerator)
     if trainer.is_world_process_zero():
-        saved = save_model_folder(trainer, tokenizer, training_args.output_dir, data_args, lora=model_args.lora_r > 0)
+        saved = save_model_folder(trainer, tokenizer, training_args.output_dir, data_args, lora=model_args.lora_r > 0,
+                                  state_dict=state_dict)
         check_remote_code_loads(training_args.output_dir)  # as Hub users load it: config and code, not the weights
         print(f"saved a self-contained model folder to {os.path.abspath(training_args.output_dir)}")
         if extra.num_samples == 0 or eval_dataset is None:
             print("no samples drawn (--num_samples 0 or no held-out data)")
         else:  # a sharded model (FSDP, ZeRO) is whole only in the saved folder: load it where it trained
             model = AutoModel.from_pretrained(training_args.output_dir, trust_remote_code=True, dtype="auto",
-                                              device_map=training_args.device) if sharded(trainer) else saved
+                                              device_map=training_args.device) if state_dict is not None else saved
             sample_held_out(model, eval_dataset, tokenizer, extra.num_samples, training_args.seed,
                             bf16=training_args.bf16)
         if outputs.hub is not None:  # our checked export, with its model card, in one commit: the only upload

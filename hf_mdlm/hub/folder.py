@@ -9,12 +9,15 @@ from .outputs import publish_staged, staging_folder
 from .records import save_run_record
 
 
-def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool = False):
+def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool = False, state_dict=None):
     """Write the trained model as a Hub-ready folder: config with `auto_map`, code, weights, tokenizer, a generation
     config sized for the training canvas, the loss curve (`trainer_state.json`) and the run's records.
 
     With `lora`, the adapter alone (with its new token rows) is saved to `output_dir/adapter` and the folder itself
     holds the merged model. Returns the model saved (the merged one under LoRA), still where it trained.
+
+    A model sharded over processes (FSDP, DeepSpeed ZeRO-3) is saved from `state_dict`, the whole weights that
+    `gathered_state_dict` collected on this, the main, process: the same folder as a single process would write.
 
     Everything is written into a hidden staging folder inside `output_dir` first and moved into place once complete
     (`config.json` last), so a run killed during the save leaves no half-written model that would still load.
@@ -30,7 +33,7 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
         suppress_slack=getattr(trainer.args, "canvas_holds_slack", False) and model.config.slack_token_id is not None,
     )
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
     save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
@@ -66,3 +69,23 @@ def check_remote_code_loads(folder) -> None:
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     get_class_from_dynamic_module(config.auto_map["AutoModel"], folder)
+
+
+def gathered_state_dict(model, accelerator=None):
+    """The whole model's weights on the main process when they are sharded over processes (None elsewhere gets an
+    empty dict), or None when every process holds the whole model and it saves as it is. Every process must call
+    it: the shards are gathered collectively.
+
+    FSDP2 (`fully_shard`, DTensor parameters) is gathered by torch itself, under accelerate or not; FSDP1 and
+    DeepSpeed by accelerate (ZeRO-3 gathers its 16-bit weights)."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {name: tensor.contiguous() for name, tensor in full.items() if isinstance(tensor, torch.Tensor)}
+    if accelerator is not None and accelerator.distributed_type in ("FSDP", "DEEPSPEED"):
+        return accelerator.get_state_dict(model)
+    return None
