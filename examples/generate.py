@@ -26,6 +26,7 @@ from transformers import TextStreamer
 from hf_mdlm.cli import add_bool_flag, positive_int
 from hf_mdlm.generation_mdlm import GENERATION_FIELDS, REMASKING_STRATEGIES, mix_seed, strip_generation
 from hf_mdlm.loading import load_for_inference
+from hf_mdlm.visualization import DenoisingRecorder, TerminalRenderer, check_animation_path, write_animation
 
 CHOICES = {"remasking": REMASKING_STRATEGIES}
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(parser, "--stream", help="print the blocks as they are final (one prompt only)")
     add_bool_flag(parser, "--show_raw", help="also print the raw canvas, slack included")
     add_bool_flag(parser, "--progress", help="show a progress bar over the steps")
+    add_bool_flag(parser, "--visualize", help="redraw the first prompt's canvas at every step")
+    parser.add_argument("--animate", metavar="PATH", help="save the first prompt's steps: .gif, .html, .png (mid step)")
 
     group = parser.add_argument_group("generation settings (MDLMGenerationConfig; default: the model's)")
     for name, (kind, default) in GENERATION_FIELDS.items():
@@ -88,6 +91,14 @@ def format_prompt(tokenizer, prompt: str, args) -> str:
 def main(argv=None) -> list[str]:
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args)
+    watch = args.visualize or args.animate is not None
+    if watch and args.stream:
+        raise SystemExit("--stream cannot be combined with --visualize or --animate: they draw the canvas themselves")
+    if args.animate is not None:  # a bad path fails now, not after loading the model and sampling
+        try:
+            check_animation_path(args.animate)
+        except (ValueError, ImportError) as error:
+            raise SystemExit(f"--animate: {error}") from None
 
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     model, tokenizer = load_for_inference(args.model, args.device, tokenizer=args.tokenizer, dtype=dtype,
@@ -120,9 +131,13 @@ def main(argv=None) -> list[str]:
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if args.stream else None
         # one seed per prompt from its index in the whole list: the same samples for any --batch_size
         seeds = None if args.seed is None else [mix_seed(args.seed, start + i) for i in range(len(chunk))]
-        out = model.generate(enc.input_ids, attention_mask=enc.attention_mask, generator=seeds,
-                             streamer=streamer, progress=args.progress, **settings)
         prompt_length = enc.input_ids.shape[1]
+        show = TerminalRenderer() if args.visualize else None  # both watch row 0 of the first batch only
+        recorder = DenoisingRecorder(tokenizer, prompt_length, **ids_of, on_frame=show) if watch and not start else None
+        out = model.generate(enc.input_ids, attention_mask=enc.attention_mask, generator=seeds, streamer=streamer,
+                             step_callback=recorder, progress=args.progress, **settings)
+        if recorder is not None and args.animate:
+            print(f"[animation: {write_animation(recorder.frames, args.animate)}]", file=sys.stderr)
         clean = strip_generation(out.sequences, prompt_length=prompt_length, **ids_of)
         for row, tokens in enumerate(clean):
             text = tokenizer.decode(tokens, skip_special_tokens=True)
