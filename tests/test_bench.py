@@ -1,4 +1,5 @@
-"""The benchmarks' code paths run (tiny sizes, CPU): the GPU check must not fail on its first real run."""
+"""The benchmarks' code paths run (tiny sizes, CPU): the GPU check must not fail on its first real run, and
+`bench/memory_table.py` prints its table."""
 
 import importlib.util
 import sys
@@ -32,3 +33,12 @@ def test_cache_table_runs_and_agrees_on_the_uncached_row(capsys):
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[3] == "none":
             assert cells[7] == "0" and cells[8] == "1.00x"
+
+
+TABLE = _load("memory_table")
+
+
+def test_memory_table_prints_the_three_models(capsys):
+    TABLE.main([])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == list(TABLE.MODELS)

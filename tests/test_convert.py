@@ -1,16 +1,39 @@
+"""Tests of `hf_mdlm/convert/`: LLaDA, LLaDA-MoE and Dream checkpoints convert into models that compute their own
+code's logits (tests/fixtures/*/README.md), unrepresentable configs and tensors are refused by name, original
+folders convert once on the fly, and every family goes through the whole pipeline (A2D: test_convert_a2d.py)."""
+
 import json
+import math
 import shutil
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_mdlm import MDLMForMaskedLM, convert_llada_checkpoint
-from hf_mdlm.convert import llada_config_to_mdlm, main
-from conftest import LLADA_TINY
+from hf_mdlm.convert import (
+    a2d_config_to_mdlm,
+    convert_checkpoint,
+    detect_family,
+    dream_config_to_mdlm,
+    llada_config_to_mdlm,
+    llada_moe_config_to_mdlm,
+    main,
+)
+from hf_mdlm.data import DiffusionCollator
+from hf_mdlm.evaluation import elbo_perplexity
+from hf_mdlm.hub import check_hub_folder, export_for_hub
+from hf_mdlm.training.arguments import MDLMTrainingArguments
+from hf_mdlm.training.trainer import MDLMTrainer
+from conftest import FIXTURES, LLADA_TINY
+from conftest import DREAM_TINY as DREAM
+from conftest import LLADA_MOE_TINY as MOE
 
 REFERENCE = load_file(str(LLADA_TINY / "reference_outputs.safetensors"))
+VOCAB = 320
 
 
 def test_converted_logits_equal_llada_reference(llada_converted):
@@ -107,3 +130,154 @@ def test_missing_tensor_is_refused(tmp_path):
 def test_never_overwrites_source():
     with pytest.raises(ValueError, match="differ"):
         convert_llada_checkpoint(LLADA_TINY, LLADA_TINY)
+
+
+def test_the_converter_refuses_tensors_its_config_does_not_describe(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hf_mdlm import convert_llada_checkpoint
+
+    src = tmp_path / "llada"
+    shutil.copytree(LLADA_TINY, src)
+    n_layers = json.loads((src / "config.json").read_text())["n_layers"]
+    tensors = load_file(str(src / "model.safetensors"))
+    extra = f"model.transformer.blocks.{n_layers}.q_proj.weight"
+    tensors[extra] = tensors["model.transformer.blocks.0.q_proj.weight"].clone()
+    save_file(tensors, str(src / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"does not describe.*{extra.replace('.', '[.]')}"):
+        convert_llada_checkpoint(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_converter_config_errors_name_the_problem(tmp_path):
+    moe = json.loads((FIXTURES / "llada-moe-tiny" / "config.json").read_text())
+    with pytest.raises(ValueError, match="names no mask token .* pass mask_token_id"):
+        llada_moe_config_to_mdlm(moe)
+    dream = json.loads((FIXTURES / "dream-tiny" / "config.json").read_text())
+    with pytest.raises(ValueError, match="Dream config has no mask_token_id"):
+        dream_config_to_mdlm({**dream, "mask_token_id": None})
+    with pytest.raises(ValueError, match="A2D converts llama, qwen2, qwen3 causal LMs, not model_type='gpt2'"):
+        a2d_config_to_mdlm({"model_type": "gpt2"}, 10, 1, 2)
+    qwen3 = {"model_type": "qwen3", "hidden_act": "silu", "layer_types": ["full_attention", "sliding_attention"]}
+    with pytest.raises(ValueError, match=r"'layer_types' has \['sliding_attention'\] layers"):
+        a2d_config_to_mdlm(qwen3, 10, 1, 2)
+    with pytest.raises(ValueError, match="no conversion for family 'mdlm'; converters: llada, llada-moe, dream, a2d"):
+        convert_checkpoint(FIXTURES / "dream-tiny", tmp_path / "out", family="mdlm")
+
+
+def test_unknown_family_lists_the_supported_ones():
+    with pytest.raises(ValueError, match="supported: mdlm, llada, llada-moe, dream, a2d"):
+        detect_family({"model_type": "bert", "architectures": ["BertModel"]})
+
+
+# ----------------------------------------------------------------------------- Dream and LLaDA-MoE logits
+
+
+@pytest.mark.parametrize("family", ["dream", "moe"])
+def test_logits_equal_the_reference(family, request):
+    model = request.getfixturevalue(family)
+    ref = load_file((DREAM if family == "dream" else MOE) / "reference_outputs.safetensors")
+    with torch.no_grad():
+        logits = model(input_ids=ref["input_ids"]).logits
+        padded = model(input_ids=ref["input_ids_padded"], attention_mask=ref["attention_mask"]).logits
+    assert (logits - ref["logits"]).abs().max() < 1e-4
+    real = ref["attention_mask"].bool()
+    assert (padded[real] - ref["logits_padded"][real]).abs().max() < 1e-4
+
+
+def test_moe_router_logits_equal_the_reference(moe):
+    ref = load_file(MOE / "reference_outputs.safetensors")
+    seen = {}
+    for index in (1, 2):
+        moe.model.layers[index].mlp.router.register_forward_hook(
+            lambda module, args, out, index=index: seen.__setitem__(index, out))
+    with torch.no_grad():
+        moe(input_ids=ref["input_ids"])
+    for index in (1, 2):
+        assert (seen[index] - ref[f"router_logits_layer{index}"]).abs().max() < 1e-4
+    assert type(moe.model.layers[0].mlp).__name__ == "MDLMMLP"  # moe_layer_freq [0, 1, 1]
+
+
+# ----------------------------------------------------------------------------- original folders converted on the fly
+
+
+def test_original_folders_are_converted_once_on_the_fly(tmp_path, monkeypatch, caplog):
+    """generate.py / evaluate.py / finetune.py / the lm-eval adapter take a Dream (LLaDA, LLaDA-MoE, causal LM)
+    folder as it is: converted once into the cache, reused after."""
+    import logging
+
+    from hf_mdlm.data import bundled_corpus_files
+    from hf_mdlm.loading import load_for_inference
+
+    monkeypatch.setenv("HF_MDLM_CACHE", str(tmp_path / "cache"))
+    tokenizer = bundled_corpus_files()["tokenizer"]
+    with caplog.at_level(logging.INFO, logger="hf_mdlm.convert.families"):
+        model, _ = load_for_inference(str(DREAM), tokenizer=str(tokenizer))
+        again, _ = load_for_inference(str(DREAM), tokenizer=str(tokenizer))
+    assert "converting the dream checkpoint" in caplog.text and "using the conversion" in caplog.text
+    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1
+    ref = load_file(DREAM / "reference_outputs.safetensors")
+    with torch.no_grad():
+        assert (model(input_ids=ref["input_ids"]).logits - ref["logits"]).abs().max() < 1e-4
+    assert again.config.prediction_alignment == "next_token" and again.generation_config.schedule == "dream"
+
+
+# ----------------------------------------------------------------------------- every family through the pipeline
+
+
+def _tokenizer(mask_id, slack_id, eos_id):
+    """A word-level tokenizer over the fixtures' 320 ids ("t0" ... "t319"), the special ids where the model has them."""
+    names = {mask_id: "[MASK]", slack_id: "<slack>", eos_id: "<eos>"}
+    vocab = {names.get(i, f"t{i}"): i for i in range(VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, mask_token="[MASK]", eos_token="<eos>",
+                                        pad_token="<eos>", extra_special_tokens=["<slack>"])
+    assert tokenizer.convert_tokens_to_ids("<slack>") == slack_id
+    return tokenizer
+
+
+def _source(tmp_path, family):
+    if family != "a2d":
+        return {"llada": FIXTURES / "llada-tiny", "llada-moe": FIXTURES / "llada-moe-tiny",
+                "dream": FIXTURES / "dream-tiny"}[family]
+    torch.manual_seed(0)
+    folder = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=64, eos_token_id=300)).save_pretrained(folder)
+    _tokenizer(301, 302, 300).save_pretrained(folder)  # A2D reuses the tokenizer's [MASK] and <slack>
+    return folder
+
+
+def _rows(eos, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"prompt_ids": torch.randint(5, 250, (4,), generator=g).tolist(),
+             "response_ids": torch.randint(5, 250, (5,), generator=g).tolist() + [eos]} for _ in range(n)]
+
+
+@pytest.mark.parametrize("family", ["llada", "llada-moe", "dream", "a2d"])
+def test_fine_tune_evaluate_sample_and_export(tmp_path, family):
+    extra = {"mask_token_id": 303} if family == "llada-moe" else {}
+    convert_checkpoint(_source(tmp_path, family), tmp_path / "converted", family, **extra)
+    model = MDLMForMaskedLM.from_pretrained(tmp_path / "converted")
+    config = model.config
+    if config.slack_token_id is None:  # the originals have no <slack>: an unused id takes its place here
+        config.slack_token_id = 302 if config.mask_token_id != 302 else 304
+    eos = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
+    tokenizer = _tokenizer(config.mask_token_id, config.slack_token_id, eos)
+    rows = _rows(eos)
+    args = MDLMTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                                 learning_rate=1e-3, report_to="none", save_strategy="no", logging_steps=1,
+                                 use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, slack_prob=0.3)
+    trainer = MDLMTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                          data_collator=DiffusionCollator(pad_token_id=eos, canvas_length=10))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss_ctc" in entry]
+    assert logged and all(math.isfinite(entry["loss_ctc"]) for entry in logged)
+    elbo = elbo_perplexity(model.eval(), rows, num_samples=2, canvas_length=10, batch_size=4)
+    assert math.isfinite(elbo["perplexity"])
+    out = model.generate(torch.tensor([rows[0]["prompt_ids"]]), max_new_tokens=8, steps=8, block_length=8)
+    assert not (out[0, 4:] == config.mask_token_id).any()
+    folder = export_for_hub(model, tokenizer, tmp_path / "hub", repo_id=f"me/{family}-slack-ctc",
+                            trainer_state=trainer.state)
+    assert check_hub_folder(folder) == []

@@ -1,4 +1,5 @@
-"""Tests of the SFT data pipeline, the bundled corpus and tokenizer, and the diffusion special tokens."""
+"""Tests of `hf_mdlm/data/`: the SFT data pipeline (arguments, formats, loading, preprocessing, collator) and the
+bundled corpus and tokenizer."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import datasets  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import AutoTokenizer, HfArgumentParser, PreTrainedTokenizerFast, TrainingArguments  # noqa: E402
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments  # noqa: E402
 
 from hf_mdlm.data import (  # noqa: E402
     DataArguments,
@@ -28,8 +28,7 @@ from hf_mdlm.data import (  # noqa: E402
     prepare_datasets,
     preprocess_dataset,
 )
-from hf_mdlm.tokenization import add_diffusion_tokens, diffusion_token_ids  # noqa: E402
-from hf_mdlm.training.canvas import build_canvases  # noqa: E402
+from hf_mdlm.tokenization import diffusion_token_ids  # noqa: E402
 
 datasets.disable_progress_bars()
 
@@ -76,20 +75,6 @@ def enc(tokenizer, text):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def tiny_bytelevel_tokenizer(specials=("<eos>",), **named) -> PreTrainedTokenizerFast:
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=list(specials),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    t.train_from_iterator(["the cat sat on the mat", "a dog and a cat"] * 5, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=t, **named)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Bundled corpus and tokenizer
 # ---------------------------------------------------------------------------------------------------
@@ -130,139 +115,6 @@ def test_bundled_tokenizer_specials_and_round_trip(tok):
     assert "<slack>" in tok.decode(with_slack)
     assert enc(tok, "a<slack>b").count(SLACK) == 1
     assert diffusion_token_ids(tok) == (MASK, SLACK, EOS, PAD)
-
-
-# ---------------------------------------------------------------------------------------------------
-# add_diffusion_tokens / diffusion_token_ids
-# ---------------------------------------------------------------------------------------------------
-
-
-def tiny_bert(vocab_size, tie):
-    from transformers import BertConfig, BertForMaskedLM
-
-    cfg = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=32,
-        tie_word_embeddings=tie,
-    )
-    torch.manual_seed(0)
-    return BertForMaskedLM(cfg)
-
-
-def bert_tokenizer():
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d"])}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", eos_token="[SEP]",
-    )
-
-
-@pytest.mark.parametrize("tie", [False, True])
-def test_add_diffusion_tokens_bert(tie):
-    tokenizer = bert_tokenizer()
-    model = tiny_bert(len(tokenizer), tie)
-    out_layer = model.get_output_embeddings()
-    with torch.no_grad():
-        out_layer.bias.normal_()  # a non-trivial bias so that its mean is checked
-    old_in = model.get_input_embeddings().weight.detach().clone()
-    old_out = out_layer.weight.detach().clone()
-    old_bias = out_layer.bias.detach().clone()
-
-    ids = add_diffusion_tokens(tokenizer, model)
-    assert ids["mask_token_id"] == 4  # BERT's own [MASK] is kept
-    assert ids["slack_token_id"] == 9 and ids["new_token_ids"] == [9]
-    assert len(tokenizer) == 10
-    w_in = model.get_input_embeddings().weight
-    w_out = model.get_output_embeddings().weight
-    assert w_in.shape[0] == 10 and w_out.shape[0] == 10 and model.config.vocab_size == 10
-    torch.testing.assert_close(w_in[:9], old_in)
-    torch.testing.assert_close(w_in[9], old_in.mean(0))
-    torch.testing.assert_close(w_out[9], old_out.mean(0))
-    torch.testing.assert_close(model.get_output_embeddings().bias[9], old_bias.mean())
-    torch.testing.assert_close(model.get_output_embeddings().bias[:9], old_bias)
-    assert (w_out.data_ptr() == w_in.data_ptr()) == tie
-    assert model.config.mask_token_id == 4 and model.config.slack_token_id == 9
-    assert tokenizer.decode([5, 9, 6], skip_special_tokens=True) == "a b"
-    assert diffusion_token_ids(tokenizer, model.config) == (4, 9, 3, 0)
-    # A forward pass works with the new id, and a second call changes nothing.
-    model(input_ids=torch.tensor([[2, 5, 9, 4, 3]]))
-    before = model.get_input_embeddings().weight.detach().clone()
-    again = add_diffusion_tokens(tokenizer, model)
-    assert again["new_token_ids"] == [] and len(tokenizer) == 10
-    torch.testing.assert_close(model.get_input_embeddings().weight, before)
-
-
-def test_add_diffusion_tokens_tied_model_adds_mask_and_slack():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = tiny_bytelevel_tokenizer(("<eos>",), eos_token="<eos>", pad_token="<eos>")
-    n0 = len(tokenizer)
-    assert tokenizer.mask_token is None
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=n0, n_embd=8, n_layer=1, n_head=2, n_positions=16))
-    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    old = model.get_input_embeddings().weight.detach().clone()
-    ids = add_diffusion_tokens(tokenizer, model)
-    assert ids["new_token_ids"] == [n0, n0 + 1]
-    assert (ids["mask_token_id"], ids["slack_token_id"]) == (n0, n0 + 1)
-    assert tokenizer.mask_token == "[MASK]"
-    w = model.get_input_embeddings().weight
-    assert w.shape == (n0 + 2, 8)  # exact, not rounded up to a multiple
-    assert model.get_output_embeddings().weight.data_ptr() == w.data_ptr()
-    torch.testing.assert_close(w[n0], old.mean(0))
-    torch.testing.assert_close(w[n0 + 1], old.mean(0))
-    assert (model.config.mask_token_id, model.config.slack_token_id) == (n0, n0 + 1)
-    text = "the cat sat"
-    mixed = enc(tokenizer, text)
-    assert tokenizer.decode([n0 + 1] + mixed + [n0 + 1], skip_special_tokens=True) == text
-
-
-def test_add_diffusion_tokens_reuses_model_mask_token_and_tokenizer_only():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = tiny_bytelevel_tokenizer(("<eos>", "<|mdm_mask|>"), eos_token="<eos>")
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=8, n_layer=1, n_head=2, n_positions=16))
-    model.config.mask_token_id = 1  # LLaDA-style: the model names its mask id, the tokenizer does not
-    n0 = len(tokenizer)
-    ids = add_diffusion_tokens(tokenizer, model)
-    assert tokenizer.mask_token == "<|mdm_mask|>" and ids["mask_token_id"] == 1
-    assert ids["new_token_ids"] == [n0]
-
-    plain = tiny_bytelevel_tokenizer(("<eos>",), eos_token="<eos>")
-    ids = add_diffusion_tokens(plain)  # tokenizer only
-    assert len(plain) == n0 + 1 and ids["new_token_ids"] == [n0 - 1, n0]
-
-
-def test_add_diffusion_tokens_mask_conflict_is_an_error():
-    tokenizer = bert_tokenizer()
-    model = tiny_bert(len(tokenizer), tie=True)
-    model.config.mask_token_id = 7
-    with pytest.raises(ValueError, match="disagree on the mask token"):
-        add_diffusion_tokens(tokenizer, model)
-
-
-def test_diffusion_token_ids_errors():
-    tokenizer = tiny_bytelevel_tokenizer(("<eos>",), eos_token="<eos>")
-    with pytest.raises(ValueError) as err:
-        diffusion_token_ids(tokenizer)
-    msg = str(err.value)
-    assert "mask token" in msg and "slack token" in msg and "add_diffusion_tokens" in msg and "pad token" in msg
-    add_diffusion_tokens(tokenizer)
-    with pytest.raises(ValueError, match="pad token"):
-        diffusion_token_ids(tokenizer)
-    tokenizer.pad_token = tokenizer.eos_token
-    mask, slack, eos, pad = diffusion_token_ids(tokenizer)
-    assert eos == pad == tokenizer.eos_token_id and slack == mask + 1
-    from transformers import PretrainedConfig
-
-    with pytest.raises(ValueError, match="disagree on slack_token_id"):
-        diffusion_token_ids(tokenizer, PretrainedConfig(slack_token_id=0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -420,6 +272,20 @@ def test_long_prompt_keeps_its_last_tokens(tok):
     assert ds[1]["prompt_ids"] == [BOS] + enc(tok, "short")
 
 
+def test_rows_beyond_the_position_limit_are_cut_and_counted(tokenizer):
+    from hf_mdlm import DataArguments
+    from hf_mdlm.data.preprocess import preprocess_dataset
+
+    rows = [{"prompt": "word " * 80, "completion": "more " * 40}, {"prompt": "short", "completion": "ok"}]
+    args = DataArguments(canvas_length=16, truncation="truncate", max_prompt_length=512)
+    with pytest.warns(UserWarning, match="position limit"):
+        out, stats = preprocess_dataset(rows, tokenizer, args, max_length=48)
+    assert stats.truncated_to_position_limit == 1 and stats.truncated_response == 1
+    assert max(len(p) for p in out["prompt_ids"]) + 16 <= 48
+    with pytest.raises(ValueError, match="canvas_length=16 leaves no room for a prompt: the model has 16 positions"):
+        preprocess_dataset(rows, tokenizer, args, max_length=16)
+
+
 def test_text_windows(tok):
     lines = [f"Line number {i} of the little test play, spoken loud." for i in range(60)]
     doc = "\n".join(lines)
@@ -509,6 +375,28 @@ def test_load_files_and_folders(tmp_path, cache_dir, tok):
     assert len(train) == 4 and len(ev) == 3
 
 
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.jsonl", b"", "empty.jsonl is empty"),
+    ("blank.jsonl", b"\n\n  \n", "blank.jsonl is empty"),
+    ("empty.txt", b"", "empty.txt is empty"),
+    ("latin1.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"latin1.jsonl is not UTF-8 text: line 2"),
+    ("latin1.csv", b"prompt,completion\na,b\nc,d\ne,\xe9\n", r"latin1.csv is not UTF-8 text: line 4"),
+    ("latin1.txt.gz", None, r"latin1.txt.gz is not UTF-8 text: line 3"),
+])
+def test_bad_data_files_are_named(tmp_path, name, content, message):
+    import gzip
+
+    from hf_mdlm import DataArguments, prepare_datasets
+
+    path = tmp_path / name
+    if content is None:
+        path.write_bytes(gzip.compress(b"one\ntwo\nthr\xe9e\n"))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        prepare_datasets(DataArguments(dataset=str(path), dataset_cache_dir=str(tmp_path / "cache")), None)
+
+
 def test_prepare_from_dataset_objects(tok):
     rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(6)]
     dd = datasets.DatasetDict(
@@ -565,134 +453,3 @@ def test_collator_shapes_and_padding():
         DiffusionCollator(PAD, 5)([{"prompt_ids": [1], "response_ids": [5] * 6, "example_id": 3}])
     with pytest.raises(KeyError, match="response_ids"):
         DiffusionCollator(PAD, 5)([{"prompt_ids": [1]}])
-
-
-# ---------------------------------------------------------------------------------------------------
-# build_canvases
-# ---------------------------------------------------------------------------------------------------
-
-
-def collate(prompts, responses, L):
-    return DiffusionCollator(PAD, L)([{"prompt_ids": p, "response_ids": r} for p, r in zip(prompts, responses)])
-
-
-def canvas_of(clean, b, P, L):
-    return clean[b, P : P + L].tolist()
-
-
-def test_build_canvases_structure_and_masks():
-    L = 12
-    prompts = [[1, 50, 51], [1], []]
-    responses = [[60, 61, 62, EOS], [70, EOS], [80, 81, 82, 83, 84, EOS]]
-    batch = collate(prompts, responses, L)
-    for fill in (EOS, SLACK):
-        gens = [torch.Generator().manual_seed(i) for i in range(3)]
-        clean, cmask, amask = build_canvases(
-            batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"], canvas_length=L,
-            slack_token_id=SLACK, fill_token_id=fill, slack_rule="bernoulli", slack_prob=0.5, generators=gens,
-        )
-        T = batch["input_ids"].shape[1]
-        assert clean.shape == cmask.shape == amask.shape == (3, T) and T == 3 + L
-        assert cmask.dtype == torch.bool and amask.dtype == torch.long
-        for b, (p, r) in enumerate(zip(prompts, responses)):
-            P = len(p)
-            assert clean[b, :P].tolist() == p  # prompt untouched
-            canvas = canvas_of(clean, b, P, L)
-            kept = [t for t in canvas if t != SLACK]
-            n_fill = L - len(r) - canvas.count(SLACK) if fill == EOS else 0
-            assert kept == r + [EOS] * n_fill  # deleting <slack> gives back the response, then the fill
-            if fill == EOS:
-                # after the response every non-slack token is fill
-                assert kept[len(r):] == [EOS] * n_fill
-            assert cmask[b].tolist() == [False] * P + [True] * L + [False] * (T - P - L)
-            assert amask[b].tolist() == [1] * (P + L) + [0] * (T - P - L)
-            assert clean[b, P + L :].tolist() == [PAD] * (T - P - L)
-
-
-def test_build_canvases_rules_and_statistics():
-    L, n, B = 80, 50, 400
-    resp = list(range(100, 100 + n - 1)) + [EOS]
-    batch = collate([[1]] * B, [resp] * B, L)
-    common = dict(canvas_length=L, slack_token_id=SLACK, fill_token_id=EOS)
-    torch.manual_seed(0)
-    clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
-                                 slack_rule="bernoulli", slack_prob=0.1, **common)
-    k = (clean == SLACK).sum(1).float()
-    assert abs(k.mean().item() - 0.1 * (n + 1)) < 0.5  # E[k] = p (n + 1) = 5.1
-    assert k.std().item() > 1.0  # really random per row
-    # slacks land in every gap: the first and last gaps are used, gaps are near uniform
-    positions = torch.zeros(n + 1)
-    for b in range(B):
-        canvas = clean[b, 1 : 1 + L]
-        is_slack = canvas == SLACK
-        gap_of_slack = torch.cumsum((~is_slack).long(), 0)[is_slack]  # tokens before each slack
-        positions.index_add_(0, gap_of_slack.clamp(max=n), torch.ones(gap_of_slack.numel()))
-    assert positions.min() > 15 and positions.max() < 80  # expected 40 per gap
-
-    clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
-                                 slack_rule="fixed", slack_prob=0.1, **common)
-    assert ((clean == SLACK).sum(1) == 5).all()  # round(0.1 * 50)
-    clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
-                                 slack_rule="none", slack_prob=0.1, **common)
-    assert (clean == SLACK).sum() == 0
-    assert (clean[:, 1 : 1 + n] == batch["input_ids"][:, 1 : 1 + n]).all()
-
-
-def test_build_canvases_drops_slacks_to_fit():
-    L = 10
-    batch = collate([[1], [1]], [[5] * 9 + [EOS], [5] * 7 + [EOS]], L)
-    clean, _, _ = build_canvases(
-        batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"], canvas_length=L,
-        slack_token_id=SLACK, fill_token_id=EOS, slack_rule="bernoulli", slack_prob=1.0,
-    )
-    assert canvas_of(clean, 0, 1, L) == [5] * 9 + [EOS]  # full canvas: no room, no slack, response intact
-    c1 = canvas_of(clean, 1, 1, L)
-    assert c1.count(SLACK) == 2 and [t for t in c1 if t != SLACK] == [5] * 7 + [EOS]
-
-
-def test_build_canvases_per_row_generators_are_independent():
-    L = 16
-    a = ([1, 40], [60, 61, 62, 63, 64, EOS])
-    b = ([1, 41, 42, 43], [70, 71, EOS])
-    c = ([], [80] * 10 + [EOS])
-
-    def run(rows, seeds):
-        batch = collate([r[0] for r in rows], [r[1] for r in rows], L)
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
-                                     canvas_length=L, slack_token_id=SLACK, fill_token_id=EOS,
-                                     slack_prob=0.4, generators=gens)
-        return [canvas_of(clean, i, len(r[0]), L) for i, r in enumerate(rows)]
-
-    first = run([a, b], [123, 5])[0]
-    assert run([c, a], [9, 123])[1] == first  # same row, same generator state: same canvas
-    assert run([b, c, a], [1, 2, 123])[2] == first
-    draws = {tuple(run([a], [s])[0]) for s in range(20)}
-    assert len(draws) > 3  # the generator matters
-
-
-def test_build_canvases_validation():
-    batch = collate([[1]], [[5, EOS]], 4)
-    ids, P, R = batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"]
-    kw = dict(canvas_length=4, slack_token_id=SLACK, fill_token_id=EOS)
-    with pytest.raises(ValueError, match="slack_rule"):
-        build_canvases(ids, P, R, slack_rule="poisson", **kw)
-    with pytest.raises(ValueError, match="slack_prob"):
-        build_canvases(ids, P, R, slack_prob=1.5, **kw)
-    with pytest.raises(ValueError, match="exceed canvas_length"):
-        build_canvases(ids, P, torch.tensor([5]), **kw)
-    with pytest.raises(ValueError, match="batch width"):
-        build_canvases(ids[:, :3], P, R, **kw)
-    with pytest.raises(ValueError, match="generators"):
-        build_canvases(ids, P, R, generators=[torch.Generator(), torch.Generator()], **kw)
-    with pytest.raises(ValueError, match=r"prompt_lengths must have shape \(1,\)"):
-        build_canvases(ids, torch.tensor([1, 1]), R, **kw)
-    with pytest.raises(ValueError, match="input_ids"):
-        build_canvases(ids[0], P, R, **kw)
-    with pytest.raises(ValueError, match="needs a slack_token_id"):
-        build_canvases(ids, P, R, canvas_length=4, slack_token_id=None, fill_token_id=EOS)
-    clean, _, _ = build_canvases(ids, P, R, canvas_length=4, slack_token_id=None, fill_token_id=EOS, slack_rule="none")
-    assert clean[0].tolist() == [1, 5, EOS, EOS, EOS]  # a CE-only baseline needs no slack token
-    bad = collate([[1]], [[5, SLACK, EOS]], 4)
-    with pytest.raises(ValueError, match="already contains the slack token"):
-        build_canvases(bad["input_ids"], bad["prompt_lengths"], bad["response_lengths"], **kw)

@@ -1,11 +1,8 @@
-"""Tests of `hf_mdlm/evaluation.py` on tiny cases with hand-computed answers, and a smoke run of
-`experiments/replicate.py`."""
+"""Tests of `hf_mdlm/evaluation/` on tiny cases with hand-computed answers (the lm-evaluation-harness adapter:
+test_evaluation_lm_eval.py)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -317,6 +314,22 @@ def test_text_input_errors(judge):
         score_texts(["a"], *judge, prompts=["a", "b"])
 
 
+def test_train_judge_refuses_an_unknown_architecture():
+    from transformers import AutoTokenizer
+
+    from hf_mdlm.data import bundled_corpus_files
+    from hf_mdlm.evaluation import train_judge
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_corpus_files()["tokenizer"])
+    rows = {"prompt_ids": [[1, 5, 6]], "response_ids": [[7, 2]]}
+    with pytest.raises(ValueError, match="unknown architecture 'bert'"):
+        train_judge(rows, tokenizer, width=8, layers=1, heads=2, steps=1, batch=1, lr=1e-3, seed=0,
+                    architecture="bert")
+    model, losses = train_judge(rows, tokenizer, width=8, layers=1, heads=2, steps=2, batch=1, lr=1e-3, seed=0,
+                                architecture="llama", keep_eos=True)
+    assert type(model).__name__ == "LlamaForCausalLM" and len(losses) == 2 and model.config.intermediate_size == 32
+
+
 # ----------------------------------------------------------------------------- win rate
 
 
@@ -440,95 +453,3 @@ def test_load_heldout_bundled_and_missing(tmp_path, bundled_tokenizer):
     with pytest.raises(ValueError, match="no held-out part"):
         load_heldout(DataArguments(dataset=str(path), canvas_length=24, text_prompt_length=2), bundled_tokenizer)
     assert spread_indices(10, 3) == [0, 4, 9] and spread_indices(3, 10) == [0, 1, 2]
-
-
-# ----------------------------------------------------------------------------- the replication script
-
-
-def test_replicate_smoke_and_evaluate_script(tmp_path):
-    """`experiments/replicate.py --smoke` end to end, then `examples/evaluate.py` on the folders it wrote."""
-    out = tmp_path / "replicate"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "replicate.py"), "--smoke", "--output_dir",
-                             str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert list(results["models"]) == ["ce", "ce+slack_ctc"]
-    assert results["models"]["ce"]["objective"]["ctc_weight"] == 0
-    assert results["models"]["ce+slack_ctc"]["objective"]["ctc_weight"] == 1
-    for model in results["models"].values():
-        assert math.isfinite(model["elbo"]["perplexity"])
-        assert [r["shift_rate"] for r in model["samplers"]["ancestral"]["per_rate"]] == [0.0, 0.2]
-    assert "nll_difference" in results["models"]["ce+slack_ctc"]["elbo_vs_baseline"]
-    assert "| ce+slack_ctc |" in (out / "results.md").read_text()
-    assert (out / "shift_robustness.png").stat().st_size > 1000
-    assert (out / "training_curves.png").stat().st_size > 1000
-
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_evaluate_test", ROOT / "examples" / "evaluate.py")
-    evaluate_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate_script)
-    report = tmp_path / "evaluate"
-    again = evaluate_script.main([
-        "--model", str(out / "ce"), "--judge", str(out / "judge"), "--output_dir", str(report),
-        "--text_prompt_length", "8", "--text_response_length", "12", "--elbo_examples", "8", "--elbo_samples", "2", "--num_prompts", "4",
-        "--shift_rates", "0,0.2", "--samplers", "ancestral", "--num_bootstrap", "50", "--batch_size", "8",
-        "--device", "cpu", "--kv_cache", "dual"])
-    # The cached sampler's entry: the same ELBO (no cache in the likelihood), its agreement with the exact samples
-    # and its win rate against them, in the report's table.
-    cached = again["models"]["ce [kv_cache=dual]"]
-    assert cached["elbo"] == again["models"]["ce"]["elbo"]
-    versus = cached["vs_exact"]["ancestral"]
-    assert 0 <= versus["identical_texts"] <= 1 and 0 <= versus["win_rate_vs_exact"]["win_rate"] <= 1
-    assert "| dual | ancestral |" in (report / "results.md").read_text()
-    # the same model, data, seed and settings as inside replicate.py: the same numbers
-    assert again["models"]["ce"]["elbo"]["perplexity"] == pytest.approx(
-        results["models"]["ce"]["elbo"]["perplexity"], rel=1e-5)
-    assert again["models"]["ce"]["samplers"]["ancestral"]["texts"] == \
-        results["models"]["ce"]["samplers"]["ancestral"]["texts"]
-    assert {p.name for p in report.iterdir()} >= {"results.json", "results.md", "shift_robustness.png"}
-
-
-def _replicate_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_replicate", ROOT / "experiments" / "replicate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_replicate_refuses_bad_sweeps_and_a_judge_of_another_shape(tmp_path, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    replicate = _replicate_module()
-    args = replicate.build_parser().parse_args(["--ctc_weight", "0.25,1", "--slack_prob", "0.03,0.1"])
-    from replication import arms
-
-    assert list(arms(args.ctc_weight, args.slack_prob)) == ["ce", "ce+slack_ctc(w=0.25,p=0.03)", "ce+slack_ctc(w=0.25,p=0.1)",
-                                          "ce+slack_ctc(w=1,p=0.03)", "ce+slack_ctc(w=1,p=0.1)"]
-    with pytest.raises(SystemExit):
-        replicate.build_parser().parse_args(["--ctc_weight", "1,-0.5"])
-    assert "ctc_weight must be non-negative numbers, got '1,-0.5'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        replicate.build_parser().parse_args(["--slack_prob", "0.1,x"])
-    assert "expected comma-separated numbers, got '0.1,x'" in capsys.readouterr().err
-    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
-        tmp_path / "judge")
-    with pytest.raises(SystemExit, match=r"width 16 x 1 layers does not match this mode's judge \(32 x 1\)"):
-        replicate.main(["--smoke", "--judge", str(tmp_path / "judge"), "--output_dir", str(tmp_path / "out")])
-    assert not (tmp_path / "out" / "base").exists()  # refused before any training
-
-
-def test_sampler_names_are_checked_against_the_sampler():
-    import argparse
-
-    from hf_mdlm.cli import parse_samplers
-
-    assert parse_samplers("ancestral,mine:entropy:0.5")["mine"] == {"remasking": "entropy", "temperature": 0.5}
-    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown remasking 'entropi' in sampler 'x:entropi:1'"):
-        parse_samplers("x:entropi:1")
-    with pytest.raises(argparse.ArgumentTypeError, match="bad temperature"):
-        parse_samplers("x:random:hot")

@@ -1,10 +1,10 @@
-"""Tests of the diffusion sampler (`hf_mdlm/generation_mdlm.py`)."""
+"""Tests of the diffusion sampler (`hf_mdlm/generation_mdlm.py`): exactness against LLaDA's, Dream's, LLaDA-MoE's
+and Fast-dLLM's own samplers on the fixtures (tests/fixtures/*/README.md), batching, schedules, EOS and slack, the
+KV caches, streaming, validation, saving and post-processing."""
 
-import importlib.util
 import json
 import logging
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +13,9 @@ from transformers.generation import BaseStreamer
 
 from hf_mdlm import MDLMForMaskedLM, MDLMGenerationConfig
 from hf_mdlm.generation_mdlm import MDLMGenerateOutput, _apply_shift, strip_generation
-from conftest import LLADA_TINY, tiny_config
-
-MASK, SLACK, EOS, PAD = 95, 94, 93, 92
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_model(seed=0, **config_overrides):
-    torch.manual_seed(seed)
-    return MDLMForMaskedLM(tiny_config(**config_overrides)).eval()
+from conftest import DREAM_TINY as DREAM
+from conftest import LLADA_MOE_TINY as MOE
+from conftest import EOS, LLADA_TINY, MASK, PAD, SLACK, make_model, make_tokenizer, tiny_config
 
 
 class BiasedModel(MDLMForMaskedLM):
@@ -76,7 +70,7 @@ def one_thread():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exactness against LLaDA's reference sampler
+# Exactness against LLaDA's reference sampler, Fast-dLLM's cached samplers, Dream's and LLaDA-MoE's samplers
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +98,70 @@ def test_matches_llada_reference_sampler(llada_model, case):
     torch.testing.assert_close(out.sequences, ref[f"{case['name']}_output"], rtol=0, atol=0)
     # One model call per step (guidance is batched into the same call).
     assert out.num_model_calls == case["steps"]
+
+
+CASES = json.loads((LLADA_TINY / "cache_cases.json").read_text())
+MODES = {"generate": None, "prefix_cache": "prefix", "dual_cache": "dual"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
+def test_matches_fast_dllm(llada_model, case):
+    prompts = load_file(LLADA_TINY / "reference_outputs.safetensors")["gen_prompts"]
+    expected = load_file(LLADA_TINY / "cache_outputs.safetensors")[case["name"]]
+    settings = dict(steps=case["steps"], max_new_tokens=case["gen_length"], block_length=case["block_length"],
+                    temperature=case["temperature"], remasking=case["remasking"], threshold=case["threshold"],
+                    mask_token_id=case["mask_token_id"], kv_cache=MODES[case["function"]],
+                    return_dict_in_generate=True)
+    batched = llada_model.generate(prompts, **settings)
+    torch.testing.assert_close(batched.sequences, expected, rtol=0, atol=0)
+    for row in range(2):  # Fast-dLLM runs one row at a time: so do we, to compare the model calls
+        alone = llada_model.generate(prompts[row:row + 1], **settings)
+        torch.testing.assert_close(alone.sequences, expected[row:row + 1], rtol=0, atol=0)
+        calls = case["model_calls"][row]
+        if case["threshold"] is None:
+            assert alone.num_model_calls == calls
+        else:  # Fast-dLLM runs one more cached call when the block-start forward already filled the block
+            blocks = case["gen_length"] // case["block_length"]
+            assert calls - blocks <= alone.num_model_calls <= calls
+
+
+def test_cached_sampling_runs_fewer_positions(llada_model):
+    prompts = load_file(LLADA_TINY / "reference_outputs.safetensors")["gen_prompts"]
+    settings = dict(steps=32, max_new_tokens=32, block_length=8, return_dict_in_generate=True)
+    runs = {mode: llada_model.generate(prompts, kv_cache=mode, **settings) for mode in (None, "prefix", "dual")}
+    canvas = prompts.shape[1] + 32
+    assert runs[None].num_positions == 32 * 2 * canvas
+    assert runs["dual"].num_positions < runs["prefix"].num_positions < runs[None].num_positions
+    # dual: per block one full canvas, then 7 steps of 8 positions, for 2 rows
+    assert runs["dual"].num_positions == 2 * 4 * (canvas + 7 * 8)
+
+
+DREAM_ALGS = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
+
+
+@pytest.mark.parametrize("case", [c for c in json.loads((DREAM / "generation_cases.json").read_text())
+                                  if not c.get("rng_dependent")], ids=lambda c: c["name"])
+def test_dream_generations_match(dream, case):
+    ref = load_file(DREAM / "reference_outputs.safetensors")
+    prompts = ref[case["prompts"]]
+    mask = None if case["attention_mask"] == "ones" else ref[case["attention_mask"]]
+    out = dream.generate(prompts, attention_mask=mask, max_new_tokens=case["max_new_tokens"], steps=case["steps"],
+                         remasking=DREAM_ALGS[case["alg"]], top_p=case["top_p"], top_k=case["top_k"],
+                         temperature=case["temperature"])
+    torch.testing.assert_close(out, ref[f"{case['name']}_output"], rtol=0, atol=0)
+    # The schedule and the shift came from the saved configs, not from the call.
+    assert dream.generation_config.schedule == "dream" and dream.config.prediction_alignment == "next_token"
+
+
+@pytest.mark.parametrize("case", json.loads((MOE / "generation_cases.json").read_text()), ids=lambda c: c["name"])
+def test_llada_moe_generations_match(moe, case):
+    ref = load_file(MOE / "reference_outputs.safetensors")
+    prompts = ref[case["prompts"]]
+    mask = torch.ones_like(prompts) if case["attention_mask"] == "ones" else ref[case["attention_mask"]]
+    out = moe.generate(prompts, attention_mask=mask, max_new_tokens=case["gen_length"], steps=case["steps"],
+                       block_length=case["block_length"], temperature=case["temperature"],
+                       cfg_scale=case["cfg_scale"], remasking=case["remasking"], mask_token_id=case["mask_token_id"])
+    torch.testing.assert_close(out, ref[f"{case['name']}_output"], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,6 +232,49 @@ def test_num_return_sequences():
     assert torch.equal(greedy, single.repeat_interleave(3, dim=0))
 
 
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.0),
+    dict(temperature=0.9, top_k=20, remasking="random"),
+    dict(temperature=0.0, cfg_scale=1.0),
+    dict(temperature=0.0, threshold=0.9, model="confident"),
+    dict(temperature=0.7, shift_rate=0.3),
+    dict(temperature=0.0, stop_at_eos=True),
+    dict(temperature=0.0, remasking="entropy", model="confident"),
+    dict(temperature=0.0, remasking="margin", suppress_slack=True, eos_penalty=1.0),
+], ids=["greedy", "random", "cfg", "threshold", "shift", "stop-at-eos", "entropy", "margin-eos"])
+def test_cached_row_does_not_depend_on_the_batch(mode, settings):
+    """A prompt sampled with a cache alone and inside a left-padded ragged batch gives the same tokens. (Entropy
+    scores of the random model's near-uniform predictions tie up to float rounding, cached or not: the entropy case
+    uses the peaked model.)"""
+    settings = dict(settings)
+    model = confident_model(60.0) if settings.pop("model", None) else make_model()
+    ids, mask = left_pad(PROMPTS)
+    common = dict(max_new_tokens=16, steps=16, block_length=4, kv_cache=mode, generator=list(range(len(PROMPTS))),
+                  **settings)
+    batch = model.generate(ids, attention_mask=mask, **common)
+    for i, prompt in enumerate(PROMPTS):
+        alone = model.generate(torch.tensor([prompt]), **{**common, "generator": [i]})
+        assert torch.equal(batch[i, ids.shape[1]:], alone[0, len(prompt):]), (i, batch[i], alone[0])
+        assert not (batch[i, ids.shape[1]:] == MASK).any()
+
+
+@pytest.mark.parametrize("family", ["dream", "moe"])
+@pytest.mark.parametrize("kv_cache", [None, "dual"])
+def test_rows_do_not_depend_on_the_batch(family, kv_cache, request):
+    model = request.getfixturevalue(family)
+    prompts = [[5, 17, 33, 2], [40, 41, 7, 8, 9, 60, 61], [12]]
+    width = max(map(len, prompts))
+    pad = model.config.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    settings = dict(max_new_tokens=8, steps=8, block_length=8, temperature=0.0, kv_cache=kv_cache)
+    batch = model.generate(ids, attention_mask=mask, **settings)
+    for i, prompt in enumerate(prompts):
+        alone = model.generate(torch.tensor([prompt]), **settings)
+        assert torch.equal(batch[i, width:], alone[0, len(prompt):]), i
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Schedules
 
@@ -234,6 +335,27 @@ def test_more_steps_than_tokens_skips_empty_steps():
     out = model.generate(ids, max_new_tokens=8, steps=16, return_dict_in_generate=True)
     assert out.num_model_calls == 8
     assert torch.equal(out.sequences, model.generate(ids, max_new_tokens=8, steps=8))
+
+
+def test_an_empty_prompt_on_a_next_token_model_reads_position_0_from_itself():
+    """As Dream: with nothing before it, position 0's prediction is the model's own output at position 0."""
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config(prediction_alignment="next_token")).eval()
+    mask_id = model.config.mask_token_id
+    out = model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=8, steps=8,
+                         return_dict_in_generate=True, output_history=True)
+    with torch.no_grad():
+        raw = model(input_ids=torch.full((1, 8), mask_id)).logits[0]
+    aligned = torch.cat([raw[:1], raw[:-1]])
+    proposals = aligned.clone()
+    proposals[:, mask_id] = float("-inf")  # never proposed; its probability still counts in the confidence
+    token = proposals.argmax(-1)
+    confidence = torch.softmax(aligned, -1).gather(-1, token[:, None])[:, 0]
+    position = int(confidence.argmax())
+    first = out.history[0][0]
+    assert (first != mask_id).sum() == 1 and first[position] == token[position]
 
 
 def test_threshold_decoding_commits_at_least_one_and_saves_calls():
@@ -432,6 +554,24 @@ def test_progress_bar_and_training_mode_restored(capsys):
     assert "diffusion steps" in capsys.readouterr().err
 
 
+def test_streaming_and_history_with_a_cache():
+    model = make_model()
+    received = []
+
+    class Streamer:
+        def put(self, value):
+            received.append(value.clone())
+
+        def end(self):
+            received.append("end")
+
+    out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, steps=8, block_length=4, kv_cache="dual",
+                         streamer=Streamer(), return_dict_in_generate=True, output_history=True)
+    assert received[-1] == "end" and len(received) == 4  # prompt, two blocks, end
+    assert torch.equal(torch.cat([received[1], received[2]]), out.sequences[0, len(PROMPTS[0]):])
+    assert len(out.history) == out.num_model_calls == 8
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Validation
 
@@ -504,6 +644,16 @@ def test_exploding_model_is_called_when_settings_are_valid(exploding):
         exploding.generate(GOOD, max_new_tokens=8)
 
 
+def test_unknown_kv_cache_mode_is_refused_before_any_model_call():
+    model = make_model()
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="kv_cache must be None, 'prefix' or 'dual', got 'both'"):
+        model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=4, kv_cache="both")
+    assert calls == []
+    assert EOS != MASK
+
+
 def test_generation_config_validate_names_the_field():
     with pytest.raises(ValueError, match="steps"):
         MDLMGenerationConfig(max_new_tokens=32, block_length=8, steps=6)
@@ -511,6 +661,16 @@ def test_generation_config_validate_names_the_field():
     config.threshold = 2.0
     with pytest.raises(ValueError, match="threshold"):
         config.validate()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(schedule="maskgit"), "schedule must be one of"),
+    (dict(schedule="dream", schedule_eps=1.5), r"schedule_eps must be in \(0, 1\)"),
+])
+def test_schedule_options_are_checked(kwargs, message):
+    model = MDLMForMaskedLM(tiny_config()).eval()
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.tensor([[5, 6]]), max_new_tokens=4, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -584,21 +744,6 @@ def test_generation_config_from_plain_generation_config():
 # Post-processing
 
 
-def make_tokenizer(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = {f"w{i}": i for i in range(92)}
-    specials = {"<pad>": PAD, "<eos>": EOS, "<slack>": SLACK, "[MASK]": MASK}
-    backend = Tokenizer(models.WordLevel({**words, **specials}, unk_token="w0"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="[MASK]",
-                                  unk_token="w0", extra_special_tokens=["<slack>"])
-    tok.padding_side = "left"
-    tok.save_pretrained(path)
-    return tok
-
-
 def test_strip_generation():
     rows = torch.tensor([[9, 9, 1, SLACK, 2, EOS, 3, EOS], [9, 9, SLACK, SLACK, 4, MASK, 5, 6], [9, 9, EOS, 1, 2, 3, 4, 5]])
     kw = dict(mask_token_id=MASK, slack_token_id=SLACK, eos_token_id=EOS, prompt_length=2)
@@ -614,32 +759,6 @@ def test_skip_special_tokens_drops_slack(tmp_path):
     assert "<slack>" in tok.decode(ids)
     assert tok.decode(ids, skip_special_tokens=True).split() == ["w5", "w6"]
     assert tok.decode(strip_generation(ids, slack_token_id=SLACK, eos_token_id=EOS)[0]).split() == ["w5", "w6"]
-
-
-def test_example_script_smoke(tmp_path, capsys):
-    model = make_model()
-    model.save_pretrained(tmp_path / "model")
-    make_tokenizer(tmp_path / "model")
-    spec = importlib.util.spec_from_file_location("example_generate", ROOT / "examples" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    prompt_file = tmp_path / "prompts.txt"
-    prompt_file.write_text("w7 w8\n\nw9\n")
-    texts = module.main(["--model", str(tmp_path / "model"), "--prompt", "w1 w2 w3", "--prompt_file", str(prompt_file),
-                         "--max_new_tokens", "8", "--steps", "4", "--block_length", "4", "--temperature", "0.5",
-                         "--seed", "0", "--suppress_slack", "true", "--output_history"])
-    printed = capsys.readouterr().out
-    assert printed.count("=== prompt") == 3
-    assert printed.count("--- step") == 4  # one batch, 4 steps, first sequence
-    assert len(texts) == 3 and all("<slack>" not in t and "[MASK]" not in t and "<eos>" not in t for t in texts)
-    # With a chat template (applied unless --no_chat_template) and several samples per prompt.
-    tok = make_tokenizer(tmp_path / "model")
-    tok.chat_template = "{% for m in messages %}w1 {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w2{% endif %}"
-    tok.save_pretrained(tmp_path / "model")
-    texts = module.main(["--model", str(tmp_path / "model"), "--prompt", "w5 w6", "--max_new_tokens", "4",
-                         "--steps", "2", "--num_return_sequences", "2", "--temperature", "1.0", "--seed", "1"])
-    assert len(texts) == 2 and all("<slack>" not in t for t in texts)
-    assert "sample 2/2" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

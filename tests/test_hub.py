@@ -1,126 +1,29 @@
-"""Publishing on the Hub: export_for_hub, check_hub_folder, push_to_hub, the model cards and
-examples/push_to_hub.py. No network: HfApi's methods are replaced by recorders, and the one subprocess reads an
-offline HF cache."""
+"""Tests of `hf_mdlm/hub/`: export_for_hub, check_hub_folder, push_to_hub and the model cards; the saved folder is a
+self-contained Hub model that loads with trust_remote_code where hf_mdlm is not installed; a run's output folder is
+refused when it holds other files or another run, and its final save is staged. No network: HfApi's methods are
+replaced by recorders, and the subprocesses read an offline HF cache."""
 
-import importlib.util
 import json
+import logging
+import os
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import ModelCard
+from safetensors.torch import save_file
 
-from conftest import tiny_config
+from conftest import ADAPTER_REPO, BASE_REPO, EVAL_RESULTS, FULL_FILES, REPO, TOKEN, TRAINER_STATE
+from conftest import tiny_config, tiny_model_for
+from example_scripts import TINY, example
 from hub_cache import COMMIT, install_in_hf_cache, last_json_line, run_without_hf_mdlm
 
 from hf_mdlm import MDLMForMaskedLM
 from hf_mdlm.hub import check_hub_folder, export_for_hub, hub_files, push_to_hub, save_run_record
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = ROOT / "hf_mdlm" / "data" / "bundled" / "tokenizer"
-TOKEN = "hf_" + "NotARealTokenButLooksLikeOne" * 2
-REPO, BASE_REPO, ADAPTER_REPO = "org/tiny-mdlm", "org/tiny-base", "org/tiny-mdlm-lora"
-FULL_FILES = [
-    "README.md", "config.json", "configuration_mdlm.py", "generation_config.json", "generation_mdlm.py",
-    "model.safetensors", "modeling_mdlm.py", "results.json", "run_info.json", "tokenizer.json",
-    "tokenizer_config.json", "trainer_state.json", "training_args.json",
-]
-TRAINER_STATE = {
-    "global_step": 30, "max_steps": 30, "epoch": 1.5,
-    "log_history": [
-        {"step": 10, "epoch": 0.5, "loss": 3.1, "loss_ce": 2.0, "loss_ctc": 1.1, "learning_rate": 1e-3},
-        {"step": 30, "epoch": 1.5, "loss": 2.3456, "loss_ce": 1.5012, "loss_ctc": 0.8444,
-         "loss_ce_weighted": 1.2345, "loss_ctc_weighted": 0.7111, "slack_per_example": 3.25, "learning_rate": 1e-4},
-        {"step": 30, "epoch": 1.5, "eval_loss": 2.6789, "eval_loss_ce": 1.7001, "eval_loss_ctc": 0.9788},
-        {"step": 30, "epoch": 1.5, "train_runtime": 754.2, "train_loss": 2.7123},
-    ],
-}
-EVAL_RESULTS = {"held_out": {"loss": 2.5, "accuracy": 0.375}}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
-
-
-def trained_looking_model(tokenizer, seed=0):
-    """A tiny MDLM sized to the bundled tokenizer, whose head never proposes a special token (so it prints text)."""
-    config = tiny_config(
-        vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
-        slack_token_id=tokenizer.convert_tokens_to_ids("<slack>"), eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = MDLMForMaskedLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight[:5].zero_()  # <pad> <bos> <eos> [MASK] <slack>
-    model.generation_config.max_new_tokens = 16
-    model.generation_config.steps = 16
-    model.generation_config.suppress_slack = True  # as saved after training with <slack>
-    return model
-
-
-@pytest.fixture(scope="module")
-def training_args(tmp_path_factory):
-    from hf_mdlm.training.arguments import MDLMTrainingArguments
-
-    return MDLMTrainingArguments(
-        output_dir=str(tmp_path_factory.mktemp("run")), ce_weight=1.0, ctc_weight=0.5, slack_prob=0.2,
-        noise_schedule="cosine", loss_normalization="masked", learning_rate=2e-3, per_device_train_batch_size=4,
-        gradient_accumulation_steps=2, max_steps=30, seed=3, report_to="none", hub_token=TOKEN,
-    )
-
-
-@pytest.fixture(scope="module")
-def exported(tokenizer, training_args, tmp_path_factory):
-    model = trained_looking_model(tokenizer)
-    folder = export_for_hub(
-        model, tokenizer, tmp_path_factory.mktemp("export") / "full", repo_id=REPO, training_args=training_args,
-        trainer_state=TRAINER_STATE, datasets=["org/tiny-data"], eval_results=EVAL_RESULTS,
-    )
-    return SimpleNamespace(model=model, folder=folder)
-
-
-def tiny_lora(model, tokenizer):
-    from peft import LoraConfig, get_peft_model
-
-    rows = [tokenizer.mask_token_id, tokenizer.convert_tokens_to_ids("<slack>")]
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                        trainable_token_indices={"model.embed_tokens": rows, "lm_head": rows})
-    return get_peft_model(model, config)
-
-
-@pytest.fixture(scope="module")
-def adapter_exported(tokenizer, training_args, tmp_path_factory):
-    """A base model exported as its own repo, a LoRA (with the [MASK]/<slack> rows) trained a few steps on it,
-    and the adapter exported for BASE_REPO."""
-    root = tmp_path_factory.mktemp("adapter")
-    base_folder = export_for_hub(trained_looking_model(tokenizer, seed=1), tokenizer, root / "base", repo_id=BASE_REPO)
-    peft_model = tiny_lora(MDLMForMaskedLM.from_pretrained(str(base_folder)), tokenizer)
-    raw_dir = root / "raw-run"  # what examples/finetune.py leaves: the PEFT save in run/adapter
-    peft_model.train()
-    optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=5e-2)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        ids = torch.randint(5, len(tokenizer), (2, 12), generator=generator)
-        ids[:, 3:6] = tokenizer.mask_token_id
-        ids[:, 8] = tokenizer.convert_tokens_to_ids("<slack>")
-        targets = torch.randint(5, len(tokenizer), (2, 12), generator=generator)  # never a special token
-        logits = peft_model(input_ids=ids).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    peft_model.eval()
-    peft_model.save_pretrained(str(raw_dir / "adapter"))
-    folder = export_for_hub(peft_model, tokenizer, root / "lora", repo_id=ADAPTER_REPO, base_model=BASE_REPO,
-                            training_args=training_args, trainer_state=TRAINER_STATE)
-    return SimpleNamespace(model=peft_model, folder=folder, base_folder=base_folder, raw_dir=raw_dir)
 
 
 def files_containing(folder, text):
@@ -250,22 +153,6 @@ def test_card_snippets_run_where_hf_mdlm_is_not_installed(exported, adapter_expo
     assert printed == {"model": expected_model + "\n", "adapter": expected_adapter + "\n"}
 
 
-@pytest.fixture
-def hub_calls(monkeypatch):
-    """Replace every HfApi method push_to_hub could use by a recorder."""
-    calls = []
-
-    def recorder(name):
-        def record(self, *args, **kwargs):
-            calls.append((name, args, kwargs))
-            return SimpleNamespace(commit_url=f"https://huggingface.co/{REPO}/commit/0", repo_id=REPO)
-        return record
-
-    for name in ("create_repo", "create_commit", "upload_folder", "create_branch", "upload_file"):
-        monkeypatch.setattr(HfApi, name, recorder(name))
-    return calls
-
-
 def test_push_creates_the_repo_and_uploads_every_file_in_one_commit(exported, hub_calls, capsys):
     info = push_to_hub(exported.folder, REPO, private=True, token=TOKEN)
     assert info.repo_id == REPO
@@ -379,42 +266,6 @@ def test_adapter_with_a_local_base_is_refused(adapter_exported, tokenizer, tmp_p
         export_for_hub(adapter_exported.raw_dir / "adapter", tokenizer, tmp_path / "out", repo_id=ADAPTER_REPO)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("push_to_hub_script", ROOT / "examples" / "push_to_hub.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_script_dry_run_lists_the_files_and_uploads_nothing(exported, adapter_exported, tokenizer, training_args,
-                                                            hub_calls, tmp_path, capsys):
-    script = load_script()
-    run = tmp_path / "run"  # a finetune-style output: merged model + tokenizer + records + adapter/
-    shutil.copytree(adapter_exported.raw_dir / "adapter", run / "adapter")
-    exported.model.save_pretrained(str(run))
-    tokenizer.save_pretrained(str(run))
-    (run / "trainer_state.json").write_text(json.dumps(TRAINER_STATE))
-    save_run_record(training_args, run)
-
-    out = script.main(["--model_dir", str(run), "--repo_id", REPO, "--dry_run", "--out_dir", str(tmp_path / "up")])
-    printed = capsys.readouterr().out
-    names = [n for n in FULL_FILES if n != "results.json"]
-    assert hub_files(out) == names
-    for name in names:
-        assert f"  {name}  (" in printed
-    assert "nothing was uploaded" in printed
-    readme = (out / "README.md").read_text()
-    assert f'repo = "{REPO}"' in readme and "2.3456" in readme
-    assert "fine-tuned with LoRA (rank 4) and the adapter was merged" in readme
-
-    out = script.main(["--model_dir", str(run), "--repo_id", ADAPTER_REPO, "--adapter", "--base_model", BASE_REPO,
-                       "--dry_run", "--out_dir", str(tmp_path / "up-lora")])
-    printed = capsys.readouterr().out
-    assert "adapter_model.safetensors" in printed and check_hub_folder(out) == []
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == BASE_REPO
-    assert hub_calls == []
-
-
 def test_card_templates_and_bundled_data_ship_inside_the_package():
     """The wheel and sdist carry the card templates and the bundled corpus (package data, no symlink), so
     publishing and the default data work from a plain install too."""
@@ -438,3 +289,183 @@ def test_a_missing_card_template_is_named(monkeypatch):
     monkeypatch.setitem(cards._TEMPLATE_NAMES, "model", "no_such_card.md")
     with pytest.raises(FileNotFoundError, match=r"no_such_card\.md is missing: reinstall hf_mdlm"):
         cards._template_path("model")
+
+
+# ----------------------------------------------------------------------------- the saved folder stands alone
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config()).eval()
+    out = tmp_path / "model"
+    model.save_pretrained(out)
+    return model, out
+
+
+def test_saved_folder_contents(saved_model):
+    _, folder = saved_model
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "configuration_mdlm.py", "modeling_mdlm.py",
+            "generation_mdlm.py"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_mdlm.MDLMConfig",
+        "AutoModel": "modeling_mdlm.MDLMForMaskedLM",
+        "AutoModelForMaskedLM": "modeling_mdlm.MDLMForMaskedLM",
+    }
+
+
+def test_hub_files_import_nothing_but_torch_transformers_and_siblings():
+    from pathlib import Path
+    import re
+
+    package = Path(__file__).parent.parent / "hf_mdlm"
+    for name in ("configuration_mdlm.py", "modeling_mdlm.py", "generation_mdlm.py"):
+        for line in (package / name).read_text().splitlines():
+            match = re.match(r"\s*(?:from|import)\s+([\w.]+)", line)
+            if match:
+                root = match.group(1).split(".")[0]
+                assert root in {"", "torch", "transformers", "math", "dataclasses", "typing", "warnings",
+                                "copy", "collections", "inspect", "tqdm", "__future__"}, f"{name}: {line}"
+
+
+def test_loads_with_trust_remote_code_without_hf_mdlm(saved_model, tmp_path):
+    """In a process that cannot import hf_mdlm: load by path and by repo id from an offline HF cache."""
+    model, folder = saved_model
+    ids = torch.randint(0, 90, (2, 7))
+    with torch.no_grad():
+        expected = model(ids).logits
+    save_file({"ids": ids}, str(tmp_path / "ids.safetensors"))
+    hf_home = tmp_path / "hf_home"
+    install_in_hf_cache(folder, "org/name", hf_home)
+    code = f"""
+        import json, torch
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoModel, AutoModelForMaskedLM
+        try:
+            import hf_mdlm
+            raise SystemExit("hf_mdlm should not be importable here")
+        except ImportError:
+            pass
+        ids = load_file({str(tmp_path / 'ids.safetensors')!r})["ids"]
+        by_path = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        by_repo = AutoModelForMaskedLM.from_pretrained("org/name", trust_remote_code=True).eval()
+        with torch.no_grad():
+            save_file({{"path": by_path(ids).logits, "repo": by_repo(ids).logits}}, "logits.safetensors")
+        print(json.dumps({{"cls": type(by_repo).__name__, "module": type(by_path).__module__,
+                           "has_generate": hasattr(by_path, "generate")}}))
+    """
+    info = last_json_line(run_without_hf_mdlm(code, cwd=tmp_path, env={"HF_HOME": str(hf_home)}))
+    assert info["cls"] == "MDLMForMaskedLM" and info["has_generate"]
+    assert not info["module"].startswith("hf_mdlm")
+    from safetensors.torch import load_file
+
+    got = load_file(str(tmp_path / "logits.safetensors"))
+    torch.testing.assert_close(got["path"], expected, rtol=0, atol=0)
+    torch.testing.assert_close(got["repo"], expected, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- output folders
+
+
+def test_a_non_empty_output_folder_is_refused_unless_resuming_or_overwriting(tmp_path, caplog):
+    from hf_mdlm.hub import OutputFolder, OutputFolderError
+
+    out = tmp_path / "run"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    for name in ("config.json", "model.safetensors", "run_info.json", "training_args.json"):
+        (out / name).write_text("stale")
+    (out / "checkpoint-5").mkdir()
+    with pytest.raises(OutputFolderError, match="is not empty .*--overwrite_output_dir"):
+        OutputFolder(out)
+    OutputFolder(out, resume=str(out / "checkpoint-5")).close()  # resuming: its files are the run
+    with OutputFolder(out, overwrite=True):
+        assert sorted(p.name for p in out.iterdir()) == [".hf_mdlm.lock"]  # the stale adapter/ is gone
+    # a folder with files no run writes: nothing is deleted, even with overwrite
+    (out / "config.json").write_text("stale")
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(OutputFolderError, match="thesis.tex.*nothing was deleted"):
+        OutputFolder(out, overwrite=True)
+    assert (out / "thesis.tex").exists() and (out / "config.json").exists()
+
+
+def test_a_second_run_into_the_same_folder_fails_at_once(tmp_path):
+    from hf_mdlm.hub import OutputFolder, OutputFolderError
+
+    out = tmp_path / "run"
+    with OutputFolder(out):
+        with pytest.raises(OutputFolderError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+            OutputFolder(out)
+        with pytest.raises(OutputFolderError, match="in use by another run"):
+            example("finetune").main(TINY + ["--output_dir", str(out), "--max_steps", "1"])
+    OutputFolder(out).close()  # released: the next run may go
+
+
+def test_the_final_save_is_staged_and_a_killed_save_leaves_no_loadable_folder(tokenizer, tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
+    from hf_mdlm import DataArguments
+    from hf_mdlm.hub import OutputFolder, OutputFolderError, save_model_folder
+
+    out = tmp_path / "run"
+    trainer = SimpleNamespace(model=tiny_model_for(tokenizer), state=TrainerState(), args={"seed": 0})
+
+    class Killed(Exception):
+        pass
+
+    class DyingTokenizer:  # the process dies while the tokenizer is written, after the weights
+        def save_pretrained(self, path):
+            raise Killed
+
+    with pytest.raises(Killed):
+        save_model_folder(trainer, DyingTokenizer(), out, DataArguments(canvas_length=16))
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
+    assert (out / ".hf_mdlm-saving" / "model.safetensors").exists()  # the partial save, hidden
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
+        with OutputFolder(out):
+            assert not (out / ".hf_mdlm-saving").exists()
+    assert "unfinished final save" in caplog.text
+    (out / ".tmpq1w2e3").write_bytes(b"x" * 1000)  # a hidden temporary file of another tool: reported
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
+        with pytest.raises(OutputFolderError, match=r"holds files that no training run writes \(\.tmpq1w2e3\)"):
+            OutputFolder(out, overwrite=True)
+    assert "hidden files no hf_mdlm run writes" in caplog.text and ".tmpq1w2e3" in caplog.text
+    (out / ".tmpq1w2e3").unlink()
+    save_model_folder(trainer, tokenizer, out, DataArguments(canvas_length=16))
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.json"} <= names
+    assert not (out / ".hf_mdlm-saving").exists()
+
+
+def test_resume_true_means_the_last_checkpoint(tmp_path):
+    from hf_mdlm.hub import OutputFolderError, resolve_resume
+
+    for step in (2, 10, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume("false", tmp_path) is None and resolve_resume(None, tmp_path) is None
+    assert resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path) == str(tmp_path / "checkpoint-2")
+    with pytest.raises(OutputFolderError, match="no such checkpoint folder"):
+        resolve_resume(str(tmp_path / "checkpoint-3"), tmp_path)
+
+
+def test_check_hub_folder_finds_a_truncated_safetensors(model_folder, tmp_path):
+    from hf_mdlm.hub import check_hub_folder
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_folder, folder)
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\n---\n# card\n")
+    assert check_hub_folder(folder) == []
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100])
+    assert any("model.safetensors is truncated" in p for p in check_hub_folder(folder))
+    weights.write_bytes(data[:20])
+    assert any("model.safetensors is truncated: its header" in p for p in check_hub_folder(folder))

@@ -1,9 +1,14 @@
+"""Tests of `hf_mdlm/modeling_mdlm.py`: the forward pass, its masks and options, the transformers
+conventions, and the KV cache against full forwards."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_mdlm import MDLMConfig, MDLMForMaskedLM, MDLMModel
-from conftest import tiny_config
+from transformers import DynamicCache
+
+from hf_mdlm import MDLMForMaskedLM, MDLMModel
+from conftest import make_model, tiny_config
 
 
 def test_forward_shapes_and_maskedlm_output(tiny_model):
@@ -116,32 +121,6 @@ def test_bf16_forward_close_to_fp32(tiny_model):
     assert (low.float() - ref).abs().max() < 0.05
 
 
-@pytest.mark.parametrize(
-    "overrides, field",
-    [
-        (dict(hidden_size=30, num_attention_heads=4), "num_attention_heads"),
-        (dict(num_key_value_heads=3), "num_key_value_heads"),
-        (dict(mask_token_id=96), "mask_token_id"),
-        (dict(slack_token_id=-1), "slack_token_id"),
-        (dict(eos_token_id=1000), "eos_token_id"),
-        (dict(num_hidden_layers=0), "num_hidden_layers"),
-        (dict(slack_token_id=95), "slack_token_id"),
-        (dict(rope_theta=0.0), "rope_theta"),
-    ],
-)
-def test_config_rejects_contradictions(overrides, field):
-    with pytest.raises(ValueError, match=field):
-        tiny_config(**overrides)
-
-
-def test_config_round_trip(tmp_path):
-    config = tiny_config()
-    config.save_pretrained(tmp_path)
-    loaded = MDLMConfig.from_pretrained(tmp_path)
-    for field in ("mask_token_id", "slack_token_id", "num_key_value_heads", "head_dim", "rope_theta"):
-        assert getattr(loaded, field) == getattr(config, field)
-
-
 def test_bad_inputs_have_clear_errors(tiny_model):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tiny_model(torch.tensor([[1, 2, 96]]))
@@ -237,6 +216,12 @@ def test_4d_attention_masks_match_the_2d_mask(tiny_model, kind):
         tiny_model(ids, attention_mask=four_d[..., :9])
 
 
+def test_a_4d_mask_of_integers_is_refused():
+    model = MDLMForMaskedLM(tiny_config()).eval()
+    with pytest.raises(ValueError, match="4D attention_mask must be boolean or floating point, got torch.int64"):
+        model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 1, 4, 4, dtype=torch.long))
+
+
 def test_gradient_checkpointing_recomputes_each_layer(monkeypatch):
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -271,3 +256,72 @@ def test_forward_exports_with_torch_export(tiny_model):
     exported = torch.export.export(tiny_model, (), {"input_ids": ids, "attention_mask": mask})
     torch.testing.assert_close(exported.module()(input_ids=ids, attention_mask=mask).logits,
                                tiny_model(ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the KV cache
+
+
+def _canvas(batch=2, length=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 90, (batch, length), generator=g)
+
+
+def test_full_forward_caches_every_layer_and_position():
+    model = make_model()
+    ids = _canvas()
+    out = model(input_ids=ids, use_cache=True)
+    cache = out.past_key_values
+    assert isinstance(cache, DynamicCache) and len(cache.layers) == model.config.num_hidden_layers
+    for layer in cache.layers:
+        assert layer.keys.shape == (2, model.config.num_key_value_heads, 20, model.config.head_dim)
+    assert model(input_ids=ids).past_key_values is None  # no cache unless asked for
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_a_slice_against_a_cache_of_the_same_canvas_equals_the_full_forward(padded):
+    """With an unchanged canvas, prefix (append, not stored) and dual (overwrite) calls reproduce the full logits."""
+    model = make_model()
+    ids = _canvas()
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :5] = 0
+    full = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    start, stop = 8, 14
+    prefix = DynamicCache()
+    for i, layer in enumerate(full.past_key_values.layers):
+        prefix.update(layer.keys[:, :, :start], layer.values[:, :, :start], i)
+    out = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=positions[:, start:],
+                past_key_values=prefix, use_cache=False, cache_position=torch.arange(start, 20))
+    torch.testing.assert_close(out.logits, full.logits[:, start:], atol=1e-5, rtol=1e-5)
+    assert prefix.get_seq_length() == start  # read-only
+    dual = model(input_ids=ids[:, start:stop], attention_mask=mask, position_ids=positions[:, start:stop],
+                 past_key_values=full.past_key_values, use_cache=True, cache_position=torch.arange(start, stop))
+    torch.testing.assert_close(dual.logits, full.logits[:, start:stop], atol=1e-5, rtol=1e-5)
+
+
+def test_dual_overwrite_stores_the_fresh_keys_of_the_slice():
+    """Layer 0's keys depend only on the tokens and positions: after overwriting a slice with new tokens, the cache
+    holds exactly the layer-0 keys a full forward of the new canvas computes there, and the old keys elsewhere."""
+    model = make_model()
+    ids = _canvas()
+    cache = model(input_ids=ids, use_cache=True).past_key_values
+    old = cache.layers[0].keys.clone()
+    new_ids = ids.clone()
+    new_ids[:, 8:14] = _canvas(seed=1)[:, :6]
+    model(input_ids=new_ids[:, 8:14], past_key_values=cache, use_cache=True, cache_position=torch.arange(8, 14))
+    reference = model(input_ids=new_ids, use_cache=True).past_key_values.layers[0].keys
+    torch.testing.assert_close(cache.layers[0].keys[:, :, 8:14], reference[:, :, 8:14], atol=1e-6, rtol=1e-6)
+    assert torch.equal(cache.layers[0].keys[:, :, :8], old[:, :, :8])
+    assert torch.equal(cache.layers[0].keys[:, :, 14:], old[:, :, 14:])
+
+
+def test_cache_errors_are_clear():
+    model = make_model()
+    cache = model(input_ids=_canvas(), use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="KV cache holds a batch of 2 rows, the input has 3"):
+        model(input_ids=_canvas(3)[:, :4], past_key_values=cache, cache_position=torch.arange(4))
+    with pytest.raises(ValueError, match=r"holds positions \[0, 20\): it cannot serve positions \[18, 22\)"):
+        model(input_ids=_canvas()[:, :4], past_key_values=cache, cache_position=torch.arange(18, 22))
+    with pytest.raises(TypeError, match="past_key_values must be a transformers Cache"):
+        model(input_ids=_canvas(), past_key_values=[(torch.zeros(1), torch.zeros(1))])

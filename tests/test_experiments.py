@@ -1,13 +1,18 @@
-"""experiments/replicate.py on a user's corpus (--dataset/--heldout), the repeat-collapse task (--task repeats),
-several seeds (--seeds), and the trainer's ctc_collapse: in-process, smoke-sized."""
+"""The lab in `experiments/`, smoke-sized: replicate.py (end to end with examples/evaluate.py on the folders it wrote,
+a user's corpus, the repeat-collapse task, several seeds, its refusals), judge_study.py on its results,
+a2d_experiment.py, and the helpers of the `replication` package."""
 
 import importlib.util
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from replication.repeats import dropped_repeats, merge_runs, pairwise_exact, run_length_error
 from replication.seeds import parse_seeds, summarize_seeds
@@ -15,6 +20,86 @@ from replication.seeds import parse_seeds, summarize_seeds
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("the a of river stone light over under green quiet morning house road garden winter sings falls "
          "keeps opens listens carries bright old small").split()
+
+
+# ----------------------------------------------------------------------------- replicate.py
+
+
+def test_replicate_smoke_and_evaluate_script(tmp_path):
+    """`experiments/replicate.py --smoke` end to end, then `examples/evaluate.py` on the folders it wrote."""
+    out = tmp_path / "replicate"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "replicate.py"), "--smoke", "--output_dir",
+                             str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == ["ce", "ce+slack_ctc"]
+    assert results["models"]["ce"]["objective"]["ctc_weight"] == 0
+    assert results["models"]["ce+slack_ctc"]["objective"]["ctc_weight"] == 1
+    for model in results["models"].values():
+        assert math.isfinite(model["elbo"]["perplexity"])
+        assert [r["shift_rate"] for r in model["samplers"]["ancestral"]["per_rate"]] == [0.0, 0.2]
+    assert "nll_difference" in results["models"]["ce+slack_ctc"]["elbo_vs_baseline"]
+    assert "| ce+slack_ctc |" in (out / "results.md").read_text()
+    assert (out / "shift_robustness.png").stat().st_size > 1000
+    assert (out / "training_curves.png").stat().st_size > 1000
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_evaluate_test", ROOT / "examples" / "evaluate.py")
+    evaluate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_script)
+    report = tmp_path / "evaluate"
+    again = evaluate_script.main([
+        "--model", str(out / "ce"), "--judge", str(out / "judge"), "--output_dir", str(report),
+        "--text_prompt_length", "8", "--text_response_length", "12", "--elbo_examples", "8", "--elbo_samples", "2", "--num_prompts", "4",
+        "--shift_rates", "0,0.2", "--samplers", "ancestral", "--num_bootstrap", "50", "--batch_size", "8",
+        "--device", "cpu", "--kv_cache", "dual"])
+    # The cached sampler's entry: the same ELBO (no cache in the likelihood), its agreement with the exact samples
+    # and its win rate against them, in the report's table.
+    cached = again["models"]["ce [kv_cache=dual]"]
+    assert cached["elbo"] == again["models"]["ce"]["elbo"]
+    versus = cached["vs_exact"]["ancestral"]
+    assert 0 <= versus["identical_texts"] <= 1 and 0 <= versus["win_rate_vs_exact"]["win_rate"] <= 1
+    assert "| dual | ancestral |" in (report / "results.md").read_text()
+    # the same model, data, seed and settings as inside replicate.py: the same numbers
+    assert again["models"]["ce"]["elbo"]["perplexity"] == pytest.approx(
+        results["models"]["ce"]["elbo"]["perplexity"], rel=1e-5)
+    assert again["models"]["ce"]["samplers"]["ancestral"]["texts"] == \
+        results["models"]["ce"]["samplers"]["ancestral"]["texts"]
+    assert {p.name for p in report.iterdir()} >= {"results.json", "results.md", "shift_robustness.png"}
+
+
+def _replicate_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_replicate", ROOT / "experiments" / "replicate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replicate_refuses_bad_sweeps_and_a_judge_of_another_shape(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    replicate = _replicate_module()
+    args = replicate.build_parser().parse_args(["--ctc_weight", "0.25,1", "--slack_prob", "0.03,0.1"])
+    from replication import arms
+
+    assert list(arms(args.ctc_weight, args.slack_prob)) == ["ce", "ce+slack_ctc(w=0.25,p=0.03)", "ce+slack_ctc(w=0.25,p=0.1)",
+                                          "ce+slack_ctc(w=1,p=0.03)", "ce+slack_ctc(w=1,p=0.1)"]
+    with pytest.raises(SystemExit):
+        replicate.build_parser().parse_args(["--ctc_weight", "1,-0.5"])
+    assert "ctc_weight must be non-negative numbers, got '1,-0.5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        replicate.build_parser().parse_args(["--slack_prob", "0.1,x"])
+    assert "expected comma-separated numbers, got '0.1,x'" in capsys.readouterr().err
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "judge")
+    with pytest.raises(SystemExit, match=r"width 16 x 1 layers does not match this mode's judge \(32 x 1\)"):
+        replicate.main(["--smoke", "--judge", str(tmp_path / "judge"), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "base").exists()  # refused before any training
 
 
 def _load(name, path):
@@ -203,20 +288,63 @@ def test_repeats_task_smoke_with_two_seeds(tmp_path):
         _script().main(["--task", "repeats", "--smoke", "--judge_steps", "3", "--output_dir", str(tmp_path / "x")])
 
 
-def test_trainer_ctc_collapse(tmp_path):
-    from test_trainer import make_trainer
+# ----------------------------------------------------------------------------- a2d_experiment.py
 
-    from hf_mdlm.training.arguments import MDLMTrainingArguments
 
-    with pytest.raises(ValueError, match="ctc_collapse"):
-        MDLMTrainingArguments(output_dir=str(tmp_path), ctc_collapse="merge", use_cpu=True, report_to="none")
-    logs = {}
-    for collapse in ("slack", "ctc"):
-        trainer = make_trainer(tmp_path / collapse, steps=2, ctc_collapse=collapse)
-        trainer.train()
-        logs[collapse] = [e for e in trainer.state.log_history if "loss_ctc" in e]
-    assert all(math.isfinite(e["loss_ctc"]) for e in logs["ctc"])
-    # The toy responses repeat tokens and end in EOS fill: standard CTC merges them, so its loss differs
-    # (and, the anchor being one of its paths, stays below the CE).
-    assert logs["ctc"][0]["loss_ctc"] != pytest.approx(logs["slack"][0]["loss_ctc"])
-    assert all(e["loss_ctc"] <= e["loss_ce"] + 1e-6 for e in logs["ctc"])
+def _example():
+    spec = importlib.util.spec_from_file_location("hf_mdlm_examples_a2d", ROOT / "experiments" / "a2d_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _distance(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_a2d_experiment_smoke(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from hf_mdlm import MDLMForMaskedLM
+
+    out = tmp_path / "a2d"
+    results = _example().main(["--smoke", "--output_dir", str(out), "--seed", "0"])
+
+    assert set(results) >= {"models", "reference", "causal_lm", "head_to_head", "settings", "judge", "extra_tables"}
+    assert list(results["models"]) == ["scratch", "a2d", "scratch (long)", "a2d, not fine-tuned"]
+    for name in ("scratch", "a2d", "scratch (long)"):
+        res = results["models"][name]
+        assert {"elbo", "elbo_slack_marginal", "samplers", "train_log"} <= set(res)
+        assert res["objective"] == {"ce_weight": 1.0, "ctc_weight": 1.0, "slack_rule": "bernoulli", "slack_prob": 0.1}
+        assert len(res["samplers"]["ancestral"]["texts"]["0"]) == 4
+    steps = {name: results["models"][name]["steps"] for name in ("scratch", "a2d", "scratch (long)")}
+    assert steps == {"scratch": 3, "a2d": 3, "scratch (long)": 6}
+    for name in ("a2d", "scratch (long)", "a2d, not fine-tuned"):
+        assert {"nll_difference", "stderr"} <= set(results["models"][name]["elbo_vs_baseline"])
+    assert 0 <= results["models"]["a2d"]["win_rate_vs_baseline"]["ancestral"]["win_rate"] <= 1
+    assert [(h["a"], h["b"]) for h in results["head_to_head"]] == [
+        ("a2d", "scratch"), ("scratch (long)", "scratch"), ("a2d", "scratch (long)")]
+    causal = results["causal_lm"]
+    assert causal["heldout"]["num_tokens"] == results["models"]["a2d"]["elbo"]["num_tokens"]
+    assert causal["heldout"]["perplexity"] > 1
+    assert causal["init_check"]["max_abs_diff"] == 0 and causal["init_check"]["tensors_compared"] > 0
+    for name in ("results.json", "results.md", "training_curves.png"):
+        assert (out / name).is_file()
+    assert json.loads((out / "results.json").read_text())["models"]["a2d"]["init"].startswith("A2D")
+    assert "## A2D: a diffusion LM from a causal LM (smoke mode, seed 0)" in (out / "results.md").read_text()
+
+    # The conversion holds the causal LM's weights exactly; the A2D arm was trained from it, the scratch arm was not.
+    source = LlamaForCausalLM.from_pretrained(out / "causal").state_dict()
+    converted = MDLMForMaskedLM.from_pretrained(out / "converted")
+    a2d = MDLMForMaskedLM.from_pretrained(out / "a2d")
+    scratch = MDLMForMaskedLM.from_pretrained(out / "scratch")
+    assert converted.config.prediction_alignment == scratch.config.prediction_alignment == "next_token"
+    for field in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "vocab_size",
+                  "rms_norm_eps", "mask_token_id", "slack_token_id", "tie_word_embeddings"):
+        assert getattr(scratch.config, field) == getattr(converted.config, field), field
+    conv = converted.state_dict()
+    for key, tensor in source.items():
+        assert torch.equal(conv[key][: tensor.shape[0]], tensor), key
+    key = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(a2d.state_dict()[key], conv[key])  # fine-tuned
+    assert _distance(a2d.state_dict()[key], source[key]) < 0.5 < _distance(scratch.state_dict()[key], source[key])

@@ -1,5 +1,6 @@
-"""A2D: Llama / Qwen2 / Qwen3 causal LMs converted into next-token-aligned MDLMs. With a causal 4D attention mask
-the converted model computes the source model's logits; the new [MASK] / <slack> rows are the mean rows."""
+"""Tests of `hf_mdlm/convert/a2d.py` (A2D): Llama / Qwen2 / Qwen3 causal LMs converted into next-token-aligned
+MDLMs. With a causal 4D attention mask the converted model computes the source model's logits; the new [MASK] /
+<slack> rows are the mean rows."""
 
 import json
 import logging
@@ -99,8 +100,3 @@ def test_unsupported_sources_are_refused_by_name(tmp_path, kind, extra, field):
     with pytest.raises(ValueError, match=field):
         convert_a2d_checkpoint(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def test_unknown_family_lists_the_supported_ones():
-    with pytest.raises(ValueError, match="supported: mdlm, llada, llada-moe, dream, a2d"):
-        detect_family({"model_type": "bert", "architectures": ["BertModel"]})

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hf_mdlm.training import lattice_kernels, losses
-from test_losses import make_case
+from test_training_losses import make_case
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="runs in the interpreter's own process")

@@ -7,7 +7,6 @@ in float64.
 """
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -557,6 +556,26 @@ def test_infeasible_several_examples_listed():
     inputs[2][loss_mask[2]] = slack_id
     with pytest.raises(ValueError, match=r"examples 0, 2\b"):
         slack_ctc_loss(logits, inputs, clean, mask_token_id=mask_id, slack_token_id=slack_id, loss_mask=loss_mask)
+
+
+def test_slack_ctc_blames_the_model_for_a_minus_inf_target():
+    from hf_mdlm import slack_ctc_loss
+
+    vocab, mask, slack = 8, 7, 6
+    clean = torch.tensor([[1, 2, 3, 4]])
+    noised = torch.tensor([[1, mask, 3, mask]])
+    loss_mask = torch.ones_like(clean, dtype=torch.bool)
+    logits = torch.zeros(1, 4, vocab)
+    assert torch.isfinite(slack_ctc_loss(logits, noised, clean, mask_token_id=mask, slack_token_id=slack,
+                                         loss_mask=loss_mask)).all()
+    logits[0, 1, 2] = float("-inf")  # the model forbids the token the target needs at a masked position
+    logits[0, 1, slack] = float("-inf")
+    with pytest.raises(ValueError, match="the model gives log-probability -inf to tokens the target needs"):
+        slack_ctc_loss(logits, noised, clean, mask_token_id=mask, slack_token_id=slack, loss_mask=loss_mask)
+    inconsistent = torch.tensor([[5, mask, 3, mask]])  # a pinned token that is not the target's
+    with pytest.raises(ValueError, match="inconsistent"):
+        slack_ctc_loss(torch.zeros(1, 4, vocab), inconsistent, clean, mask_token_id=mask, slack_token_id=slack,
+                       loss_mask=loss_mask)
 
 
 def test_on_an_accelerator_infeasibility_is_asserted_without_a_host_sync(monkeypatch):

@@ -1,3 +1,6 @@
+"""Tests of `hf_mdlm/training/trainer.py`: MDLMTrainer's updates, logs, resumption, seeds and positions, its
+standard-CTC ablation, and its refusals (no slack or mask token, a Hub token or push in its arguments)."""
+
 import math
 
 import pytest
@@ -8,7 +11,7 @@ from hf_mdlm import MDLMForMaskedLM, convert_llada_checkpoint
 from hf_mdlm.data import DiffusionCollator
 from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.trainer import MDLMTrainer
-from conftest import LLADA_TINY, tiny_config
+from conftest import LLADA_TINY, TOKEN, tiny_config, tiny_model_for
 
 CANVAS = 12
 
@@ -92,13 +95,22 @@ def test_refuses_without_mask_token(tmp_path):
         make_trainer(tmp_path, MDLMForMaskedLM(tiny_config(mask_token_id=None)))
 
 
-def test_refuses_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="loss_normalization"):
-        MDLMTrainingArguments(output_dir=str(tmp_path), loss_normalization="tokens")
-    with pytest.raises(ValueError, match="slack_rule"):
-        MDLMTrainingArguments(output_dir=str(tmp_path), slack_rule="sometimes")
-    with pytest.raises(ValueError, match="not both 0"):
-        MDLMTrainingArguments(output_dir=str(tmp_path), ce_weight=0.0, ctc_weight=0.0)
+def test_mdlm_trainer_refuses_a_token_or_a_push(tokenizer, tmp_path):
+    from hf_mdlm import DiffusionCollator, MDLMTrainer, MDLMTrainingArguments
+    from hf_mdlm.hub import detach_hub_settings
+
+    model = tiny_model_for(tokenizer)
+    collator = DiffusionCollator(pad_token_id=tokenizer.pad_token_id, canvas_length=8)
+    for flags in ({"hub_token": TOKEN}, {"push_to_hub": True}):
+        args = MDLMTrainingArguments(output_dir=str(tmp_path), report_to="none", **flags)
+        with pytest.raises(ValueError, match="must not hold a token"):
+            MDLMTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
+    args = MDLMTrainingArguments(output_dir=str(tmp_path), report_to="none", push_to_hub=True, hub_token=TOKEN,
+                                 hub_model_id="org/x", hub_private_repo=True)
+    request = detach_hub_settings(args)
+    assert (request.repo_id, request.private, request.token) == ("org/x", True, TOKEN)
+    assert args.hub_token is None and args.push_to_hub is False
+    MDLMTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
 
 
 def _trains(trainer):
@@ -136,6 +148,23 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
     resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
     assert resumed_losses[-2:] == pytest.approx(full_losses[-2:], rel=1e-5)
+
+
+def test_trainer_ctc_collapse(tmp_path):
+    from hf_mdlm.training.arguments import MDLMTrainingArguments
+
+    with pytest.raises(ValueError, match="ctc_collapse"):
+        MDLMTrainingArguments(output_dir=str(tmp_path), ctc_collapse="merge", use_cpu=True, report_to="none")
+    logs = {}
+    for collapse in ("slack", "ctc"):
+        trainer = make_trainer(tmp_path / collapse, steps=2, ctc_collapse=collapse)
+        trainer.train()
+        logs[collapse] = [e for e in trainer.state.log_history if "loss_ctc" in e]
+    assert all(math.isfinite(e["loss_ctc"]) for e in logs["ctc"])
+    # The toy responses repeat tokens and end in EOS fill: standard CTC merges them, so its loss differs
+    # (and, the anchor being one of its paths, stays below the CE).
+    assert logs["ctc"][0]["loss_ctc"] != pytest.approx(logs["slack"][0]["loss_ctc"])
+    assert all(e["loss_ctc"] <= e["loss_ce"] + 1e-6 for e in logs["ctc"])
 
 
 # ----------------------------------------------------------------------------- seeds and positions

@@ -1,14 +1,17 @@
-"""Tests for hf_mdlm.training.canvas: schedules, time sampling and masking."""
+"""Tests for hf_mdlm.training.canvas: schedules, time sampling, masking, the slack insertion rule and the
+canvases (build_canvases)."""
 
 import math
 
 import pytest
 import torch
 
+from hf_mdlm.data import DiffusionCollator
 from hf_mdlm.training.canvas import (
     CosineSchedule,
     LinearSchedule,
     NoiseSchedule,
+    build_canvases,
     get_schedule,
     low_discrepancy_times,
     mask_canvas,
@@ -16,6 +19,7 @@ from hf_mdlm.training.canvas import (
 )
 
 EPS = 1e-3
+PAD, EOS, SLACK = 0, 2, 4  # the bundled tokenizer's ids
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -262,23 +266,130 @@ def test_slack_layout_probabilities_match_the_draws(rule, prob, n, room):
         assert counts[layout] / draws == pytest.approx(probs[layout], abs=0.025), layout
 
 
-def test_one_rule_says_when_a_run_needs_slack(tmp_path):
-    from hf_mdlm.training.arguments import MDLMTrainingArguments
-    from hf_mdlm.training.canvas import build_canvases
+# ----------------------------------------------------------------------------- build_canvases
 
-    def args(**kw):
-        return MDLMTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
 
-    assert not args(ctc_weight=0, slack_prob=0).needs_slack_token
-    assert not args(ctc_weight=0, slack_rule="none").needs_slack_token
-    assert args(ctc_weight=0, slack_prob=0.1).canvas_holds_slack
-    assert args(ctc_weight=0, slack_prob=0, canvas_padding="slack").canvas_holds_slack
-    no_slack = args(ctc_weight=1, slack_prob=0)
-    assert no_slack.needs_slack_token and not no_slack.canvas_holds_slack  # the CTC's blank is <slack>
-    ids = torch.tensor([[1, 2, 3, 0, 0]])
-    clean, _, _ = build_canvases(ids, torch.tensor([1]), torch.tensor([2]), canvas_length=4, slack_token_id=None,
-                                 fill_token_id=9, slack_prob=0)  # nothing inserted: no slack id needed
-    assert clean.tolist() == [[1, 2, 3, 9, 9]]
-    with pytest.raises(ValueError, match="slack_prob=0.1 needs a slack_token_id"):
-        build_canvases(ids, torch.tensor([1]), torch.tensor([2]), canvas_length=4, slack_token_id=None,
-                       fill_token_id=9, slack_prob=0.1)
+def collate(prompts, responses, L):
+    return DiffusionCollator(PAD, L)([{"prompt_ids": p, "response_ids": r} for p, r in zip(prompts, responses)])
+
+
+def canvas_of(clean, b, P, L):
+    return clean[b, P : P + L].tolist()
+
+
+def test_build_canvases_structure_and_masks():
+    L = 12
+    prompts = [[1, 50, 51], [1], []]
+    responses = [[60, 61, 62, EOS], [70, EOS], [80, 81, 82, 83, 84, EOS]]
+    batch = collate(prompts, responses, L)
+    for fill in (EOS, SLACK):
+        gens = [torch.Generator().manual_seed(i) for i in range(3)]
+        clean, cmask, amask = build_canvases(
+            batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"], canvas_length=L,
+            slack_token_id=SLACK, fill_token_id=fill, slack_rule="bernoulli", slack_prob=0.5, generators=gens,
+        )
+        T = batch["input_ids"].shape[1]
+        assert clean.shape == cmask.shape == amask.shape == (3, T) and T == 3 + L
+        assert cmask.dtype == torch.bool and amask.dtype == torch.long
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            P = len(p)
+            assert clean[b, :P].tolist() == p  # prompt untouched
+            canvas = canvas_of(clean, b, P, L)
+            kept = [t for t in canvas if t != SLACK]
+            n_fill = L - len(r) - canvas.count(SLACK) if fill == EOS else 0
+            assert kept == r + [EOS] * n_fill  # deleting <slack> gives back the response, then the fill
+            if fill == EOS:
+                # after the response every non-slack token is fill
+                assert kept[len(r):] == [EOS] * n_fill
+            assert cmask[b].tolist() == [False] * P + [True] * L + [False] * (T - P - L)
+            assert amask[b].tolist() == [1] * (P + L) + [0] * (T - P - L)
+            assert clean[b, P + L :].tolist() == [PAD] * (T - P - L)
+
+
+def test_build_canvases_rules_and_statistics():
+    L, n, B = 80, 50, 400
+    resp = list(range(100, 100 + n - 1)) + [EOS]
+    batch = collate([[1]] * B, [resp] * B, L)
+    common = dict(canvas_length=L, slack_token_id=SLACK, fill_token_id=EOS)
+    torch.manual_seed(0)
+    clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
+                                 slack_rule="bernoulli", slack_prob=0.1, **common)
+    k = (clean == SLACK).sum(1).float()
+    assert abs(k.mean().item() - 0.1 * (n + 1)) < 0.5  # E[k] = p (n + 1) = 5.1
+    assert k.std().item() > 1.0  # really random per row
+    # slacks land in every gap: the first and last gaps are used, gaps are near uniform
+    positions = torch.zeros(n + 1)
+    for b in range(B):
+        canvas = clean[b, 1 : 1 + L]
+        is_slack = canvas == SLACK
+        gap_of_slack = torch.cumsum((~is_slack).long(), 0)[is_slack]  # tokens before each slack
+        positions.index_add_(0, gap_of_slack.clamp(max=n), torch.ones(gap_of_slack.numel()))
+    assert positions.min() > 15 and positions.max() < 80  # expected 40 per gap
+
+    clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
+                                 slack_rule="fixed", slack_prob=0.1, **common)
+    assert ((clean == SLACK).sum(1) == 5).all()  # round(0.1 * 50)
+    clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
+                                 slack_rule="none", slack_prob=0.1, **common)
+    assert (clean == SLACK).sum() == 0
+    assert (clean[:, 1 : 1 + n] == batch["input_ids"][:, 1 : 1 + n]).all()
+
+
+def test_build_canvases_drops_slacks_to_fit():
+    L = 10
+    batch = collate([[1], [1]], [[5] * 9 + [EOS], [5] * 7 + [EOS]], L)
+    clean, _, _ = build_canvases(
+        batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"], canvas_length=L,
+        slack_token_id=SLACK, fill_token_id=EOS, slack_rule="bernoulli", slack_prob=1.0,
+    )
+    assert canvas_of(clean, 0, 1, L) == [5] * 9 + [EOS]  # full canvas: no room, no slack, response intact
+    c1 = canvas_of(clean, 1, 1, L)
+    assert c1.count(SLACK) == 2 and [t for t in c1 if t != SLACK] == [5] * 7 + [EOS]
+
+
+def test_build_canvases_per_row_generators_are_independent():
+    L = 16
+    a = ([1, 40], [60, 61, 62, 63, 64, EOS])
+    b = ([1, 41, 42, 43], [70, 71, EOS])
+    c = ([], [80] * 10 + [EOS])
+
+    def run(rows, seeds):
+        batch = collate([r[0] for r in rows], [r[1] for r in rows], L)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        clean, _, _ = build_canvases(batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"],
+                                     canvas_length=L, slack_token_id=SLACK, fill_token_id=EOS,
+                                     slack_prob=0.4, generators=gens)
+        return [canvas_of(clean, i, len(r[0]), L) for i, r in enumerate(rows)]
+
+    first = run([a, b], [123, 5])[0]
+    assert run([c, a], [9, 123])[1] == first  # same row, same generator state: same canvas
+    assert run([b, c, a], [1, 2, 123])[2] == first
+    draws = {tuple(run([a], [s])[0]) for s in range(20)}
+    assert len(draws) > 3  # the generator matters
+
+
+def test_build_canvases_validation():
+    batch = collate([[1]], [[5, EOS]], 4)
+    ids, P, R = batch["input_ids"], batch["prompt_lengths"], batch["response_lengths"]
+    kw = dict(canvas_length=4, slack_token_id=SLACK, fill_token_id=EOS)
+    with pytest.raises(ValueError, match="slack_rule"):
+        build_canvases(ids, P, R, slack_rule="poisson", **kw)
+    with pytest.raises(ValueError, match="slack_prob"):
+        build_canvases(ids, P, R, slack_prob=1.5, **kw)
+    with pytest.raises(ValueError, match="exceed canvas_length"):
+        build_canvases(ids, P, torch.tensor([5]), **kw)
+    with pytest.raises(ValueError, match="batch width"):
+        build_canvases(ids[:, :3], P, R, **kw)
+    with pytest.raises(ValueError, match="generators"):
+        build_canvases(ids, P, R, generators=[torch.Generator(), torch.Generator()], **kw)
+    with pytest.raises(ValueError, match=r"prompt_lengths must have shape \(1,\)"):
+        build_canvases(ids, torch.tensor([1, 1]), R, **kw)
+    with pytest.raises(ValueError, match="input_ids"):
+        build_canvases(ids[0], P, R, **kw)
+    with pytest.raises(ValueError, match="needs a slack_token_id"):
+        build_canvases(ids, P, R, canvas_length=4, slack_token_id=None, fill_token_id=EOS)
+    clean, _, _ = build_canvases(ids, P, R, canvas_length=4, slack_token_id=None, fill_token_id=EOS, slack_rule="none")
+    assert clean[0].tolist() == [1, 5, EOS, EOS, EOS]  # a CE-only baseline needs no slack token
+    bad = collate([[1]], [[5, SLACK, EOS]], 4)
+    with pytest.raises(ValueError, match="already contains the slack token"):
+        build_canvases(bad["input_ids"], bad["prompt_lengths"], bad["response_lengths"], **kw)

@@ -2,7 +2,6 @@
 computation, and `lm_eval.simple_evaluate` on tiny tasks built here, with a model rigged so the answers are known."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,15 +14,6 @@ lm_eval = pytest.importorskip("lm_eval")  # the `eval` extra; .ci/run installs i
 from hf_mdlm import MDLMForMaskedLM  # noqa: E402
 from hf_mdlm.evaluation import conditional_log_likelihood  # noqa: E402
 from hf_mdlm.evaluation.lm_eval import MDLMEvalLM  # noqa: E402
-
-TOKENIZER = Path(__file__).resolve().parents[1] / "hf_mdlm" / "data" / "bundled" / "tokenizer"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(TOKENIZER)
 
 
 def bundled_config(tokenizer):

@@ -1,0 +1,135 @@
+"""Tests of `hf_mdlm/loading.py` (and the policy of `hf_mdlm/hub/remote_code.py` it applies): an hf_mdlm folder
+loads with the installed classes and none of its files runs, another model's code runs only with
+trust_remote_code, missing weights are an error unless asked for, and a saved folder loads without warnings."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TOKENIZER_DIR, tiny_model_for
+from example_scripts import example
+
+
+def add_canary(folder, marker):
+    """Make every Python file of `folder` write `marker` when it is executed."""
+    for path in Path(folder).glob("*.py"):
+        path.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n" + path.read_text())
+
+
+@pytest.fixture
+def canary_mdlm(model_folder, tmp_path):
+    folder = tmp_path / "canary-mdlm"
+    shutil.copytree(model_folder, folder)
+    marker = tmp_path / "folder-code-ran"
+    add_canary(folder, marker)
+    return folder, marker
+
+
+@pytest.fixture
+def canary_foreign(tmp_path):
+    """A folder of another model type whose configuration code writes the marker."""
+    folder = tmp_path / "canary-foreign"
+    folder.mkdir()
+    marker = tmp_path / "foreign-code-ran"
+    (folder / "configuration_canary.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PretrainedConfig\n\n\nclass CanaryConfig(PretrainedConfig):\n"
+        "    model_type = 'canary_model'\n")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "canary_model", "auto_map": {"AutoConfig": "configuration_canary.CanaryConfig",
+                                                   "AutoModel": "modeling_canary.CanaryModel",
+                                                   "AutoModelForMaskedLM": "modeling_canary.CanaryModel"}}))
+    shutil.copytree(TOKENIZER_DIR, folder, dirs_exist_ok=True)
+    return folder, marker
+
+
+def test_an_mdlm_folder_loads_with_the_installed_classes_everywhere(canary_mdlm, tmp_path, monkeypatch, capsys):
+    folder, marker = canary_mdlm
+    from hf_mdlm.loading import ModelArguments, load_for_inference, load_model_and_tokenizer
+
+    model, _ = load_for_inference(folder)
+    assert type(model).__module__ == "hf_mdlm.modeling_mdlm"
+    load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder)), tmp_path / "out")
+    example("generate").main(["--model", str(folder), "--prompt", "To be", "--seed", "0", "--max_new_tokens", "4",
+                              "--steps", "4"])
+    monkeypatch.chdir(tmp_path)
+    example("evaluate").main(["--model", str(folder), "--output_dir", str(tmp_path / "eval"), "--elbo_examples", "2",
+                              "--elbo_samples", "1", "--canvas_length", "8", "--text_response_length", "6",
+                              "--device", "cpu"])
+    if importlib.util.find_spec("lm_eval") is not None:
+        from hf_mdlm.evaluation.lm_eval import MDLMEvalLM
+
+        MDLMEvalLM(str(folder), device="cpu")
+    assert not marker.exists()
+
+
+def test_other_folders_run_their_code_only_when_trusted(canary_foreign, tmp_path):
+    folder, marker = canary_foreign
+    from hf_mdlm.loading import ModelArguments, load_for_inference, load_model_and_tokenizer
+
+    assert ModelArguments().trust_remote_code is False
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_for_inference(folder)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder)), tmp_path)
+    with pytest.raises(SystemExit, match="trust_remote_code|canary"):
+        try:
+            example("generate").main(["--model", str(folder), "--prompt", "x"])
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+    if importlib.util.find_spec("lm_eval") is not None:
+        from hf_mdlm.evaluation.lm_eval import MDLMEvalLM
+
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            MDLMEvalLM(str(folder), device="cpu")
+    assert not marker.exists()
+    with pytest.raises(Exception):  # noqa: B017 (the canary has no model class: only its running matters)
+        load_for_inference(folder, trust_remote_code=True)
+    assert marker.exists()  # the canary works: trusted, the folder's code runs
+
+
+def test_missing_weights_are_an_error_unless_asked_for(tokenizer, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from hf_mdlm.loading import ModelArguments, load_model_and_tokenizer
+
+    folder = tmp_path / "bert-without-head"
+    config = BertConfig(vocab_size=len(tokenizer) + 2, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)  # the encoder only: no masked-LM head
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"has no weights for cls\.predictions.*--init_missing_weights"):
+        load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder)), tmp_path)
+    model, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder), init_missing_weights=True),
+                                        tmp_path)
+    assert type(model).__name__ == "BertForMaskedLM"
+
+
+def test_loading_a_saved_folder_does_not_warn_about_the_model_type(tokenizer, tmp_path):
+    """AutoTokenizer read our config.json as a generic config and warned "a model of type `mdlm` to instantiate a
+    model of type ``" on every load; the loader hands it our config instead."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from hf_mdlm.loading import load_for_inference
+
+    folder = tmp_path / "model"
+    tiny_model_for(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    messages = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    old = hf_logging.get_verbosity()
+    hf_logging.get_logger().addHandler(handler)
+    hf_logging.set_verbosity_warning()
+    try:
+        model, loaded = load_for_inference(str(folder))
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+        hf_logging.set_verbosity(old)
+    assert len(loaded) == len(tokenizer) and loaded.mask_token_id == tokenizer.mask_token_id
+    assert not [m for m in messages if "model of type" in m], messages
