@@ -15,8 +15,8 @@ python -c "import torch, transformers; print('torch', torch.__version__, 'transf
 want() { [[ " ${SECTIONS:-0 1 2 3 5} " == *" $1 "* ]]; }
 
 if want 0; then
-echo; echo "## 0. slack-CTC lattice kernels on CUDA vs the CPU loops (tests/test_lattice_kernels.py)"
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_lattice_kernels.py -k cuda || echo "(section 0 failed)"
+echo; echo "## 0. slack-CTC lattice kernels on CUDA vs the CPU loops (tests/test_training_lattice_kernels.py)"
+timeout 120 python -m pytest -q -p no:cacheprovider tests/test_training_lattice_kernels.py -k cuda || echo "(section 0 failed)"
 fi
 
 if want 1; then

@@ -86,7 +86,9 @@ def main(argv=None):
                         format="%(asctime)s %(name)s: %(message)s")
     # Before any work: the output folders (writable, locked, empty unless resuming), the Hub token taken out of
     # the arguments Trainer sees (it would pickle it into training_args.bin), the checkpoint to resume from.
-    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir) as outputs:
+    inputs = {"--model_name_or_path": model_args.model_name_or_path, "--tokenizer_name": model_args.tokenizer_name,
+              "--dataset": data_args.dataset, "--eval_split": data_args.eval_split}
+    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir, inputs=inputs) as outputs:
         return run(model_args, data_args, training_args, extra, outputs)
 
 

@@ -224,7 +224,7 @@ def check_token_id(name, value, vocab_size, *, required=False, owner="MDLMConfig
     except TypeError:
         index = None
     if index is None or isinstance(value, bool) or not 0 <= index < vocab_size:
-        raise ValueError(f"{owner}{name}={value!r} is not a token id in [0, vocab_size={vocab_size})")
+        raise ValueError(f"{owner}{name}={value!r} is not a token id of the vocabulary [0, {vocab_size})")
     return index
 
 

@@ -97,7 +97,7 @@ def mix_seed(*parts: int) -> int:
     The one seed mixer of hf_mdlm: the sampler's rows, the trainer's examples, evaluation and the lm-eval adapter
     all draw from `torch.Generator().manual_seed(mix_seed(...))`. Each part is folded into the state through
     SplitMix64's finaliser, so nearby tuples (seed, step, position) give unrelated seeds; a CPU generator keeps
-    only the low 32 bits, and those behave like an ideal 32-bit hash (tests/test_trainer.py counts collisions
+    only the low 32 bits, and those behave like an ideal 32-bit hash (tests/test_training_trainer.py counts collisions
     against the birthday bound).
     """
     h = 0x243F6A8885A308D3

@@ -5,6 +5,7 @@ folders convert once on the fly, and every family goes through the whole pipelin
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,9 +24,10 @@ from hf_mdlm.convert import (
     llada_moe_config_to_mdlm,
     main,
 )
-from hf_mdlm.data import DiffusionCollator
+from hf_mdlm.data import DataArguments, DiffusionCollator
 from hf_mdlm.evaluation import elbo_perplexity
-from hf_mdlm.hub import check_hub_folder, export_for_hub
+from hf_mdlm.generation_mdlm import MDLMGenerationConfig
+from hf_mdlm.hub import check_hub_folder, export_for_hub, save_model_folder
 from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.trainer import MDLMTrainer
 from conftest import FIXTURES, LLADA_TINY
@@ -215,11 +217,55 @@ def test_original_folders_are_converted_once_on_the_fly(tmp_path, monkeypatch, c
         model, _ = load_for_inference(str(DREAM), tokenizer=str(tokenizer))
         again, _ = load_for_inference(str(DREAM), tokenizer=str(tokenizer))
     assert "converting the dream checkpoint" in caplog.text and "using the conversion" in caplog.text
-    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1
+    assert len([p for p in (tmp_path / "cache" / "converted").iterdir() if p.suffix != ".lock"]) == 1
     ref = load_file(DREAM / "reference_outputs.safetensors")
     with torch.no_grad():
         assert (model(input_ids=ref["input_ids"]).logits - ref["logits"]).abs().max() < 1e-4
     assert again.config.prediction_alignment == "next_token" and again.generation_config.schedule == "dream"
+
+
+def _convert_in_a_process(source, cache, barrier, results):
+    """One rank of a launcher: both call native_folder on the same unconverted folder at the same moment."""
+    import logging
+    import os
+
+    os.environ["HF_MDLM_CACHE"] = cache
+    messages = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    from hf_mdlm.convert import families
+
+    families.logger.addHandler(Keep())
+    families.logger.setLevel(logging.INFO)
+    barrier.wait()
+    path = families.native_folder(source)
+    results.put((path, any(m.startswith("converting the") for m in messages)))
+
+
+def test_two_processes_converting_the_same_checkpoint_make_one_entry(tmp_path):
+    """Two real processes race to convert one LLaDA folder: one converts, the other waits and reuses it; both get
+    the same complete folder, and the cache holds one entry and no staging leftovers."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    source = str(LLADA_TINY)
+    workers = [context.Process(target=_convert_in_a_process, args=(source, str(tmp_path), barrier, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0, 0]  # a crashed rank fails here, at once
+    outcomes = [results.get(timeout=10) for _ in workers]
+    (first, converted_first), (second, converted_second) = outcomes
+    assert first == second and converted_first + converted_second == 1
+    entries = sorted(p.name for p in (tmp_path / "converted").iterdir())
+    assert [e for e in entries if not e.endswith(".lock")] == [Path(first).name]
+    assert (Path(first) / "config.json").exists() and (Path(first) / "model.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------- every family through the pipeline
@@ -281,3 +327,12 @@ def test_fine_tune_evaluate_sample_and_export(tmp_path, family):
     folder = export_for_hub(model, tokenizer, tmp_path / "hub", repo_id=f"me/{family}-slack-ctc",
                             trainer_state=trainer.state)
     assert check_hub_folder(folder) == []
+    # the folder finetune.py saves keeps the family's sampling defaults, resized to the training canvas
+    save_model_folder(trainer, tokenizer, tmp_path / "out", DataArguments(canvas_length=10))
+    base = MDLMGenerationConfig.from_pretrained(tmp_path / "converted")
+    saved = MDLMGenerationConfig.from_pretrained(tmp_path / "out")
+    for name in ("schedule", "remasking", "temperature", "top_p", "top_k", "cfg_scale", "threshold"):
+        assert getattr(saved, name) == getattr(base, name), name
+    assert (saved.max_new_tokens, saved.steps) == (10, round(10 * base.steps / base.max_new_tokens))
+    assert saved.block_length == (math.gcd(10, base.block_length) if base.block_length else None)
+    assert saved.slack_token_id == config.slack_token_id and saved.suppress_slack  # trained with <slack>

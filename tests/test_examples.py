@@ -262,17 +262,22 @@ def test_fsdp_wraps_a_class_that_exists():
 FSDP_WORKER = r'''
 import json, os, sys
 import torch, torch.distributed as dist
+from types import SimpleNamespace
 from accelerate.commands.config.config_args import load_config_from_file
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+from transformers import AutoTokenizer, TrainerState
 from hf_mdlm import MDLMConfig, MDLMForMaskedLM, modeling_mdlm
+from hf_mdlm.data import DataArguments, bundled_corpus_files
+from hf_mdlm.hub import gathered_state_dict, save_model_folder
+from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.losses import masked_cross_entropy
 
 yaml_path, out_dir = sys.argv[1], sys.argv[2]
 fsdp = load_config_from_file(yaml_path).fsdp_config
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
+args = MDLMTrainingArguments(output_dir=out_dir, report_to="none", use_cpu=True)  # on every rank, as a Trainer's
 config = MDLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                     mask_token_id=63, max_position_embeddings=64)
 torch.manual_seed(0)
@@ -312,13 +317,17 @@ for step in range(3):  # every rank draws the global batch; each trains on its h
     reference_optimizer.step()
     reference_optimizer.zero_grad()
     reference_losses.append(reference_loss.item())
-full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+full = gathered_state_dict(model)  # every rank takes part in the gather, as in examples/finetune.py
 if rank == 0:
     gap = max((full[k] - v).abs().max().item() for k, v in reference.state_dict().items() if k in full)
     moved = max((full[k] - v).abs().max().item() for k, v in initial.items() if k in full)
-    saved = MDLMForMaskedLM(config)
-    saved.load_state_dict(full, strict=False)  # lm_head and norms included; the rotary buffers are not parameters
-    saved.save_pretrained(out_dir)
+    # finetune.py's save: the main process writes the folder from the gathered weights; the unsharded reference,
+    # saved by the same code as one process would, is what it must equal
+    tokenizer = AutoTokenizer.from_pretrained(bundled_corpus_files()["tokenizer"])
+    for name, net, weights in (("sharded", model, full), ("single", reference, None)):
+        trainer = SimpleNamespace(model=net, args=args, state=TrainerState())
+        save_model_folder(trainer, tokenizer, os.path.join(out_dir, name), DataArguments(canvas_length=16),
+                          state_dict=weights)
     json.dump({"world": world, "sharded": sharded, "wrapped": len(wrapped), "losses": losses,
                "reference_losses": reference_losses, "max_weight_gap": gap, "max_weight_change": moved},
               open(os.path.join(out_dir, "fsdp_run.json"), "w"))
@@ -353,7 +362,15 @@ def test_fsdp_config_trains_sharded_on_two_cpu_processes(tmp_path):
 
     from hf_mdlm import MDLMForMaskedLM
 
-    model = MDLMForMaskedLM.from_pretrained(out)
+    # the sharded run's folder is the one a single process writes: the same files, the same weights
+    sharded, single = out / "sharded", out / "single"
+    names = lambda folder: sorted(p.name for p in folder.iterdir() if p.name not in ("run_info.json",))  # noqa: E731
+    assert names(sharded) == names(single) and "model.safetensors" in names(sharded)
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(sharded / "model.safetensors"), load_file(single / "model.safetensors")
+    assert ours.keys() == theirs.keys() and max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
+    model = MDLMForMaskedLM.from_pretrained(sharded)
     assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 63, 4]])).logits).all()
 
 
@@ -425,18 +442,14 @@ def test_generate_gives_the_same_samples_for_any_batch_size(model_folder, capsys
     assert len(set(one)) > 1
 
 
-def test_evaluate_and_replicate_check_their_outputs_first(tmp_path, monkeypatch):
+def test_evaluate_checks_its_output_first(tmp_path, monkeypatch):
     a_file = tmp_path / "results"
     a_file.write_text("x")
     with pytest.raises(SystemExit, match="is a file"):
         example("evaluate").main(["--model", str(tmp_path / "no-such-model"), "--output_dir", str(a_file)])
-    with pytest.raises(SystemExit, match="is a file"):
-        example("replicate").main(["--smoke", "--output_dir", str(a_file)])
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
-    with pytest.raises(SystemExit, match="matplotlib"):
-        example("replicate").main(["--smoke", "--output_dir", str(tmp_path / "rep")])
     with pytest.raises(SystemExit, match="matplotlib"):
         example("evaluate").main(["--model", "no-such-model", "--judge", "j", "--output_dir", str(tmp_path / "e")])
 

@@ -110,7 +110,19 @@ def _load(name, path):
 
 
 def _script():
-    return _load("replicate", ROOT / "experiments" / "replicate.py")
+    return _replicate_module()
+
+
+def test_replicate_checks_its_output_first(tmp_path, monkeypatch):
+    a_file = tmp_path / "results"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit, match="is a file"):
+        _script().main(["--smoke", "--output_dir", str(a_file)])
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit, match="matplotlib"):
+        _script().main(["--smoke", "--output_dir", str(tmp_path / "rep")])
 
 
 def _lines(n, seed):

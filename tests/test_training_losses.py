@@ -582,7 +582,7 @@ def test_on_an_accelerator_infeasibility_is_asserted_without_a_host_sync(monkeyp
     """Where reading values would stall the device, the loss skips value checks and asserts feasibility
     asynchronously (torch._assert_async): still an error, never a silent inf."""
     logits, inputs, clean, loss_mask, mask_id, slack_id = _distinct_target_case(1)
-    monkeypatch.setattr(losses, "_values_are_free", lambda tensor: False)
+    monkeypatch.setattr(losses, "values_are_free", lambda tensor: False)
     reads = []
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or [])
     inputs[2][loss_mask[2]] = slack_id

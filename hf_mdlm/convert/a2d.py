@@ -4,7 +4,7 @@ The weights are the causal model's, unchanged: only the attention stops being ca
 prediction of token i + 1 (`prediction_alignment="next_token"`), as the causal model was trained. `[MASK]` and
 `<slack>` join the tokenizer (a tokenizer that has a mask token keeps it) and get embedding (and untied LM head)
 rows set to the mean of the existing rows, written while the shards stream through. Run with a causal 4D attention
-mask, the converted model computes the source model's logits (tests/test_a2d.py).
+mask, the converted model computes the source model's logits (tests/test_convert_a2d.py).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
     (`config.json` last), so a run killed during the save leaves no half-written model that would still load.
     """
     staging = staging_folder(output_dir)
-    model = trainer.model
+    model = trainer.model if state_dict is None else _unsharded(trainer.model, state_dict)
     if lora:
         model.save_pretrained(staging / "adapter")
         model = model.merge_and_unload()
@@ -33,7 +33,7 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
         suppress_slack=getattr(trainer.args, "canvas_holds_slack", False) and model.config.slack_token_id is not None,
     )
-    model.save_pretrained(staging, state_dict=state_dict)
+    model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
     save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
@@ -89,3 +89,21 @@ def gathered_state_dict(model, accelerator=None):
     if accelerator is not None and accelerator.distributed_type in ("FSDP", "DEEPSPEED"):
         return accelerator.get_state_dict(model)
     return None
+
+
+def _unsharded(model, state_dict):
+    """A plain model of `model`'s own class holding the gathered `state_dict`. FSDP2 turns the model into an
+    instance of a class made on the fly, and saving that would ship torch's FSDP files as the model's code."""
+    import torch
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        plain = cls(model.config)
+    plain.load_state_dict(state_dict, assign=True, strict=False)
+    plain.tie_weights()
+    missing = [name for name, tensor in plain.state_dict().items() if tensor.is_meta]
+    if missing:
+        raise ValueError(f"the gathered weights lack {missing[:5]}: the sharded model was not gathered whole")
+    plain.generation_config = model.generation_config
+    return plain.eval()

@@ -245,7 +245,7 @@ class RunOutputs:
         self.close()
 
 
-def prepare_run_outputs(training_args, *, overwrite: bool = False) -> RunOutputs:
+def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict | None = None) -> RunOutputs:
     """Everything a training run will write, checked before any work (call it first thing).
 
     Takes `push_to_hub`/`hub_token` out of `training_args` (`detach_hub_settings`), resolves
@@ -253,11 +253,18 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False) -> RunOutputs
     the processes that save (`training_args.should_save`) takes the output folder (`OutputFolder`: writable, locked,
     empty unless resuming or `overwrite`) and, when a push is asked, checks that a token is available and that the
     export folder `<output_dir>-hub` is writable and empty (`overwrite` empties an earlier export).
+
+    `inputs` ({flag: path}, e.g. the model, data and tokenizer) are what the run reads: neither output folder may be
+    one of them, contain one or lie inside one (a local path; Hub ids are not checked).
     """
     from .upload import detach_hub_settings
 
     hub = detach_hub_settings(training_args)
     output_dir = str(training_args.output_dir)
+    for flag, path in (inputs or {}).items():
+        if path and Path(path).exists():
+            for out, what in ((output_dir, "--output_dir"), (f"{output_dir.rstrip('/')}-hub", "the Hub export folder")):
+                check_apart(out, path, what, f"the {flag} path")
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     training_args.resume_from_checkpoint = resume
     folder = hub_dir = None
@@ -280,11 +287,11 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False) -> RunOutputs
     return RunOutputs(folder, resume, hub, hub_dir)
 
 
-def check_apart(out_dir, model_dir, what: str = "--out_dir") -> None:
-    """Refuse an `out_dir` that is `model_dir`, contains it or lies inside it: deleting or filling it would touch the
-    model folder (e.g. `--overwrite` removes OUT_DIR first)."""
+def check_apart(out_dir, model_dir, what: str = "--out_dir", input_what: str = "the model folder") -> None:
+    """Refuse an `out_dir` that is an input (`model_dir`: a model, data or tokenizer path), contains it or lies inside
+    it: deleting or filling it would touch the input (e.g. `--overwrite` removes OUT_DIR first)."""
     out, model = Path(out_dir).resolve(), Path(model_dir).resolve()
     if out == model or model in out.parents or out in model.parents:
         relation = "is" if out == model else "contains" if out in model.parents else "lies inside"
-        raise OutputFolderError(f"{what} {out_dir} {relation} the model folder {model_dir}: choose a folder apart "
-                                "from it (the export would overwrite or delete the model)")
+        raise OutputFolderError(f"{what} {out_dir} {relation} {input_what} {model_dir}: choose a folder apart "
+                                "from it (writing or overwriting the output would change or delete it)")
