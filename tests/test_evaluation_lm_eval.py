@@ -1,7 +1,9 @@
 """The lm-evaluation-harness adapter (`hf_mdlm/evaluation/lm_eval.py`): each request type against a direct
 computation, and `lm_eval.simple_evaluate` on tiny tasks built here, with a model rigged so the answers are known."""
 
+import copy
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -226,3 +228,77 @@ def test_command_line_runs_a_task_on_a_saved_folder(tmp_path, tokenizer, monkeyp
     [results_file] = out.rglob("results_*.json")
     results = json.loads(results_file.read_text())["results"]["tiny_cli"]
     assert results["acc,none"] in (0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- GSM8K's format, chat templates, ranks
+
+GSM8K_MINI = Path(__file__).resolve().parent / "fixtures" / "gsm8k-mini"
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def gsm8k_task_folder(tmp_path):
+    """The shipped GSM8K-format task, its data path made absolute (its yaml names it from the repository root)."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    text = (GSM8K_MINI / "gsm8k_mini.yaml").read_text()
+    (folder / "gsm8k_mini.yaml").write_text(text.replace("tests/fixtures/gsm8k-mini/test.jsonl",
+                                                         str(GSM8K_MINI / "test.jsonl")))
+    return folder
+
+
+def test_gsm8k_format_task_with_the_chat_template_and_few_shot_turns(model, tokenizer, tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT_TEMPLATE
+    out = lm_eval.simple_evaluate(model=MDLMEvalLM(model, chat, batch_size=4), tasks=["gsm8k_mini"],
+                                  task_manager=TaskManager(include_path=str(gsm8k_task_folder(tmp_path))),
+                                  num_fewshot=2, apply_chat_template=True, fewshot_as_multiturn=True,
+                                  log_samples=True, bootstrap_iters=0)
+    samples = out["samples"]["gsm8k_mini"]
+    assert sorted(s["doc_id"] for s in samples) == list(range(6))
+    prompt = samples[0]["arguments"][0][0]  # (context, generation settings) of its one request
+    # two worked examples as user/assistant turns, then the question, then the generation prompt
+    assert prompt.count("<user>") == 3 and prompt.count("<assistant>") == 3 and prompt.endswith("<assistant>")
+    assert "Question:" in prompt and "#### " in prompt
+    assert 0.0 <= out["results"]["gsm8k_mini"]["exact_match,strict-match"] <= 1.0
+    with pytest.raises(ValueError, match="the tokenizer has no chat template"):
+        MDLMEvalLM(model, tokenizer).apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.slow
+def test_two_processes_score_each_example_once_and_agree_with_one(tmp_path, tokenizer):
+    """`torchrun --nproc_per_node 2 -m hf_mdlm.evaluation.lm_eval ...` splits the requests over two gloo processes:
+    every problem answered once, with the answers and the score of a single process, batches of 2 made differently.
+    (Zero-shot: lm_eval's few-shot sampler draws other examples for a document when the documents are split over
+    processes, for any model, so few-shot prompts differ between the two runs.)"""
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    MDLMForMaskedLM(bundled_config(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    tasks = gsm8k_task_folder(tmp_path)
+
+    def run(launcher, out):
+        command = [*launcher, "hf_mdlm.evaluation.lm_eval", "--model", "hf_mdlm", "--model_args",
+                   f"pretrained={folder}", "--device", "cpu", "--batch_size", "2", "--tasks", "gsm8k_mini", "--include_path",
+                   str(tasks), "--output_path", str(out), "--log_samples"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+               "TOKENIZERS_PARALLELISM": "false"}
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        [samples] = out.rglob("samples_gsm8k_mini_*.jsonl")
+        [results] = out.rglob("results_*.json")
+        answers = [json.loads(line) for line in samples.read_text().splitlines()]
+        return ({a["doc_id"]: a["resps"] for a in answers}, [a["doc_id"] for a in answers],
+                json.loads(results.read_text())["results"]["gsm8k_mini"]["exact_match,strict-match"])
+
+    one, one_ids, one_score = run([sys.executable, "-m"], tmp_path / "one")
+    two, two_ids, two_score = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   "--nproc_per_node", "2", "-m"], tmp_path / "two")
+    assert sorted(two_ids) == sorted(one_ids) == list(range(6))  # each problem once
+    assert two == one and two_score == one_score

@@ -221,6 +221,31 @@ def test_finetune_checks_every_output_before_the_work(tmp_path, monkeypatch):
         script.main(TINY + ["--output_dir", str(tmp_path / "run4"), "--resume_from_checkpoint", "true"])
 
 
+
+def test_finetune_never_writes_over_or_around_what_it_reads(tmp_path, monkeypatch):
+    """`--output_dir M --overwrite_output_dir` with `--model_name_or_path M` used to empty the model folder before
+    loading it; an output folder that is, contains or lies inside the model, data or tokenizer is refused first."""
+    from hf_mdlm.hub import OutputFolderError
+
+    script = no_work(monkeypatch, example("finetune"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "data" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"text": "x"}\n')
+    for argv, message in (
+        (["--model_name_or_path", str(model), "--output_dir", str(model)], "is the --model_name_or_path path"),
+        (["--model_name_or_path", str(model), "--output_dir", str(model / "out")], "lies inside the --model_name"),
+        (["--model_name_or_path", str(model), "--output_dir", str(tmp_path)], "contains the --model_name_or_path"),
+        (["--dataset", str(data), "--output_dir", str(data.parent)], "contains the --dataset path"),
+        (["--tokenizer_name", str(model), "--output_dir", str(model)], "is the --tokenizer_name path"),
+    ):
+        with pytest.raises(OutputFolderError, match=message):
+            script.main(TINY + argv + ["--overwrite_output_dir", "true"])
+    assert (model / "config.json").read_text() == "{}" and data.exists()  # nothing deleted
+
+
 # ----------------------------------------------------------------------------- the accelerate configs
 
 

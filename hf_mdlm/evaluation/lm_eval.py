@@ -26,6 +26,11 @@ How the three request types are answered:
   multiple of `block_length`), `tokens_per_step` tokens committed per step; the text is cut at the first EOS
   and at the first stop string in `until`. Each context draws its noise from a seed derived from its tokens,
   so an answer does not depend on the batch or on the order of requests.
+
+Chat models: `--apply_chat_template` (and `--fewshot_as_multiturn`) render every prompt with the tokenizer's chat
+template. Several processes (`accelerate launch -m hf_mdlm.evaluation.lm_eval ...`, or torchrun) split the
+requests, each scored once on its own device, and the main process gathers them: since every request's noise
+comes from its own seed, the results equal a single process's.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from typing import Any
 
 import torch
@@ -106,6 +112,7 @@ class MDLMEvalLM(TemplateLM):
         **generation_kwargs,
     ):
         super().__init__()
+        self._rank, self._world_size = _join_processes()
         unknown = sorted(set(generation_kwargs) - set(GENERATION_FIELDS))
         if unknown:
             raise ValueError(f"unknown argument(s) {unknown}: expected adapter arguments or MDLMGenerationConfig "
@@ -120,6 +127,9 @@ class MDLMEvalLM(TemplateLM):
                 if device is not None:
                     logger.warning("device=%s requested but CUDA is not available: running on the CPU", device)
                 device = "cuda" if torch.cuda.is_available() else "cpu"
+            if self.world_size > 1 and str(device) == "cuda":  # one GPU per process
+                device = f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
+                torch.cuda.set_device(device)
             model = model.to(device)
             tokenizer = tokenizer if tokenizer is not None else pretrained
         else:
@@ -154,6 +164,43 @@ class MDLMEvalLM(TemplateLM):
         self.compute_is_greedy = compute_is_greedy
         self.seed = int(seed)
         self.generation_kwargs = generation_kwargs
+
+    # -- several processes -----------------------------------------------------------------------------------
+
+    def all_gather(self, tensor):
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj, dst=0):
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    # -- chat templates -------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "tokenizer")).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) if chat_template else None
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("--apply_chat_template: the tokenizer has no chat template (evaluate without it, or "
+                             "use the tokenizer of an instruct model)")
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
 
     # -- tokenisation ---------------------------------------------------------------------------------------
 
@@ -297,6 +344,17 @@ class MDLMEvalLM(TemplateLM):
                 bar.update(len(batch))
         bar.close()
         return out  # type: ignore[return-value]
+
+
+def _join_processes() -> tuple[int, int]:
+    """(rank, world size): those of the process group a launcher (`accelerate launch`, torchrun) describes in the
+    environment, joined here if nobody has yet; (0, 1) for a single process."""
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 # `python -m hf_mdlm.evaluation.lm_eval` runs this file as __main__ and then imports it under its own name; only
