@@ -84,6 +84,9 @@ def accepted_flags(parser: argparse.ArgumentParser, words: list[str]) -> set[str
 def launched(words: list[str]):
     """(target, flags before it, flags after it) of `python X.py ...`, `python -m M ...` or `accelerate launch`."""
     if words[:2] == ["accelerate", "launch"]:
+        if "-m" in words:  # a module
+            module = words.index("-m")
+            return words[module + 1], words[2:module], words[module + 2:]
         script = next(i for i, w in enumerate(words) if w.endswith(".py"))
         return words[script], words[2:script], words[script + 1:]
     if words[0] in ("python", "python3"):
