@@ -18,6 +18,7 @@ The token comes from `HF_TOKEN` or `hf auth login`; it is never printed or writt
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload the LoRA adapter (MODEL_DIR/adapter, or MODEL_DIR itself when it is an adapter "
                              "folder) instead of the merged model")
     parser.add_argument("--base_model", default=None,
-                        help="Hub id of the base model (required for an adapter whose base is a local folder)")
+                        help="Hub id of the base model, an hf_mdlm one (required for an adapter whose base is a local "
+                             "folder)")
+    parser.add_argument("--push_base", default=None, metavar="REPO_ID",
+                        help="with --adapter: first publish the converted base the adapter trained on (the folder its "
+                             "adapter_config.json names) to REPO_ID, and name it as the base")
     parser.add_argument("--datasets", nargs="+", default=None, help="Hub dataset ids for the card's metadata")
     parser.add_argument("--license", default="apache-2.0", help="license in the card's metadata")
     parser.add_argument("--eval_results", default=None, help="a results.json to show in the card "
@@ -79,10 +84,28 @@ def print_files(folder: Path, repo_id: str, verb: str) -> list[str]:
     return names
 
 
+def publish_base(args) -> None:
+    """--push_base: the adapter's own hf_mdlm base, published (or, with --dry_run, built in OUT_DIR-base) first."""
+    adapter = Path(args.model_dir) if (Path(args.model_dir) / "adapter_config.json").exists() else \
+        Path(args.model_dir) / "adapter"
+    if not args.adapter or not (adapter / "adapter_config.json").exists():
+        raise SystemExit("--push_base needs --adapter and a folder holding an adapter")
+    base_dir = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not (Path(base_dir) / "config.json").exists():
+        raise SystemExit(f"--push_base: the adapter's base {base_dir} is not a local folder; name it with --base_model")
+    base_args = argparse.Namespace(**{**vars(args), "model_dir": base_dir, "repo_id": args.push_base, "adapter": False,
+                                      "base_model": None, "push_base": None, "eval_results": None,
+                                      "out_dir": args.out_dir and f"{args.out_dir.rstrip('/')}-base"})
+    main(base_args)
+    args.base_model = args.push_base
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
     if args.dry_run and args.out_dir is None:
         raise SystemExit("--dry_run needs --out_dir (the folder to build and inspect)")
+    if args.push_base:
+        publish_base(args)
     if args.out_dir is not None:
         out_dir = Path(args.out_dir)
         try:  # before anything is deleted: never the model folder, a folder holding it, or one inside it

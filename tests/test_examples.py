@@ -529,6 +529,14 @@ def test_script_dry_run_lists_the_files_and_uploads_nothing(exported, adapter_ex
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == BASE_REPO
     assert hub_calls == []
 
+    # --push_base: the converted base the adapter trained on is built (published, without --dry_run) first
+    out = script.main(["--model_dir", str(run), "--repo_id", ADAPTER_REPO, "--adapter", "--push_base", "me/base",
+                       "--dry_run", "--out_dir", str(tmp_path / "up-both")])
+    base = tmp_path / "up-both-base"
+    assert check_hub_folder(base) == [] and json.loads((base / "config.json").read_text())["model_type"] == "mdlm"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "me/base"
+    assert 'AutoModel.from_pretrained("me/base"' in (out / "README.md").read_text() and hub_calls == []
+
 
 @pytest.mark.parametrize("where", ["same", "parent", "inside"])
 def test_push_to_hub_overwrite_never_deletes_the_model(model_folder, tmp_path, where):

@@ -455,3 +455,26 @@ def test_check_hub_folder_finds_a_truncated_safetensors(model_folder, tmp_path):
     assert any("model.safetensors is truncated" in p for p in check_hub_folder(folder))
     weights.write_bytes(data[:20])
     assert any("model.safetensors is truncated: its header" in p for p in check_hub_folder(folder))
+
+
+def test_an_adapter_on_a_base_in_another_format_is_refused(adapter_exported, tokenizer, tmp_path, monkeypatch):
+    """The adapter targets the hf_mdlm conversion's modules: naming the original LLaDA repository as its base would
+    publish something that does not load, so the export refuses it and says how to publish the converted base."""
+    import huggingface_hub
+
+    from conftest import LLADA_TINY
+
+    install_in_hf_cache(LLADA_TINY, "GSAI-ML/LLaDA-tiny", tmp_path / "hf_home")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    adapter_dir = adapter_exported.raw_dir / "adapter"
+    with pytest.raises(ValueError, match=r"GSAI-ML/LLaDA-tiny is not an hf_mdlm model(.|\n)*--push_base"):
+        export_for_hub(adapter_dir, tokenizer, tmp_path / "out", repo_id=ADAPTER_REPO, base_model="GSAI-ML/LLaDA-tiny")
+    install_in_hf_cache(adapter_exported.base_folder, "me/base-hf-mdlm", tmp_path / "hf_home")  # an hf_mdlm base
+    folder = export_for_hub(adapter_dir, tokenizer, tmp_path / "ok", repo_id=ADAPTER_REPO, base_model="me/base-hf-mdlm")
+    assert check_hub_folder(folder) == []
+
+
+def test_export_hard_links_the_weights(model_folder, tmp_path):
+    folder = export_for_hub(model_folder, None, tmp_path / "out", repo_id=REPO)
+    assert (folder / "model.safetensors").samefile(model_folder / "model.safetensors")  # no second 16 GB copy
+    assert not (folder / "config.json").samefile(model_folder / "config.json")  # rewritten files are copies

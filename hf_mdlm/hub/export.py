@@ -3,8 +3,10 @@ model code, tokenizer, generation config, run records and a model card)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,14 +24,22 @@ from .files import ADAPTER_FILES, HUB_CODE_FILES, RUN_FILES, TOKENIZER_FILES
 from .outputs import check_apart
 from .records import _args_dict, _blank_secrets, _jsonable, _run_info_from_args
 
+logger = logging.getLogger(__name__)
+
 
 def _is_peft_model(obj) -> bool:
     return hasattr(obj, "peft_config") and hasattr(obj, "get_base_model")
 
 
 def _copy_files(src: Path, dst: Path, names) -> None:
+    """Copy `names` from `src`; weights are hard-linked where the filesystem allows (an 8B model is 16 GB; our saves
+    replace a folder's files rather than rewrite them, so the export keeps its own bytes)."""
     for name in names:
         if (src / name).is_file():
+            if name.endswith(".safetensors"):
+                with contextlib.suppress(OSError):
+                    os.link(src / name, dst / name)
+                    continue
             shutil.copyfile(src / name, dst / name)
 
 
@@ -187,12 +197,15 @@ def export_for_hub(
     if is_adapter:
         adapter_config_path = out / "adapter_config.json"
         adapter_config = json.loads(adapter_config_path.read_text(encoding="utf-8"))
+        trained_on = adapter_config.get("base_model_name_or_path")
         if base_model is not None:
             adapter_config["base_model_name_or_path"] = str(base_model)
             adapter_config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n",
                                            encoding="utf-8")
         elif not _looks_local(str(adapter_config.get("base_model_name_or_path") or "/")):
             base_model = adapter_config["base_model_name_or_path"]
+        if base_model is not None:
+            check_adapter_base(base_model, trained_on=trained_on)
     _complete_generation_config(out, model_config)
 
     # The run's records: from run_dir (or the source folder), then the explicit arguments.
@@ -224,6 +237,34 @@ def export_for_hub(
     if problems:
         raise ValueError(f"the exported folder {out} is not ready for the Hub:\n" + "\n".join(f"- {p}" for p in problems))
     return out
+
+
+def check_adapter_base(base_model, trained_on=None) -> None:
+    """Refuse an adapter base that is not an hf_mdlm model: the adapter's modules (`self_attn.o_proj`, ...) and
+    sampler are those of the hf_mdlm conversion it trained on, so a base in its family's own format (LLaDA's,
+    Dream's code) would load but not take the adapter. A Hub id that cannot be read here (offline) is logged and
+    let through."""
+    config_path = Path(base_model) / "config.json"
+    if not config_path.exists() and not _looks_local(str(base_model)):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            config_path = Path(hf_hub_download(str(base_model), "config.json"))
+        except Exception as error:  # offline, private, or not there: the card still names it
+            logger.warning("could not read %s/config.json to check it is an hf_mdlm model: %s", base_model, error)
+            return
+    if not config_path.exists():
+        raise ValueError(f"the adapter's base {base_model} has no config.json")
+    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    if model_type != "mdlm":
+        converted = f" (this adapter trained on {trained_on})" if trained_on and Path(trained_on).is_dir() else ""
+        raise ValueError(
+            f"the adapter's base {base_model} is not an hf_mdlm model (model_type {model_type!r}): the adapter "
+            f"targets the modules of the hf_mdlm conversion it was trained on{converted}, and would not load on the "
+            "original. "
+            "Publish the converted base and name it: python examples/push_to_hub.py --model_dir CONVERTED_FOLDER "
+            "--repo_id YOU/NAME-hf-mdlm, then --base_model YOU/NAME-hf-mdlm (or let push_to_hub.py --push_base "
+            "YOU/NAME-hf-mdlm do both)")
 
 
 def _complete_mdlm_code(out: Path, config: dict) -> None:
