@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,3 +36,10 @@ def run_without_hf_mdlm(code, cwd, env=None, timeout=300):
 
 def last_json_line(stdout):
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def first_python_block(readme):
+    """The first ```python block of a model card: its usage snippet."""
+    match = re.search(r"```python\n(.*?)```", Path(readme).read_text(), re.S)
+    assert match, "the card has no ```python block"
+    return match.group(1)

@@ -17,6 +17,7 @@ from accelerate.utils import DistributedType
 from hf_mdlm.hub import check_hub_folder, hub_files, save_run_record
 from conftest import ADAPTER_REPO, BASE_REPO, FULL_FILES, REPO, TOKEN, TRAINER_STATE, make_model, make_tokenizer
 from example_scripts import ROOT, TINY, example
+from hub_cache import COMMIT, first_python_block
 
 # the flags of the end-to-end finetune.py runs (example_scripts.TINY: the flags of the quick ones)
 TINY_3_STEPS = ["--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "1",
@@ -551,3 +552,106 @@ def test_push_to_hub_overwrite_never_deletes_the_model(model_folder, tmp_path, w
 
     with pytest.raises(ValueError, match="the model folder"):
         export_for_hub(model, None, out, repo_id="org/x")
+
+
+# ----------------------------------------------------------------------------- the real path, rehearsed
+
+
+REHEARSAL_SNIPPETS = r'''
+import json, sys
+import torch
+snippets, probe = json.load(open(sys.argv[1])), torch.tensor([json.load(open(sys.argv[2]))])
+logits = {}
+for name, snippet in snippets.items():
+    scope = {"__name__": "__main__"}
+    exec(compile(snippet, name, "exec"), scope)  # the card's code, as a Hub user runs it (prints a sample)
+    with torch.no_grad():
+        logits[name] = scope["model"](input_ids=probe.to(scope["model"].device)).logits[0].tolist()
+print(json.dumps(logits))
+'''
+
+
+def _llada_checkpoint_with_tokenizer(folder):
+    """The LLaDA fixture as LLaDA publishes it (its own config format), with a word-level tokenizer: no <slack>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import LLADA_TINY
+
+    shutil.copytree(LLADA_TINY, folder)
+    vocab = {{298: "<eos>", 299: "[MASK]"}.get(i, f"w{i}"): i for i in range(320)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, mask_token="[MASK]", eos_token="<eos>",
+                            pad_token="<eos>").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_real_path_rehearsed_on_two_cpu_processes(tmp_path):
+    """The README's recipe scaled down: an unconverted LLaDA checkpoint fine-tuned with LoRA by two processes under
+    `accelerate launch` (both ranks ask for the conversion), saved, published as a model and as an adapter with its
+    converted base (dry runs), both loaded by their cards' snippets where hf_mdlm is not installed (the same
+    logits), and evaluated on a GSM8K-format task by two processes."""
+    from hub_cache import install_in_hf_cache, last_json_line, run_without_hf_mdlm
+
+    source = _llada_checkpoint_with_tokenizer(tmp_path / "LLaDA-tiny")
+    rows = [{"prompt": " ".join(f"w{(7 * i + j) % 250 + 5}" for j in range(6)),
+             "completion": " ".join(f"w{(3 * i + j) % 250 + 5}" for j in range(4))} for i in range(32)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_MDLM_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+
+    def run(*command):
+        result = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    out = tmp_path / "out"
+    printed = run("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "examples" / "finetune.py"),
+                  "--use_cpu", "true", "--model_name_or_path", str(source), "--dataset", str(tmp_path / "chat.jsonl"),
+                  "--output_dir", str(out), "--lora_r", "4", "--lora_target_modules", "q_proj,v_proj",
+                  "--canvas_length", "8", "--max_steps", "4", "--per_device_train_batch_size", "2",
+                  "--learning_rate", "0.01", "--logging_steps", "1", "--report_to", "none", "--eval_fraction", "0.1",
+                  "--num_samples", "1", "--disable_tqdm", "true")
+    assert "--- sample:" in printed  # drawn after training, where it trained
+    assert len([p for p in (tmp_path / "cache" / "converted").iterdir() if p.suffix != ".lock"]) == 1  # converted once
+    assert (out / "adapter" / "adapter_config.json").exists() and (out / "model.safetensors").exists()
+
+    push = str(ROOT / "examples" / "push_to_hub.py")
+    run(push, "--model_dir", str(out), "--repo_id", "me/llada-tiny-ft", "--dry_run", "--out_dir", str(tmp_path / "up"))
+    run(push, "--model_dir", str(out), "--repo_id", "me/llada-tiny-lora", "--adapter", "--push_base",
+        "me/llada-tiny-hf-mdlm", "--dry_run", "--out_dir", str(tmp_path / "up-lora"))
+    hf_home = tmp_path / "hf_home"
+    for folder, repo in (("up", "me/llada-tiny-ft"), ("up-lora", "me/llada-tiny-lora"),
+                         ("up-lora-base", "me/llada-tiny-hf-mdlm")):
+        cache = install_in_hf_cache(tmp_path / folder, repo, hf_home)
+        if folder == "up-lora":  # an adapter repo has no config.json: a download records that 404 as this marker
+            marker = cache / ".no_exist" / COMMIT / "config.json"
+            marker.parent.mkdir(parents=True)
+            marker.touch()
+    snippets = {name: first_python_block(tmp_path / folder / "README.md") for name, folder in
+                (("model", "up"), ("adapter", "up-lora"))}
+    (tmp_path / "snippets.json").write_text(json.dumps(snippets))
+    (tmp_path / "probe.json").write_text(json.dumps([5, 17, 299, 299, 40, 299]))
+    (tmp_path / "check.py").write_text(REHEARSAL_SNIPPETS)
+    logits = last_json_line(run_without_hf_mdlm(
+        f"import runpy, sys\nsys.argv = ['check', {str(tmp_path / 'snippets.json')!r}, "
+        f"{str(tmp_path / 'probe.json')!r}]\nrunpy.run_path({str(tmp_path / 'check.py')!r}, run_name='__main__')",
+        cwd=tmp_path, env={"HF_HOME": str(hf_home)}))
+    import torch
+
+    assert torch.allclose(torch.tensor(logits["adapter"]), torch.tensor(logits["model"]), atol=1e-4)
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    gsm8k = ROOT / "tests" / "fixtures" / "gsm8k-mini"
+    (tasks / "gsm8k_mini.yaml").write_text((gsm8k / "gsm8k_mini.yaml").read_text().replace(
+        "tests/fixtures/gsm8k-mini/test.jsonl", str(gsm8k / "test.jsonl")))
+    run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hf_mdlm.evaluation.lm_eval",
+        "--model", "hf_mdlm", "--model_args", f"pretrained={out}", "--device", "cpu", "--tasks", "gsm8k_mini",
+        "--include_path", str(tasks), "--output_path", str(tmp_path / "eval"), "--log_samples")
+    [samples] = (tmp_path / "eval").rglob("samples_gsm8k_mini_*.jsonl")
+    assert sorted(json.loads(line)["doc_id"] for line in samples.read_text().splitlines()) == list(range(6))

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from conftest import ADAPTER_REPO, BASE_REPO, EVAL_RESULTS, FULL_FILES, REPO, TOKEN, TRAINER_STATE
 from conftest import tiny_config, tiny_model_for
 from example_scripts import TINY, example
-from hub_cache import COMMIT, install_in_hf_cache, last_json_line, run_without_hf_mdlm
+from hub_cache import COMMIT, first_python_block, install_in_hf_cache, last_json_line, run_without_hf_mdlm
 
 from hf_mdlm import MDLMForMaskedLM
 from hf_mdlm.hub import check_hub_folder, export_for_hub, hub_files, push_to_hub, save_run_record
@@ -28,12 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def files_containing(folder, text):
     return [p.name for p in Path(folder).rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
-
-
-def first_python_block(readme):
-    match = re.search(r"```python\n(.*?)```", Path(readme).read_text(), re.S)
-    assert match, "the card has no ```python block"
-    return match.group(1)
 
 
 def expected_print(model, tokenizer, prompt="Once upon a time"):
