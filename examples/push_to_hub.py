@@ -4,7 +4,7 @@
     python examples/push_to_hub.py --model_dir outputs/shakespeare-mdlm --repo_id you/shakespeare-mdlm
     python examples/push_to_hub.py --model_dir outputs/run --repo_id you/run --dry_run --out_dir /tmp/upload
     python examples/push_to_hub.py --model_dir outputs/lora-run --repo_id you/run-lora --adapter \\
-        --base_model GSAI-ML/LLaDA-8B-Instruct
+        --push_base you/llada-8b-hf-mdlm          # the adapter, and first the converted base it trained on
 
 The upload folder is built with `hf_mdlm.hub.export_for_hub`: weights (safetensors), config, model code,
 tokenizer, generation_config.json, the run's records (trainer_state.json, training_args.json, run_info.json,
