@@ -23,3 +23,31 @@ def test_sampler_names_are_checked_against_the_sampler():
         parse_samplers("x:entropi:1")
     with pytest.raises(argparse.ArgumentTypeError, match="bad temperature"):
         parse_samplers("x:random:hot")
+
+
+def test_boolean_flags_take_no_value_true_or_false(capsys):
+    """As every `TrainingArguments` bool: `--flag`, `--flag true` and `--flag false` (`--overwrite_output_dir true`
+    was an error when the flag was store_true)."""
+    from hf_mdlm.cli import add_bool_flag
+
+    parser = argparse.ArgumentParser()
+    add_bool_flag(parser, "--overwrite_output_dir")
+    add_bool_flag(parser, "--stream", default=None)
+    parse = parser.parse_args
+    assert parse([]).overwrite_output_dir is False and parse([]).stream is None
+    assert parse(["--overwrite_output_dir"]).overwrite_output_dir is True
+    assert parse(["--overwrite_output_dir", "true"]).overwrite_output_dir is True
+    assert parse(["--overwrite_output_dir", "False"]).overwrite_output_dir is False
+    assert parse(["--stream", "no"]).stream is False
+    with pytest.raises(SystemExit):
+        parse(["--overwrite_output_dir", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_every_script_flag_that_is_a_switch_takes_a_value():
+    """No script keeps an argparse store_true: each boolean goes through add_bool_flag."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    scripts = [*root.glob("examples/*.py"), *root.glob("bench/*.py"), *root.glob("experiments/*.py")]
+    assert scripts and [s.name for s in scripts if 'action="store_true"' in s.read_text()] == []

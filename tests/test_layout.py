@@ -165,3 +165,13 @@ def test_wheel_and_sdist_carry_the_templates_and_the_bundled_corpus(tmp_path):
     sdist = tmp_path / result.stdout.strip().splitlines()[-1]
     members = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
     assert needed <= members
+
+
+def test_test_files_mirror_the_package():
+    """A test file per module or subpackage, named after it (`test_<module>.py`, `test_<subpackage>_<module>.py`),
+    plus the scripts' folders, the pages and this file: never a file named after an issue."""
+    modules = {name[1].removesuffix("_mdlm") for _, name, _ in _modules() if len(name) > 1}
+    modules |= {f"{name[1]}_{name[2]}" for _, name, _ in _modules() if len(name) > 2}
+    allowed = modules | {"examples", "bench", "experiments", "docs", "layout"}
+    stray = [p.name for p in sorted((ROOT / "tests").glob("test_*.py")) if p.stem.removeprefix("test_") not in allowed]
+    assert stray == []
