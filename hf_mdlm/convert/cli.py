@@ -2,6 +2,7 @@
 
 import argparse
 import os
+from pathlib import Path
 
 from .families import CONVERTERS
 
@@ -24,7 +25,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     extra = {"mask_token_id": args.mask_token_id} if args.family == "llada-moe" else {}
     config = CONVERTERS[args.family](args.src_dir, args.dst_dir, dtype=args.dtype, **extra)
+    weights = sum(p.stat().st_size for p in Path(args.src_dir).glob("*.safetensors"))
     print(
         f"wrote {os.path.abspath(args.dst_dir)}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"vocab {config.vocab_size}, mask_token_id {config.mask_token_id}"
+        f"vocab {config.vocab_size}, mask_token_id {config.mask_token_id}; peak resident memory "
+        f"{_peak_rss() / 2**30:.2f} GiB for {weights / 2**30:.2f} GiB of weights (streamed one shard at a time)"
     )
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux and macOS report different units)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
