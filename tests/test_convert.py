@@ -3,6 +3,7 @@ code's logits (tests/fixtures/*/README.md), unrepresentable configs and tensors 
 folders convert once on the fly, and every family goes through the whole pipeline (A2D: test_convert_a2d.py)."""
 
 import json
+import re
 import math
 import shutil
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_config_mapping(llada_converted):
     }
 
 
-def test_sharded_checkpoint_and_cli(tmp_path):
+def test_sharded_checkpoint_and_cli(tmp_path, capsys):
     """A LLaDA checkpoint split over two shards converts shard by shard into the same model."""
     src = tmp_path / "sharded"
     src.mkdir()
@@ -81,6 +82,7 @@ def test_sharded_checkpoint_and_cli(tmp_path):
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
 
     main(["llada", str(src), str(tmp_path / "out"), "--dtype", "float32"])
+    assert re.search(r"peak resident memory [\d.]+ GiB for [\d.]+ GiB of weights", capsys.readouterr().out)
     out = tmp_path / "out"
     assert (out / "model.safetensors.index.json").exists()
     for name in halves:  # one output shard per input shard: the conversion streams
