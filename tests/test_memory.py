@@ -131,7 +131,7 @@ def test_activation_estimate_matches_the_tensors_autograd_saves(variant, dtype):
     per_token = activation_bytes_per_token(config, dtype)
     logits = 2 * config.vocab_size * (4 if dtype == torch.float32 else 2)
     estimated = batch * length * (sum(per_token["layers"]) + per_token["head"] - logits)
-    assert sum(saved.values()) == pytest.approx(estimated, rel=0.08)
+    assert sum(saved.values()) == pytest.approx(estimated, rel=0.04)  # docs/training.md: within 4%
 
 
 def test_estimates_add_up():
