@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.kv_cache and not args.judge:  # the caches change samples only; the likelihood uses no cache
+        raise SystemExit("--kv_cache compares the cached sampler's samples with the exact sampler's, which needs "
+                         "--judge (without one only the ELBO is computed, and no cache takes part in it)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:  # before any evaluation: what would fail at the end (the results folder, the plot) fails now
         check_writable_dir(args.output_dir, "--output_dir")

@@ -374,6 +374,9 @@ class MDLMModel(MDLMPreTrainedModel):
         if attention_mask is None:
             return {}, None
         if attention_mask.dim() == 4:
+            if self.config._attn_implementation.startswith("flash"):  # it takes a 2D padding mask only
+                raise ValueError("flash attention cannot apply a 4D attention_mask (it would be ignored): load the "
+                                 "model with attn_implementation='sdpa', 'eager' or 'flex_attention' for 4D masks")
             expected = (1 if attention_mask.shape[0] == 1 else batch, 1, length, keys)
             if tuple(attention_mask.shape) != expected:
                 raise ValueError(f"a 4D attention_mask must have shape (batch or 1, 1, queries, keys) = "

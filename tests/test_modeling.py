@@ -222,6 +222,14 @@ def test_a_4d_mask_of_integers_is_refused():
         model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 1, 4, 4, dtype=torch.long))
 
 
+def test_flash_attention_refuses_a_4d_mask_it_would_ignore():
+    """Flash attention takes a 2D padding mask only: a 4D mask used to be dropped silently (attending everywhere)."""
+    model = MDLMForMaskedLM(tiny_config()).eval()
+    model.config._attn_implementation = "flash_attention_2"  # the check comes before any kernel: no GPU needed
+    with pytest.raises(ValueError, match="flash attention cannot apply a 4D attention_mask"):
+        model(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 1, 4, 4, dtype=torch.bool))
+
+
 def test_gradient_checkpointing_recomputes_each_layer(monkeypatch):
     from transformers.modeling_layers import GradientCheckpointingLayer
 

@@ -232,3 +232,25 @@ def test_eval_noise_differs_between_processes(tmp_path, monkeypatch):
 
     single, rank0, rank1 = eval_loss(1, 0), eval_loss(2, 0), eval_loss(2, 1)
     assert single == rank0 and rank1 != rank0
+
+
+def test_evaluation_follows_trainers_contract_for_compute_metrics(tmp_path):
+    """`prediction_loss_only=False` (Trainer's choice when there is a `compute_metrics`): logits and labels come
+    back, the labels the clean tokens at the masked canvas positions (-100 elsewhere), so metrics can be computed."""
+    seen = {}
+
+    def masked_accuracy(prediction):
+        logits, labels = prediction.predictions, prediction.label_ids
+        scored = labels != -100
+        seen.update(shape=logits.shape, scored=int(scored.sum()))
+        return {"masked_accuracy": float((logits.argmax(-1)[scored] == labels[scored]).mean())}
+
+    trainer = make_trainer(tmp_path, eval_dataset=toy_dataset(8, seed=1), per_device_eval_batch_size=4)
+    trainer.compute_metrics = masked_accuracy
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_masked_accuracy"] <= 1.0 and seen["scored"] > 0
+    assert seen["shape"][0] == 8 and seen["shape"][-1] == trainer.model.config.vocab_size
+    assert "eval_loss" in metrics
+    loss, logits, labels = trainer.prediction_step(trainer.model, next(iter(trainer.get_eval_dataloader())),
+                                                   prediction_loss_only=True)
+    assert logits is None and labels is None and torch.isfinite(loss)

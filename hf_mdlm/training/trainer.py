@@ -123,7 +123,9 @@ class MDLMTrainer(Trainer):
             normalization=args.loss_normalization, collapse=args.ctc_collapse,
         )
         num_slack = ((clean_ids == self.slack_id) & canvas_mask).sum(1) if self.slack_id is not None else None
-        return result, num_slack
+        # what `compute_metrics` scores: the logits, and the clean tokens where they were masked (-100 elsewhere)
+        labels = torch.where(masked, clean_ids, torch.full_like(clean_ids, -100)).to(device)
+        return result, num_slack, (logits, labels)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._step_examples is None:  # called outside the training loop (e.g. by a user): this batch alone
@@ -133,7 +135,7 @@ class MDLMTrainer(Trainer):
             self._accumulation, self._micro_step = 1, 0
         total_examples, total_tokens = self._step_examples.tolist()
         positions = self._global_positions(inputs["input_ids"].shape[0], inputs["input_ids"].device)
-        result, num_slack = self.diffusion_forward(
+        result, num_slack, _ = self.diffusion_forward(
             model, inputs, self.state.global_step, positions, max(int(total_examples), 1)
         )
         denominator = total_tokens if self.args.loss_normalization == "batch_tokens" else total_examples
@@ -162,13 +164,15 @@ class MDLMTrainer(Trainer):
         self._eval_step = step + 1
         with torch.no_grad():
             # A fixed pseudo-step makes every evaluation draw the same noise: losses are comparable over time.
-            result, num_slack = self.diffusion_forward(model, inputs, -1, positions, max(batch, 1))
+            result, num_slack, (logits, labels) = self.diffusion_forward(model, inputs, -1, positions, max(batch, 1))
         self._record(result, num_slack, "eval")
         denominator = (
             float(inputs["response_lengths"].sum()) / batch if self.args.loss_normalization == "batch_tokens" else 1.0
         )
         loss = result.per_example.mean() / max(denominator, 1.0)
-        return loss.detach(), None, None
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), logits.detach(), labels  # Trainer's contract: compute_metrics gets both
 
     def evaluation_loop(self, *args, **kwargs):
         output = super().evaluation_loop(*args, **kwargs)
