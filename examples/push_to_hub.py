@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 from hf_mdlm.cli import add_bool_flag
 from hf_mdlm.hub import OutputFolderError, export_for_hub, hub_files, push_to_hub
-from hf_mdlm.hub.outputs import check_apart
+from hf_mdlm.hub.outputs import check_apart, prepare_fresh_folder
 from hf_mdlm.hub.upload import DEFAULT_COMMIT_MESSAGE
 
 
@@ -54,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(parser, "--dry_run", help="build OUT_DIR and list its files; upload nothing")
     parser.add_argument("--out_dir", default=None,
                         help="where to build the upload folder (required with --dry_run; default: a temporary folder)")
-    add_bool_flag(parser, "--overwrite", help="delete OUT_DIR first if it exists")
+    add_bool_flag(parser, "--overwrite", help="replace an earlier export in OUT_DIR (a folder holding other files is "
+                                            "refused)")
     return parser
 
 
@@ -108,12 +108,12 @@ def main(argv=None):
         publish_base(args)
     if args.out_dir is not None:
         out_dir = Path(args.out_dir)
-        try:  # before anything is deleted: never the model folder, a folder holding it, or one inside it
+        try:  # before anything is deleted: never the model folder, a folder holding it, or one inside it; and
+            # --overwrite empties an earlier export only (a folder holding anything else is refused, nothing deleted)
             check_apart(out_dir, args.model_dir)
+            prepare_fresh_folder(out_dir, overwrite=args.overwrite, what="--out_dir", flag="--overwrite")
         except OutputFolderError as error:
             raise SystemExit(str(error)) from None
-        if args.overwrite and out_dir.exists():
-            shutil.rmtree(out_dir)
         folder = build_folder(args, out_dir)
         if args.dry_run:
             print_files(folder, args.repo_id, "would upload")

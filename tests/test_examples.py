@@ -662,3 +662,19 @@ def test_the_real_path_rehearsed_on_two_cpu_processes(tmp_path):
         "--include_path", str(tasks), "--output_path", str(tmp_path / "eval"), "--log_samples")
     [samples] = (tmp_path / "eval").rglob("samples_gsm8k_mini_*.jsonl")
     assert sorted(json.loads(line)["doc_id"] for line in samples.read_text().splitlines()) == list(range(6))
+
+
+def test_push_to_hub_overwrite_replaces_an_earlier_export_only(model_folder, tmp_path):
+    """`--overwrite` used to remove OUT_DIR with no look inside: now it empties an earlier export, and refuses a
+    folder holding anything an export does not write, deleting nothing."""
+    script = example("push_to_hub")
+    out = tmp_path / "upload"
+    argv = ["--model_dir", str(model_folder), "--repo_id", "org/x", "--dry_run", "--out_dir", str(out)]
+    script.main(argv)
+    with pytest.raises(SystemExit, match="--out_dir .* not empty.*pass --overwrite"):
+        script.main(argv)
+    script.main(argv + ["--overwrite"])  # an earlier export: replaced
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds files no run writes \\(my_notes.txt\\)"):
+        script.main(argv + ["--overwrite"])
+    assert (out / "my_notes.txt").read_text() == "mine" and (out / "config.json").exists()

@@ -184,7 +184,8 @@ class OutputFolder:
         self.close()
 
 
-def prepare_fresh_folder(path, *, overwrite: bool = False, what: str = "folder") -> Path:
+def prepare_fresh_folder(path, *, overwrite: bool = False, what: str = "folder",
+                         flag: str = "--overwrite_output_dir") -> Path:
     """A folder that a later step will fill (e.g. the `<output_dir>-hub` export folder): writable and empty now.
 
     An existing non-empty folder is an error, unless `overwrite` and it holds only files a run or an export writes
@@ -195,7 +196,7 @@ def prepare_fresh_folder(path, *, overwrite: bool = False, what: str = "folder")
         foreign = [name for name in entries if not is_run_output(name)]
         if not overwrite or foreign:
             hint = (f"it holds files no run writes ({', '.join(foreign[:8])})" if overwrite
-                    else "pass --overwrite_output_dir to replace it, or remove it")
+                    else f"pass {flag} to replace it, or remove it")
             raise OutputFolderError(f"{what} {path} already exists and is not empty (left by an earlier run?): {hint}")
         shutil.rmtree(path)
     return check_writable_dir(path, what)
