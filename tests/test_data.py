@@ -382,6 +382,9 @@ def test_load_files_and_folders(tmp_path, cache_dir, tok):
     ("latin1.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"latin1.jsonl is not UTF-8 text: line 2"),
     ("latin1.csv", b"prompt,completion\na,b\nc,d\ne,\xe9\n", r"latin1.csv is not UTF-8 text: line 4"),
     ("latin1.txt.gz", None, r"latin1.txt.gz is not UTF-8 text: line 3"),
+    ("broken.jsonl", b'{"text": "a"}\n\n{"text": "b"\n{"text": "c"}\n',
+     r"broken.jsonl: line 3 is not valid JSON .*'\{\"text\": \"b\"'"),
+    ("list.jsonl", b'{"text": "a"}\n["b"]\n', r"list.jsonl: line 2 is a JSON list, not an object"),
 ])
 def test_bad_data_files_are_named(tmp_path, name, content, message):
     import gzip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -89,6 +90,7 @@ def check_data_file(path: str) -> None:
     if handle is None:
         return
     line, carry, blank = 1, b"", True
+    json_lines = ".jsonl" in Path(path).suffixes  # one row per line: a malformed one is named here, not by pyarrow
     with handle:
         while True:
             chunk = handle.read(1 << 20)
@@ -104,11 +106,28 @@ def check_data_file(path: str) -> None:
                     f"({error.reason}); convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
                 ) from None
             blank = blank and not text.strip()
+            if json_lines:
+                _check_json_lines(text, path, line)
             line += part.count(b"\n")
             if not chunk:
                 break
     if blank:
         raise ValueError(f"data file {path} is empty: it holds only whitespace, no rows")
+
+
+def _check_json_lines(text: str, path: str, first_line: int) -> None:
+    """Every non-blank line of `text` (which starts at line `first_line` of `path`) is one JSON object."""
+    for offset, row in enumerate(text.split("\n")):
+        if not row.strip():
+            continue
+        try:
+            value = json.loads(row)
+        except ValueError as error:
+            raise ValueError(f"data file {path}: line {first_line + offset} is not valid JSON ({error}): "
+                             f"{row[:80]!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"data file {path}: line {first_line + offset} is a JSON {type(value).__name__}, not an "
+                             f"object with the format's columns: {row[:80]!r}")
 
 
 def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | None = None):
