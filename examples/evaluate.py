@@ -29,9 +29,10 @@ from hf_mdlm.evaluation import (
     reference_quality,
     write_report,
 )
-from hf_mdlm.cli import add_bool_flag, parse_kv_caches, parse_rates, parse_samplers, positive_int, require_plotting
-from hf_mdlm.evaluation.suite import DEFAULT_SHIFT_RATES, SAMPLERS, evaluate_kv_caches
-from hf_mdlm.hub import OutputFolderError, check_writable_dir
+from hf_mdlm.cli import add_bool_flag, parse_kv_caches, parse_rates, positive_int, require_plotting
+from hf_mdlm.evaluation.suite import DEFAULT_SHIFT_RATES, SAMPLERS, evaluate_kv_caches, parse_samplers
+from hf_mdlm.evaluation.report import REPORT_FILES
+from hf_mdlm.hub import OutputFolder, OutputFolderError
 from hf_mdlm.loading import load_for_inference, position_limit
 
 
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(p, "--trust_remote_code",
                    help="run the Python files of a model folder that is not an hf_mdlm one")
     p.add_argument("--judge", default=None, help="a causal LM folder (or Hub id) used as judge; omit for ELBO only")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True, help="new or empty folder for results.json, results.md and the plot")
+    add_bool_flag(p, "--overwrite_output_dir", help="replace an earlier evaluation's results in --output_dir")
     data = p.add_argument_group("data (default: the bundled held-out works)")
     data.add_argument("--dataset", default=None, help="a dataset path or Hub name (see hf_mdlm.data.DataArguments)")
     data.add_argument("--eval_split", default=None, help="held-out split name or file (default: validation, then test)")
@@ -83,11 +85,18 @@ def main(argv=None):
                          "--judge (without one only the ELBO is computed, and no cache takes part in it)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:  # before any evaluation: what would fail at the end (the results folder, the plot) fails now
-        check_writable_dir(args.output_dir, "--output_dir")
         if args.judge:
             require_plotting("evaluate.py --judge (shift_robustness.png)")
+        # new or empty, locked while in use; --overwrite_output_dir replaces an earlier evaluation's files only
+        output = OutputFolder(args.output_dir, overwrite=args.overwrite_output_dir, what="--output_dir",
+                              writes=REPORT_FILES)
     except (OutputFolderError, ImportError) as error:
         raise SystemExit(str(error)) from None
+    with output:
+        return evaluate(args)
+
+
+def evaluate(args):
     model, tokenizer = load_for_inference(args.model, args.device, trust_remote_code=args.trust_remote_code)
     canvas_length = args.canvas_length or getattr(model.generation_config, "max_new_tokens", None)
     if not canvas_length:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from .evaluation.suite import SAMPLERS
-from .generation_mdlm import KV_CACHE_MODES, REMASKING_STRATEGIES
+from .generation_mdlm import KV_CACHE_MODES
 
 _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("0", "false", "no", "n", "off")
@@ -58,29 +57,6 @@ def parse_numbers(text: str, what: str = "values", below: float | None = None) -
 def parse_rates(text: str) -> list[float]:
     """Comma-separated shift rates in [0, 1)."""
     return parse_numbers(text, "shift rates", below=1)
-
-
-def parse_samplers(text: str) -> dict:
-    """'ancestral,greedy' or custom 'NAME:REMASKING:TEMPERATURE' entries, comma separated."""
-    out = {}
-    for item in (x.strip() for x in text.split(",") if x.strip()):
-        if item in SAMPLERS:
-            out[item] = dict(SAMPLERS[item])
-            continue
-        parts = item.split(":")
-        if len(parts) != 3:
-            raise argparse.ArgumentTypeError(
-                f"unknown sampler {item!r}: use {', '.join(SAMPLERS)} or NAME:REMASKING:TEMPERATURE")
-        if parts[1] not in REMASKING_STRATEGIES:
-            raise argparse.ArgumentTypeError(
-                f"unknown remasking {parts[1]!r} in sampler {item!r}: expected one of {REMASKING_STRATEGIES}")
-        try:
-            out[parts[0]] = {"remasking": parts[1], "temperature": float(parts[2])}
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad temperature in sampler {item!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("no sampler given")
-    return out
 
 
 def parse_kv_caches(text: str) -> list:

@@ -13,18 +13,6 @@ def test_kv_cache_list_of_the_evaluation_cli():
         parse_kv_caches("prefix,full")
 
 
-def test_sampler_names_are_checked_against_the_sampler():
-    import argparse
-
-    from hf_mdlm.cli import parse_samplers
-
-    assert parse_samplers("ancestral,mine:entropy:0.5")["mine"] == {"remasking": "entropy", "temperature": 0.5}
-    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown remasking 'entropi' in sampler 'x:entropi:1'"):
-        parse_samplers("x:entropi:1")
-    with pytest.raises(argparse.ArgumentTypeError, match="bad temperature"):
-        parse_samplers("x:random:hot")
-
-
 def test_boolean_flags_take_no_value_true_or_false(capsys):
     """As every `TrainingArguments` bool: `--flag`, `--flag true` and `--flag false` (`--overwrite_output_dir true`
     was an error when the flag was store_true)."""

@@ -338,3 +338,18 @@ def test_fine_tune_evaluate_sample_and_export(tmp_path, family):
     assert (saved.max_new_tokens, saved.steps) == (10, round(10 * base.steps / base.max_new_tokens))
     assert saved.block_length == (math.gcd(10, base.block_length) if base.block_length else None)
     assert saved.slack_token_id == config.slack_token_id and saved.suppress_slack  # trained with <slack>
+
+
+def test_the_converter_writes_only_into_a_new_empty_or_earlier_conversion_folder(tmp_path):
+    """`python -m hf_mdlm.convert` used to write into any folder; now the destination is locked, must be new or
+    empty, and `--overwrite` replaces an earlier conversion only (another folder's files are never deleted)."""
+    out = tmp_path / "out"
+    main(["llada", str(LLADA_TINY), str(out)])
+    with pytest.raises(SystemExit, match="dst_dir .* is not empty .*pass --overwrite"):
+        main(["llada", str(LLADA_TINY), str(out)])
+    main(["llada", str(LLADA_TINY), str(out), "--overwrite"])
+    assert (out / "config.json").exists()
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="this command does not write \\(my_notes.txt\\); nothing was deleted"):
+        main(["llada", str(LLADA_TINY), str(out), "--overwrite", "true"])
+    assert (out / "my_notes.txt").read_text() == "mine" and (out / "model.safetensors").exists()

@@ -453,3 +453,15 @@ def test_load_heldout_bundled_and_missing(tmp_path, bundled_tokenizer):
     with pytest.raises(ValueError, match="no held-out part"):
         load_heldout(DataArguments(dataset=str(path), canvas_length=24, text_prompt_length=2), bundled_tokenizer)
     assert spread_indices(10, 3) == [0, 4, 9] and spread_indices(3, 10) == [0, 1, 2]
+
+
+def test_sampler_names_are_checked_against_the_sampler():
+    import argparse
+
+    from hf_mdlm.evaluation.suite import parse_samplers
+
+    assert parse_samplers("ancestral,mine:entropy:0.5")["mine"] == {"remasking": "entropy", "temperature": 0.5}
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown remasking 'entropi' in sampler 'x:entropi:1'"):
+        parse_samplers("x:entropi:1")
+    with pytest.raises(argparse.ArgumentTypeError, match="bad temperature"):
+        parse_samplers("x:random:hot")

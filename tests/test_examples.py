@@ -678,3 +678,28 @@ def test_push_to_hub_overwrite_replaces_an_earlier_export_only(model_folder, tmp
     with pytest.raises(SystemExit, match="holds files no run writes \\(my_notes.txt\\)"):
         script.main(argv + ["--overwrite"])
     assert (out / "my_notes.txt").read_text() == "mine" and (out / "config.json").exists()
+
+
+def test_evaluate_writes_only_into_a_new_empty_or_earlier_evaluation_folder(tmp_path, monkeypatch):
+    script = example("evaluate")
+
+    class Loaded(Exception):  # the checks passed and the work began
+        pass
+
+    def loaded(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(script, "load_for_inference", loaded)
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # an earlier evaluation
+    argv = ["--model", "m", "--output_dir", str(out)]
+    with pytest.raises(SystemExit, match="is not empty .*pass --overwrite_output_dir"):
+        script.main(argv)
+    with pytest.raises(Loaded):
+        script.main(argv + ["--overwrite_output_dir"])
+    assert not (out / "results.json").exists()  # replaced, before the work
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(SystemExit, match="does not write \\(thesis.tex\\); nothing was deleted"):
+        script.main(argv + ["--overwrite_output_dir", "true"])
+    assert (out / "thesis.tex").read_text() == "mine"

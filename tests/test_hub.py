@@ -413,7 +413,7 @@ def test_the_final_save_is_staged_and_a_killed_save_leaves_no_loadable_folder(to
     (out / ".tmpq1w2e3").write_bytes(b"x" * 1000)  # a hidden temporary file of another tool: reported
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
-        with pytest.raises(OutputFolderError, match=r"holds files that no training run writes \(\.tmpq1w2e3\)"):
+        with pytest.raises(OutputFolderError, match=r"holds files that this command does not write \(\.tmpq1w2e3\)"):
             OutputFolder(out, overwrite=True)
     assert "hidden files no hf_mdlm run writes" in caplog.text and ".tmpq1w2e3" in caplog.text
     (out / ".tmpq1w2e3").unlink()
@@ -434,6 +434,23 @@ def test_resume_true_means_the_last_checkpoint(tmp_path):
     assert resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path) == str(tmp_path / "checkpoint-2")
     with pytest.raises(OutputFolderError, match="no such checkpoint folder"):
         resolve_resume(str(tmp_path / "checkpoint-3"), tmp_path)
+
+
+def test_resuming_from_another_folders_checkpoint_keeps_the_output_checks(tmp_path):
+    """`--resume_from_checkpoint PATH` used to switch the output-folder check off for any existing PATH, so a run
+    wrote into an unrelated non-empty folder; only this folder's own checkpoints resume into it."""
+    from hf_mdlm.hub import OutputFolder, OutputFolderError
+
+    elsewhere = tmp_path / "other-run" / "checkpoint-4"
+    elsewhere.mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match="is not empty"):
+        OutputFolder(out, resume=str(elsewhere))
+    (out / "checkpoint-2").mkdir()
+    OutputFolder(out, resume=str(out / "checkpoint-2")).close()  # its own run: resumed
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_check_hub_folder_finds_a_truncated_safetensors(model_folder, tmp_path):

@@ -16,6 +16,7 @@ HUB_FILES = ("configuration_mdlm", "modeling_mdlm", "generation_mdlm")
 LAYERS = [
     set(HUB_FILES),
     {"visualization"},  # watching the sampler: needs only generation_mdlm
+    {"cli"},  # the scripts' argument parsers (the converter's too)
     {"memory"},  # parameter counts and memory estimates: needs only the config
     {"tokenization"},
     {"data"},
@@ -24,7 +25,6 @@ LAYERS = [
     {"convert"},
     {"evaluation"},
     {"loading"},
-    {"cli"},  # the scripts' argument parsers
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -40,8 +40,7 @@ from hf_mdlm.evaluation.report import (
     markdown_tables,
     plot_training,
 )
-from hf_mdlm.cli import parse_samplers
-from hf_mdlm.evaluation.suite import evaluate_model, reference_quality
+from hf_mdlm.evaluation.suite import evaluate_model, parse_samplers, reference_quality
 from hf_mdlm.hub.folder import save_model_folder
 from hf_mdlm.loading import ModelArguments, load_model_and_tokenizer
 from hf_mdlm.modeling_mdlm import MDLMForMaskedLM

@@ -6,7 +6,8 @@ import argparse
 import copy
 from dataclasses import dataclass, fields
 
-from hf_mdlm.cli import parse_bool, parse_rates, parse_samplers
+from hf_mdlm.cli import parse_bool, parse_rates
+from hf_mdlm.evaluation.suite import parse_samplers
 
 
 @dataclass

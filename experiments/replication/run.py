@@ -21,8 +21,7 @@ from hf_mdlm.data import (
 )
 from hf_mdlm.evaluation.judge import load_judge_checked, train_judge, win_rate
 from hf_mdlm.evaluation.report import compare_elbos, plot_training, write_report
-from hf_mdlm.cli import parse_samplers
-from hf_mdlm.evaluation.suite import evaluate_model, reference_quality
+from hf_mdlm.evaluation.suite import evaluate_model, parse_samplers, reference_quality
 from hf_mdlm.hub.folder import save_model_folder
 from hf_mdlm.loading import ModelArguments, model_from_scratch
 from hf_mdlm.training.arguments import MDLMTrainingArguments

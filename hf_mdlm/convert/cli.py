@@ -4,7 +4,14 @@ import argparse
 import os
 from pathlib import Path
 
+from ..cli import add_bool_flag
+from ..hub.files import HUB_CODE_FILES, TOKENIZER_FILES
+from ..hub.outputs import OutputFolder, OutputFolderError
 from .families import CONVERTERS
+
+# What a conversion writes into dst_dir: all --overwrite may delete there.
+CONVERTED_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                   "model.safetensors.index.json", *HUB_CODE_FILES, *TOKENIZER_FILES)
 
 
 def main(argv=None):
@@ -19,12 +26,20 @@ def main(argv=None):
         command.add_argument("src_dir")
         command.add_argument("dst_dir")
         command.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
+        add_bool_flag(command, "--overwrite",
+                      help="replace an earlier conversion in dst_dir (a folder holding other files is refused)")
         if family == "llada-moe":
             command.add_argument("--mask_token_id", type=int, default=None,
                                  help="the [MASK] id (the config names none; default: the real models' 156895)")
     args = parser.parse_args(argv)
     extra = {"mask_token_id": args.mask_token_id} if args.family == "llada-moe" else {}
-    config = CONVERTERS[args.family](args.src_dir, args.dst_dir, dtype=args.dtype, **extra)
+    try:  # new or empty, locked while converting; --overwrite replaces an earlier conversion's files only
+        output = OutputFolder(args.dst_dir, overwrite=args.overwrite, what="dst_dir", writes=CONVERTED_FILES,
+                              flag="--overwrite")
+    except OutputFolderError as error:
+        raise SystemExit(str(error)) from None
+    with output:
+        config = CONVERTERS[args.family](args.src_dir, args.dst_dir, dtype=args.dtype, **extra)
     weights = sum(p.stat().st_size for p in Path(args.src_dir).glob("*.safetensors"))
     print(
         f"wrote {os.path.abspath(args.dst_dir)}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "

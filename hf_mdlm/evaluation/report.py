@@ -149,6 +149,10 @@ def plot_shift_robustness(results, path, reference=None):
     plt.close(fig)
 
 
+# What `write_report` writes: all an evaluation's output folder holds (and all its --overwrite_output_dir deletes).
+REPORT_FILES = ("results.json", "results.md", "shift_robustness.png")
+
+
 def write_report(results, output_dir) -> dict:
     """results.json, results.md and shift_robustness.png in `output_dir`; returns the paths."""
     output_dir = Path(output_dir)

@@ -3,10 +3,12 @@ of each named sampler (what `examples/evaluate.py` and `experiments/replicate.py
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 
 from ..data.loading import spread_indices
+from ..generation_mdlm import REMASKING_STRATEGIES
 from .judge import generative_perplexity, win_rate
 from .likelihood import elbo_perplexity
 from .shift import shift_robustness
@@ -23,6 +25,30 @@ SAMPLERS = {
     "ancestral": {"remasking": "random", "temperature": 1.0},
     "greedy": {"remasking": "low_confidence", "temperature": 0.0},
 }
+
+
+def parse_samplers(text: str) -> dict:
+    """The samplers named on a command line: 'ancestral,greedy' or custom 'NAME:REMASKING:TEMPERATURE' entries,
+    comma separated (an argparse type)."""
+    out = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if item in SAMPLERS:
+            out[item] = dict(SAMPLERS[item])
+            continue
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(
+                f"unknown sampler {item!r}: use {', '.join(SAMPLERS)} or NAME:REMASKING:TEMPERATURE")
+        if parts[1] not in REMASKING_STRATEGIES:
+            raise argparse.ArgumentTypeError(
+                f"unknown remasking {parts[1]!r} in sampler {item!r}: expected one of {REMASKING_STRATEGIES}")
+        try:
+            out[parts[0]] = {"remasking": parts[1], "temperature": float(parts[2])}
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad temperature in sampler {item!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("no sampler given")
+    return out
 
 
 def generation_settings(canvas_length, steps=None, block_length=None, temperature=0.0, remasking="low_confidence",

@@ -100,8 +100,10 @@ class OutputFolder:
     The lock is an OS lock (`fcntl.flock`): it goes away with the process, so a killed run never blocks the next.
     """
 
-    def __init__(self, path, *, resume=None, overwrite: bool = False, what: str = "output_dir"):
+    def __init__(self, path, *, resume=None, overwrite: bool = False, what: str = "output_dir",
+                 writes=RUN_OUTPUT_PATTERNS, flag: str = "--overwrite_output_dir"):
         self.path = check_writable_dir(path, what)
+        self.writes, self.flag = tuple(writes), flag  # what this command writes; the flag that replaces it
         self._handle = None
         self._lock()
         try:
@@ -152,25 +154,26 @@ class OutputFolder:
 
     def _check_contents(self, resume, overwrite: bool, what: str) -> None:
         entries = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
-        if not entries or resume:
+        # resuming continues this folder's own run: a checkpoint elsewhere leaves this folder to the usual checks
+        if not entries or (resume and self.path.resolve() in Path(resume).resolve().parents):
             return
         if not overwrite:
             shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
+            resume_hint = "resume its run (--resume_from_checkpoint true), " if self.writes == RUN_OUTPUT_PATTERNS else ""
             raise OutputFolderError(
                 f"{what} {self.path} is not empty ({shown}): its files would mix with this run's. Choose a new "
-                "folder, resume its run (--resume_from_checkpoint true), or pass --overwrite_output_dir to delete "
-                "the earlier run's files first"
+                f"folder, {resume_hint}or pass {self.flag} to delete the earlier run's files first"
             )
-        foreign = [name for name in entries if not is_run_output(name)]
+        foreign = [name for name in entries if not any(fnmatch.fnmatchcase(name, p) for p in self.writes)]
         if foreign:
             raise OutputFolderError(
-                f"--overwrite_output_dir: {self.path} holds files that no training run writes ({', '.join(foreign[:8])}"
+                f"{self.flag}: {self.path} holds files that this command does not write ({', '.join(foreign[:8])}"
                 f"{', ...' if len(foreign) > 8 else ''}); nothing was deleted. Is it the right folder?"
             )
         for name in entries:
             target = self.path / name
             shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-        logger.info("--overwrite_output_dir: removed the earlier run's files from %s", self.path)
+        logger.info("%s: removed the earlier run's files from %s", self.flag, self.path)
 
     def close(self) -> None:
         if self._handle is not None:
