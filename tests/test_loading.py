@@ -133,3 +133,29 @@ def test_loading_a_saved_folder_does_not_warn_about_the_model_type(tokenizer, tm
         hf_logging.set_verbosity(old)
     assert len(loaded) == len(tokenizer) and loaded.mask_token_id == tokenizer.mask_token_id
     assert not [m for m in messages if "model of type" in m], messages
+
+
+def _broken_header(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:8] + b"{garbage" + data[16:])
+
+
+@pytest.mark.parametrize("name, corrupt, message", [
+    ("config.json", lambda p: p.write_text('{"model_type": "mdlm", "hid'), "config.json is not valid JSON"),
+    ("generation_config.json", lambda p: p.write_text('{"steps": '), "generation_config.json is not valid JSON"),
+    ("tokenizer.json", lambda p: p.write_text('{"version": '), "tokenizer.json is not valid JSON"),
+    ("model.safetensors", _broken_header, "model.safetensors has a broken safetensors header"),
+    ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-100]), "model.safetensors is truncated"),
+])
+def test_a_corrupt_file_of_a_model_folder_is_named_before_loading(model_folder, tmp_path, name, corrupt, message):
+    """Each of these failed deep inside json/safetensors/transformers without naming the file, and a corrupt
+    generation_config.json was dropped silently (the folder sampled with other settings)."""
+    from hf_mdlm.loading import ModelArguments, load_for_inference, load_model_and_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    corrupt(folder / name)
+    with pytest.raises(ValueError, match=f"model folder {folder} cannot be loaded: {message}"):
+        load_for_inference(str(folder))
+    with pytest.raises(ValueError, match=message):
+        load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder)), tmp_path / "out")

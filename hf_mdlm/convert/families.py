@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..hub.checks import check_folder_files
 from .a2d import convert_a2d_checkpoint, is_a2d_config
 from .common import read_source_config
 from .dream import convert_dream_checkpoint, is_dream_config
@@ -87,6 +88,7 @@ def native_folder(source, dtype=None) -> str:
     folder = _local_folder(source)
     if folder is None:
         return str(source)
+    check_folder_files(folder)  # a corrupt file is named here, before any conversion or load
     config = json.loads((folder / "config.json").read_text())
     try:
         family = detect_family(config)

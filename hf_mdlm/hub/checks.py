@@ -42,6 +42,32 @@ def check_hub_folder(folder) -> list[str]:
     return problems
 
 
+# The JSON files of a model or adapter folder that loading reads.
+_FOLDER_JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json", "added_tokens.json", "adapter_config.json",
+                      "model.safetensors.index.json")
+
+
+def check_folder_files(folder) -> None:
+    """Raise a ValueError naming the file when a local model folder holds a JSON file that does not parse, or a
+    safetensors file whose header is broken or disagrees with its size. Loading would otherwise fail deep inside a
+    dependency without naming the file (or, for `generation_config.json`, drop it silently)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    problems = []
+    for name in _FOLDER_JSON_FILES:
+        if (folder / name).is_file():
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as error:
+                problems.append(f"{name} is not valid JSON ({error})")
+    problems += [problem for path in sorted(folder.glob("*.safetensors"))
+                 for problem in [_safetensors_problem(path, path.name)] if problem]
+    if problems:
+        raise ValueError(f"the model folder {folder} cannot be loaded: " + "; ".join(problems))
+
+
 def hub_files(folder) -> list[str]:
     """The files of `folder` that an upload sends, as sorted repository paths (hidden files and folders skipped)."""
     folder = Path(folder)

@@ -15,6 +15,7 @@ import json
 import os
 
 from ..configuration_mdlm import MDLMConfig
+from .checks import check_folder_files
 
 
 def read_model_type(source) -> str | None:
@@ -52,7 +53,9 @@ def check_loading_info(source, info, *, init_missing_weights: bool = False) -> N
 def load_model(source, auto_class=None, *, trust_remote_code: bool = False, init_missing_weights: bool = False,
                **kwargs):
     """A model from `source`: ours with the installed `MDLMForMaskedLM` (no folder code runs), anything else with
-    `auto_class` (default `AutoModel`) and `trust_remote_code`. Missing weights are an error (see module doc)."""
+    `auto_class` (default `AutoModel`) and `trust_remote_code`. Missing weights are an error (see module doc); so
+    is a local folder with a corrupt JSON or safetensors file, named before anything loads."""
+    check_folder_files(source)
     if is_mdlm_source(source):
         from ..modeling_mdlm import MDLMForMaskedLM
 
@@ -71,6 +74,7 @@ def load_tokenizer(source, *, trust_remote_code: bool = False):
     remote code."""
     from transformers import AutoTokenizer
 
+    check_folder_files(source)
     if is_mdlm_source(source):
         # Handing AutoTokenizer our config keeps it from reading config.json as a generic config, which warns
         # "You are using a model of type `mdlm` to instantiate a model of type ``" on every load.
