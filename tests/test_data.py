@@ -456,3 +456,47 @@ def test_collator_shapes_and_padding():
         DiffusionCollator(PAD, 5)([{"prompt_ids": [1], "response_ids": [5] * 6, "example_id": 3}])
     with pytest.raises(KeyError, match="response_ids"):
         DiffusionCollator(PAD, 5)([{"prompt_ids": [1]}])
+
+
+def test_fuzz_preprocessing_gives_well_formed_examples_or_a_value_error(chat_tok):
+    """150 random datasets (the three formats, empty and odd strings, [MASK]/<slack> in responses, long texts,
+    random lengths and truncation options): every example has a prompt, a response ending in exactly one EOS (or
+    cut to the canvas under 'truncate') that fits the canvas, no reserved id in the response; or a ValueError."""
+    from hf_mdlm.data import preprocess_dataset
+
+    mask_id, slack_id, eos, _ = diffusion_token_ids(chat_tok, need_pad=False)
+    words = ["the", "king", "[MASK]", "<slack>", "", " ", "\n", "é", "To be, or not", "x" * 40]
+    g = torch.Generator().manual_seed(2)
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(150):
+        def pick(*values):
+            return values[int(torch.randint(len(values), (1,), generator=g))]
+
+        def text():
+            return " ".join(pick(*words) for _ in range(int(torch.randint(0, 12, (1,), generator=g))))
+
+        fmt = pick("text", "prompt_completion", "chat")
+        if fmt == "text":
+            rows = [{"text": text()} for _ in range(3)]
+        elif fmt == "prompt_completion":
+            rows = [{"prompt": text(), "completion": text()} for _ in range(3)]
+        else:
+            rows = [{"messages": [{"role": "user", "content": text()}, {"role": "assistant", "content": text()}]}
+                    for _ in range(3)]
+        canvas = pick(2, 8, 24)
+        try:
+            args = DataArguments(canvas_length=canvas, truncation=pick("drop", "truncate"),
+                                 max_prompt_length=pick(None, 4, 64), text_prompt_length=pick(0, 3, 8))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out, _ = preprocess_dataset(rows, chat_tok, args, report=False, max_length=pick(None, 64, 20))
+        except ValueError:
+            outcomes["error"] += 1
+            continue
+        for example in out:
+            response = example["response_ids"]
+            assert 1 <= len(response) <= canvas, (case, example)
+            assert response.count(eos) <= 1 and (response[-1] == eos or args.truncation == "truncate"), (case, example)
+            assert mask_id not in response and slack_id not in response, (case, example)
+        outcomes["ok"] += 1
+    assert outcomes["ok"] > 50 and outcomes["error"] > 10

@@ -778,3 +778,40 @@ def test_non_finite_logits_are_a_clear_error(bad, kv_cache):
         model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache)
     out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache, check_logits=False)
     assert out.shape == (1, 12)  # opted out: no error (the caller's risk)
+
+
+def test_fuzz_generate_fills_the_canvas_or_raises_a_value_error():
+    """200 random calls (ragged batches, canvas, steps, blocks, remasking, temperature, top-k/p, threshold, caches,
+    guidance, shift, suppression, some settings invalid): each returns prompt + a canvas with no [MASK] left, of the
+    asked shape, or raises a ValueError naming the problem; never a hang, NaN or another exception."""
+    model = make_model(seed=3)
+    g = torch.Generator().manual_seed(1)
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(200):
+        def pick(*values):
+            return values[int(torch.randint(len(values), (1,), generator=g))]
+
+        rows = [torch.randint(3, 90, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(pick(1, 2, 3))]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
+        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        canvas = pick(1, 4, 8, 12)
+        settings = dict(max_new_tokens=canvas, steps=pick(1, 3, canvas, 2 * canvas, 0),
+                        block_length=pick(None, 4, 3, canvas), remasking=pick("low_confidence", "random", "entropy",
+                                                                               "margin", "best"),
+                        temperature=pick(0.0, 0.7, -1.0), top_k=pick(None, 5), top_p=pick(None, 0.9),
+                        threshold=pick(None, 0.5), kv_cache=pick(None, "prefix", "dual"), cfg_scale=pick(0.0, 1.5),
+                        shift_rate=pick(0.0, 0.3), suppress_eos=pick(False, True), suppress_slack=pick(False, True),
+                        num_return_sequences=pick(1, 2))
+        try:
+            out = model.generate(ids, attention_mask=attention, generator=case, **settings)
+        except ValueError:
+            outcomes["error"] += 1
+            continue
+        copies = settings["num_return_sequences"]
+        assert out.shape == (len(rows) * copies, width + canvas), (case, settings)
+        assert not (out[:, width:] == MASK).any(), (case, settings)
+        assert torch.equal(out[::copies, :width], ids), (case, settings)  # the prompt is never touched
+        outcomes["ok"] += 1
+    assert outcomes["ok"] > 40 and outcomes["error"] > 40

@@ -800,3 +800,49 @@ def test_diffusion_loss_errors():
         diffusion_loss(logits, inputs, clean, **{**kw, "masked": outside})
     with pytest.raises(ValueError, match=r"\(2,\)"):
         diffusion_loss(logits, inputs, clean, **{**kw, "t": t[:1]})
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+
+def _documented(error: Exception) -> bool:
+    """The errors the losses document: a ValueError naming a bad argument, or the RuntimeError of a canvas whose
+    pinned tokens admit no alignment."""
+    return isinstance(error, ValueError) or (
+        isinstance(error, RuntimeError) and "no alignment that agrees with its unmasked canvas tokens" in str(error))
+
+
+def test_fuzz_diffusion_loss_is_finite_and_shaped_or_a_documented_error():
+    """300 random calls (shapes, ids, masks, pins, weights, options, some of them invalid): each returns finite
+    per-example values of shape (B,) with finite gradients, or raises a documented error; never NaN or a crash."""
+    g = torch.Generator().manual_seed(0)
+    outcomes = {"ok": 0, "error": 0}
+    for case in range(300):
+        def pick(*values):
+            return values[int(torch.randint(len(values), (1,), generator=g))]
+
+        batch, seq, vocab = pick(1, 2, 3), pick(1, 2, 5, 9), pick(3, 4, 8, 40)
+        mask_id, slack_id = vocab - 1, pick(vocab - 2, vocab - 1, vocab)  # sometimes equal to [MASK] or outside
+        clean = torch.randint(0, vocab, (batch, seq), generator=g)
+        loss_mask = torch.rand(batch, seq, generator=g) < pick(0.0, 0.5, 1.0)
+        masked = loss_mask & (torch.rand(batch, seq, generator=g) < pick(0.0, 0.5, 1.0))
+        if pick(True, False, False, False, False):  # an invalid mask: masked outside the canvas
+            masked = torch.rand(batch, seq, generator=g) < 0.5
+        inputs = torch.where(masked, torch.full_like(clean, mask_id), clean)
+        logits = (torch.randn(batch, seq, vocab, generator=g, dtype=pick(torch.float32, torch.float64))
+                  * pick(1.0, 30.0)).requires_grad_(True)
+        try:
+            out = diffusion_loss(logits, inputs, clean, masked=masked, loss_mask=loss_mask,
+                                 t=torch.rand(batch, generator=g).clamp_min(1e-3), schedule=LinearSchedule(1e-3),
+                                 mask_token_id=mask_id, slack_token_id=slack_id,
+                                 ce_weight=pick(0.0, 1.0), ctc_weight=pick(0.0, 0.5, 1.0),
+                                 normalization=pick("canvas", "masked", "batch_tokens", "tokens"),
+                                 collapse=pick("slack", "ctc"))
+            assert out.per_example.shape == (batch,) and torch.isfinite(out.per_example).all(), case
+            out.per_example.sum().backward()
+            assert logits.grad is None or torch.isfinite(logits.grad).all(), case
+            outcomes["ok"] += 1
+        except Exception as error:  # noqa: BLE001 - the point: only documented errors
+            assert _documented(error), f"case {case}: {type(error).__name__}: {error}"
+            outcomes["error"] += 1
+    assert outcomes["ok"] > 50 and outcomes["error"] > 20  # both kinds of inputs were met
