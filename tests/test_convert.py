@@ -353,3 +353,21 @@ def test_the_converter_writes_only_into_a_new_empty_or_earlier_conversion_folder
     with pytest.raises(SystemExit, match="this command does not write \\(my_notes.txt\\); nothing was deleted"):
         main(["llada", str(LLADA_TINY), str(out), "--overwrite", "true"])
     assert (out / "my_notes.txt").read_text() == "mine" and (out / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_conversion_killed_at_any_moment_leaves_nothing_that_loads(tmp_path):
+    """`python -m hf_mdlm.convert` SIGKILLed at 12 random moments: each destination holds the complete conversion
+    or no config.json, and converting again into it reports the leftover, removes it and succeeds."""
+    from kill_points import killed_runs
+
+    def convert(folder):
+        main(["llada", str(LLADA_TINY), str(folder)])
+
+    for folder in killed_runs(convert, [tmp_path / f"out{i}" for i in range(13)], seed=3):
+        if (folder / "config.json").exists():
+            assert MDLMForMaskedLM.from_pretrained(folder) is not None
+            continue
+        visible = [p.name for p in folder.iterdir() if not p.name.startswith(".")] if folder.exists() else []
+        main(["llada", str(LLADA_TINY), str(folder)] + (["--overwrite"] if visible else []))
+        assert not (folder / ".hf_mdlm-saving").exists() and MDLMForMaskedLM.from_pretrained(folder) is not None

@@ -218,7 +218,7 @@ def test_finetune_checks_every_output_before_the_work(tmp_path, monkeypatch):
     (tmp_path / "run3" / "config.json").write_text("{}")
     with pytest.raises(OutputFolderError, match="not empty"):
         script.main(TINY + ["--output_dir", str(tmp_path / "run3")])
-    with pytest.raises(OutputFolderError, match="holds no checkpoint"):
+    with pytest.raises(OutputFolderError, match="holds no complete checkpoint"):
         script.main(TINY + ["--output_dir", str(tmp_path / "run4"), "--resume_from_checkpoint", "true"])
 
 

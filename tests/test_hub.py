@@ -423,12 +423,19 @@ def test_the_final_save_is_staged_and_a_killed_save_leaves_no_loadable_folder(to
     assert not (out / ".hf_mdlm-saving").exists()
 
 
-def test_resume_true_means_the_last_checkpoint(tmp_path):
+def test_resume_true_means_the_last_checkpoint(tmp_path, caplog):
     from hf_mdlm.hub import OutputFolderError, resolve_resume
 
     for step in (2, 10, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-10")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-12").mkdir()  # a save killed before its trainer_state.json: passed over, said so
+    (tmp_path / "checkpoint-12" / "model.safetensors").write_bytes(b"partial")
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
+        assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-10")
+    assert "checkpoint-12: its save did not finish" in caplog.text
+    with pytest.raises(OutputFolderError, match="checkpoint-12: not a complete checkpoint"):
+        resolve_resume(str(tmp_path / "checkpoint-12"), tmp_path)
     assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-10")
     assert resolve_resume("false", tmp_path) is None and resolve_resume(None, tmp_path) is None
     assert resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path) == str(tmp_path / "checkpoint-2")
@@ -489,3 +496,102 @@ def test_export_hard_links_the_weights(model_folder, tmp_path):
     folder = export_for_hub(model_folder, None, tmp_path / "out", repo_id=REPO)
     assert (folder / "model.safetensors").samefile(model_folder / "model.safetensors")  # no second 16 GB copy
     assert not (folder / "config.json").samefile(model_folder / "config.json")  # rewritten files are copies
+
+
+# ----------------------------------------------------------------------------- killed while writing
+
+
+def _complete_or_not_loadable(folder):
+    """What a killed write may leave: a complete folder, or one without config.json, which loads nowhere."""
+    from hf_mdlm.hub.checks import check_folder_files
+
+    if (folder / "config.json").exists():
+        check_folder_files(folder)
+        assert MDLMForMaskedLM.from_pretrained(folder) is not None
+        return "complete"
+    return "not loadable"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_final_save_killed_at_any_moment_leaves_no_folder_that_loads(tokenizer, tmp_path, caplog):
+    """The final save of finetune.py, SIGKILLed at 12 random moments: each folder is complete or does not load, and
+    the next run into it reports and removes the unfinished save."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
+    from hf_mdlm.data import DataArguments
+    from hf_mdlm.hub import OutputFolder, save_model_folder
+    from kill_points import killed_runs
+
+    trainer = SimpleNamespace(model=tiny_model_for(tokenizer), state=TrainerState(), args={"seed": 0})
+
+    def save(folder):
+        save_model_folder(trainer, tokenizer, folder, DataArguments(canvas_length=16))
+
+    seen = set()
+    for folder in killed_runs(save, [tmp_path / f"run{i}" for i in range(13)], seed=1):
+        seen.add(_complete_or_not_loadable(folder))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
+            OutputFolder(folder, overwrite=True).close()  # the next run: overwrite what the killed one wrote
+        assert not (folder / ".hf_mdlm-saving").exists()
+        assert "unfinished" in caplog.text or not any(folder.glob(".hf_mdlm-saving*"))
+    assert seen  # at least one kill landed (most land mid-save)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_an_export_killed_at_any_moment_leaves_nothing_that_loads_or_uploads(model_folder, tmp_path):
+    """export_for_hub SIGKILLed at 12 random moments: each folder is a complete, checked Hub folder or has no
+    config.json (hidden staging files are never uploaded), and exporting again says what it found."""
+    from kill_points import killed_runs
+
+    def export(folder):
+        export_for_hub(model_folder, None, folder, repo_id=REPO)
+
+    for folder in killed_runs(export, [tmp_path / f"up{i}" for i in range(13)], seed=2):
+        if _complete_or_not_loadable(folder) == "complete":
+            assert check_hub_folder(folder) == []
+        visible = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.exists() else []
+        if visible and not (folder / "config.json").exists():
+            with pytest.raises(FileExistsError, match="is not empty"):
+                export_for_hub(model_folder, None, folder, repo_id=REPO)
+        elif not visible:  # only the hidden leftover (or nothing): the next export goes through
+            assert check_hub_folder(export_for_hub(model_folder, None, folder, repo_id=REPO)) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_full_disk_during_a_save_names_the_file_and_keeps_the_earlier_folder(tokenizer, tmp_path):
+    """A save that runs out of space (simulated with RLIMIT_FSIZE in a forked child) ends with an error naming the
+    file and 'no space', and the folder's earlier, complete save is intact."""
+    import resource
+    import signal
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
+    from hf_mdlm.data import DataArguments
+    from hf_mdlm.hub import save_model_folder
+
+    trainer = SimpleNamespace(model=tiny_model_for(tokenizer), state=TrainerState(), args={"seed": 0})
+    out = tmp_path / "run"
+    save_model_folder(trainer, tokenizer, out, DataArguments(canvas_length=16))  # the earlier, complete save
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    report = tmp_path / "error.txt"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+            save_model_folder(trainer, tokenizer, out, DataArguments(canvas_length=16))
+            report.write_text("saved")
+        except BaseException as error:  # noqa: BLE001 - reported to the parent
+            report.write_text(f"{type(error).__name__}: {error}")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    message = report.read_text()
+    assert message.startswith("OutputFolderError: no space left to save the model: writing ")
+    assert str(out / ".hf_mdlm-saving") in message and "File too large" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / ".hf_mdlm-saving").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..cli import add_bool_flag
 from ..hub.files import HUB_CODE_FILES, TOKENIZER_FILES
-from ..hub.outputs import OutputFolder, OutputFolderError
+from ..hub.outputs import OutputFolder, OutputFolderError, publish_staged, staging_folder
 from .families import CONVERTERS
 
 # What a conversion writes into dst_dir: all --overwrite may delete there.
@@ -38,8 +38,10 @@ def main(argv=None):
                               flag="--overwrite")
     except OutputFolderError as error:
         raise SystemExit(str(error)) from None
-    with output:
-        config = CONVERTERS[args.family](args.src_dir, args.dst_dir, dtype=args.dtype, **extra)
+    with output:  # written whole into a hidden folder, then moved into place (config.json last): a killed
+        staging = staging_folder(args.dst_dir)  # conversion leaves nothing that loads, the next run removes it
+        config = CONVERTERS[args.family](args.src_dir, staging, dtype=args.dtype, **extra)
+        publish_staged(staging, args.dst_dir)
     weights = sum(p.stat().st_size for p in Path(args.src_dir).glob("*.safetensors"))
     print(
         f"wrote {os.path.abspath(args.dst_dir)}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "

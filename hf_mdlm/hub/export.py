@@ -21,7 +21,7 @@ from .checks import (
     hub_files,
 )
 from .files import ADAPTER_FILES, HUB_CODE_FILES, RUN_FILES, TOKENIZER_FILES
-from .outputs import check_apart
+from .outputs import STAGING_NAME, check_apart, publish_staged, staging_folder
 from .records import _args_dict, _blank_secrets, _jsonable, _run_info_from_args
 
 logger = logging.getLogger(__name__)
@@ -166,9 +166,13 @@ def export_for_hub(
         raise FileNotFoundError(f"{source} is not a folder")
     if source is not None:
         check_apart(out, source, "out_dir")  # the export never writes into, over or around its source
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != STAGING_NAME for p in out.iterdir()):
         raise FileExistsError(f"{out} is not empty: export into a new or empty folder (stale files would be uploaded)")
     out.mkdir(parents=True, exist_ok=True)
+    # Written whole into a hidden folder, then moved into place with config.json last: a killed export leaves
+    # nothing that loads or uploads (hidden files are never sent), and the next export removes the leftover.
+    final, out = out, staging_folder(out)
+    repo_id = repo_id or final.name
 
     is_adapter, vocab_rows, lora_source, model_config = False, None, None, None
     if source is not None:
@@ -228,15 +232,17 @@ def export_for_hub(
         (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     card = render_model_card(
-        out, repo_id=repo_id or out.name, base_model=base_model, datasets=datasets, license=license,
+        out, repo_id=repo_id, base_model=base_model, datasets=datasets, license=license,
         example_prompt=example_prompt, vocab_rows=vocab_rows, lora=lora_source,
     )
     (out / "README.md").write_text(card, encoding="utf-8")
 
     problems = check_hub_folder(out)
     if problems:
-        raise ValueError(f"the exported folder {out} is not ready for the Hub:\n" + "\n".join(f"- {p}" for p in problems))
-    return out
+        shutil.rmtree(out)
+        raise ValueError(f"the exported folder {final} is not ready for the Hub:\n" + "\n".join(f"- {p}" for p in problems))
+    publish_staged(out, final)
+    return final
 
 
 def check_adapter_base(base_model, trained_on=None) -> None:

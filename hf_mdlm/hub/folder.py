@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import shutil
 
 from ..generation_mdlm import MDLMGenerationConfig
-from .outputs import publish_staged, staging_folder
+from .outputs import OutputFolderError, publish_staged, staging_folder
 from .records import save_run_record
 
 
@@ -33,10 +35,18 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
         suppress_slack=getattr(trainer.args, "canvas_holds_slack", False) and model.config.slack_token_id is not None,
     )
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
-    save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
+        save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # give the space back; the folder's earlier files are untouched
+        raise OutputFolderError(
+            f"no space left to save the model: writing {error.filename2 or error.filename or staging} failed "
+            f"({error.strerror}); {output_dir} keeps what it held before. Free space and save again") from error
     publish_staged(staging, output_dir)
     return model
 

@@ -66,22 +66,28 @@ def check_writable_dir(path, what: str = "output folder") -> Path:
 
 def resolve_resume(value, output_dir) -> str | None:
     """`--resume_from_checkpoint` as Trainer users expect: None/'false' start afresh, True/'true'/'last' resume from
-    the last `checkpoint-*` of `output_dir` (an error when there is none), anything else must be a checkpoint folder."""
+    the last complete `checkpoint-*` of `output_dir` (an error when there is none), anything else must be a complete
+    checkpoint folder. A checkpoint is complete once Trainer wrote its `trainer_state.json`, the last file of a
+    save: one killed while saving is passed over, with a warning."""
     if value is None or value is False:
         return None
     text = str(value).strip()
     if value is True or text.lower() in _RESUME_LAST:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-        if last is None:
-            raise OutputFolderError(f"--resume_from_checkpoint {text}: {output_dir} holds no checkpoint-* folder "
-                                    "to resume from")
-        return last
+        found = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                       key=lambda p: int(p.name[11:]), reverse=True) if Path(output_dir).is_dir() else []
+        for checkpoint in found:
+            if (checkpoint / "trainer_state.json").is_file():
+                return str(checkpoint)
+            logger.warning("passing over %s: its save did not finish (no trainer_state.json)", checkpoint)
+        raise OutputFolderError(f"--resume_from_checkpoint {text}: {output_dir} holds no complete checkpoint-* folder "
+                                "to resume from")
     if text.lower() in _RESUME_NONE:
         return None
     if not Path(text).is_dir():
         raise OutputFolderError(f"--resume_from_checkpoint {text}: no such checkpoint folder")
+    if not (Path(text) / "trainer_state.json").is_file():
+        raise OutputFolderError(f"--resume_from_checkpoint {text}: not a complete checkpoint (no trainer_state.json; "
+                                "was its save interrupted?)")
     return text
 
 
@@ -209,6 +215,7 @@ def staging_folder(output_dir) -> Path:
     """A fresh, empty staging folder inside `output_dir` for `publish_staged`."""
     staging = Path(output_dir) / STAGING_NAME
     if staging.exists():
+        logger.warning("removing %s: the unfinished save of a process that was killed", staging)
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     return staging
@@ -216,13 +223,14 @@ def staging_folder(output_dir) -> Path:
 
 def publish_staged(staging, output_dir) -> None:
     """Move every entry of the complete `staging` folder into `output_dir` (renames on one filesystem, replacing
-    what is there), `config.json` last, then remove `staging`."""
+    what is there), `config.json` / `adapter_config.json` last, then remove `staging`."""
     staging, output_dir = Path(staging), Path(output_dir)
     for path in staging.iterdir():  # flush the data before the renames make it visible
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-    names = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json")
+    # the file that makes the folder load comes last: config.json (a model) or adapter_config.json (an adapter)
+    names = sorted((p.name for p in staging.iterdir()), key=lambda name: name in ("config.json", "adapter_config.json"))
     for name in names:
         target = output_dir / name
         if target.is_dir() and not target.is_symlink():
