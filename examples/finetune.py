@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
 from hf_mdlm import strip_generation
 from hf_mdlm.cli import add_bool_flag
@@ -33,6 +33,7 @@ from hf_mdlm.hub import (
     push_to_hub,
     save_model_folder,
 )
+from hf_mdlm.hub.remote_code import load_model
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
 from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.trainer import MDLMTrainer, sharded
@@ -125,8 +126,8 @@ def run(model_args, data_args, training_args, extra, outputs):
         if extra.num_samples == 0 or eval_dataset is None:
             print("no samples drawn (--num_samples 0 or no held-out data)")
         else:  # a sharded model (FSDP, ZeRO) is whole only in the saved folder: load it where it trained
-            model = AutoModel.from_pretrained(training_args.output_dir, trust_remote_code=True, dtype="auto",
-                                              device_map=training_args.device) if state_dict is not None else saved
+            model = load_model(training_args.output_dir, dtype="auto",
+                               device_map=str(training_args.device)) if state_dict is not None else saved
             sample_held_out(model, eval_dataset, tokenizer, extra.num_samples, training_args.seed,
                             bf16=training_args.bf16)
         if outputs.hub is not None:  # our checked export, with its model card, in one commit: the only upload
