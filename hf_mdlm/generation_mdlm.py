@@ -15,10 +15,10 @@ row's result depend on its padding).
 
 Extras on top of the reference algorithm:
 
-* `threshold`: commit every proposal whose score reaches it (Fast-dLLM's confidence-aware parallel decoding,
-  arXiv 2505.22618); the
-  step budget still guarantees the block finishes in `steps // num_blocks` steps, and a block that is done
-  early ends early, so fewer model calls are made.
+* `threshold`: commit every proposal whose score reaches it, or `factor`: commit the largest n whose n-th best
+  score c_n has (n + 1)(1 - c_n) < factor (Fast-dLLM's parallel decoding rules, arXiv 2505.22618); the step budget
+  still guarantees the block finishes in `steps // num_blocks` steps, and a block that is done early ends early, so
+  fewer model calls are made.
 * `<slack>` (slack-CTC) is an ordinary token while sampling; `strip_generation` removes it from the output.
   `suppress_slack=True` forbids it (the saved default of models trained with `<slack>`).
 * EOS controls (`suppress_eos`, `eos_penalty`, `stop_at_eos`).
@@ -50,6 +50,7 @@ _DIFFUSION_FIELDS = {
     "schedule_eps": (float, 1e-3),
     "remasking": (str, "low_confidence"),
     "threshold": (float, None),
+    "factor": (float, None),
     "cfg_scale": (float, 0.0),
     "suppress_eos": (bool, False),
     "eos_penalty": (float, 0.0),
@@ -139,6 +140,9 @@ class MDLMGenerationConfig(GenerationConfig):
         threshold (`float` in (0, 1], *optional*): commit, at each step, every masked position of the current
             block whose score reaches `threshold`, and never fewer than needed to finish the block within its
             step budget (so at least one). A block whose positions are all committed ends early.
+        factor (`float` > 0, *optional*): Fast-dLLM's factor rule instead of `threshold`: with the scores of the
+            block's masked positions sorted, c_1 >= c_2 >= ..., commit the largest n with (n + 1)(1 - c_n) < factor
+            (more tokens when the model is confident about many), never fewer than needed to finish in budget.
         cfg_scale (`float`, defaults to 0.0): classifier-free guidance; > 0 adds an unconditional pass (prompt
             replaced by mask tokens) in the same batched forward, mixed as `uncond + (cfg_scale + 1) * (cond - uncond)`.
 
@@ -227,6 +231,11 @@ class MDLMGenerationConfig(GenerationConfig):
             raise ValueError(f"remasking must be one of {REMASKING_STRATEGIES}, got {self.remasking!r}")
         if self.threshold is not None and (not _is_number(self.threshold) or not 0 < self.threshold <= 1):
             raise ValueError(f"threshold must be in (0, 1] or None, got {self.threshold!r}")
+        if self.factor is not None and (not _is_number(self.factor) or not 0 < self.factor < math.inf):
+            raise ValueError(f"factor must be a finite number > 0 or None, got {self.factor!r}")
+        if self.factor is not None and self.threshold is not None:
+            raise ValueError(f"threshold={self.threshold} and factor={self.factor} are two rules for how many tokens "
+                             "a step commits: set one of them")
         if not _is_number(self.cfg_scale) or not self.cfg_scale >= 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale!r}")
         if not _is_number(self.eos_penalty) or not math.isfinite(self.eos_penalty):
@@ -664,7 +673,7 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
             for step in range(plan.steps_per_block):
                 masked = x[:, P:P + block_end] == mask_id
                 left = masked.sum(-1)
-                if config.threshold is None:
+                if config.threshold is None and config.factor is None:
                     planned = schedule[:, step] if config.schedule == "llada" else _dream_count(
                         left, step, plan.steps_per_block, config.schedule_eps)
                     scheduled = torch.minimum(planned, left)
@@ -673,7 +682,7 @@ def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_cal
                     scheduled = None
                     active = left > 0
                 if not bool(active.any()):
-                    if config.threshold is not None:
+                    if scheduled is None:
                         break  # the block is full: go on with the next one
                     continue  # nothing to commit at this step: no model call
                 # Rows with nothing to commit are left out of the forward (rows do not interact); with a cache every
@@ -825,7 +834,7 @@ def _denoise_step(window_logits, config, x, generators, masked, scheduled, P, bl
 
     `window_logits(x, window)` gives the float logits of the canvas positions `window`; `masked` (B, block_end):
     mask positions of the generated region up to the end of the current block; `scheduled` (B,): tokens to commit
-    per row (None with `threshold`); `steps_left`: steps left in the block, this one included.
+    per row (None with `threshold` or `factor`); `steps_left`: steps left in the block, this one included.
     """
     mask_id = config.mask_token_id
     rows = x.shape[0]
@@ -883,9 +892,16 @@ def _denoise_step(window_logits, config, x, generators, masked, scheduled, P, bl
     if scheduled is not None:
         k = torch.minimum(scheduled, left)
     else:
-        # Fast-dLLM's threshold rule (arXiv 2505.22618), with at least enough to finish within the step budget.
+        # Fast-dLLM's parallel decoding (arXiv 2505.22618), with at least enough to finish within the step budget:
+        # every score that reaches the threshold, or the largest n with (n + 1)(1 - c_n) < factor for the sorted
+        # scores c_1 >= c_2 >= ... (a product that grows with n, so the passing ranks are a prefix).
         needed = (left + steps_left - 1) // steps_left
-        passing = (score >= config.threshold).sum(-1)
+        if config.factor is not None:
+            best = score.sort(dim=-1, descending=True).values
+            ranks = torch.arange(1, best.shape[1] + 1, device=best.device)
+            passing = ((ranks + 1) * (1 - best) < config.factor).sum(-1)
+        else:
+            passing = (score >= config.threshold).sum(-1)
         k = torch.minimum(torch.maximum(passing, needed), left)
 
     # The k best scores of each row; equal scores go to the leftmost position (a stable sort), so that the choice

@@ -3,6 +3,7 @@ and Fast-dLLM's own samplers on the fixtures (tests/fixtures/*/README.md), batch
 KV caches, streaming, validation, saving and post-processing."""
 
 import json
+import math
 import logging
 import warnings
 
@@ -801,7 +802,8 @@ def test_fuzz_generate_fills_the_canvas_or_raises_a_value_error():
                         block_length=pick(None, 4, 3, canvas), remasking=pick("low_confidence", "random", "entropy",
                                                                                "margin", "best"),
                         temperature=pick(0.0, 0.7, -1.0), top_k=pick(None, 5), top_p=pick(None, 0.9),
-                        threshold=pick(None, 0.5), kv_cache=pick(None, "prefix", "dual"), cfg_scale=pick(0.0, 1.5),
+                        threshold=pick(None, 0.5), factor=pick(None, None, 1.0), kv_cache=pick(None, "prefix", "dual"),
+                        cfg_scale=pick(0.0, 1.5),
                         shift_rate=pick(0.0, 0.3), suppress_eos=pick(False, True), suppress_slack=pick(False, True),
                         num_return_sequences=pick(1, 2))
         try:
@@ -815,3 +817,38 @@ def test_fuzz_generate_fills_the_canvas_or_raises_a_value_error():
         assert torch.equal(out[::copies, :width], ids), (case, settings)  # the prompt is never touched
         outcomes["ok"] += 1
     assert outcomes["ok"] > 40 and outcomes["error"] > 40
+
+
+def test_factor_rule_commits_the_largest_n_with_few_expected_errors():
+    """Fast-dLLM's factor rule on known confidences 0.99, 0.9, 0.6, 0.3: (n + 1)(1 - c_n) is 0.02, 0.3, 1.6, 3.5,
+    so factor 1 commits 2 tokens, factor 2 commits 3, factor 0.01 the one a step must commit."""
+    from hf_mdlm.generation_mdlm import _denoise_step
+
+    vocab, prompt = 8, [3, 4]
+    probs = [0.99, 0.9, 0.6, 0.3]
+    logits = torch.full((1, 4, vocab), -30.0)
+    for i, p in enumerate(probs):  # token 1 with probability p, the rest spread over tokens 2..6 (7 is [MASK])
+        logits[0, i, 1] = math.log(p)
+        logits[0, i, 2:7] = math.log((1 - p) / 5)
+    logits[..., 7] = float("-inf")
+    x = torch.tensor([prompt + [7] * 4])
+    masked = torch.ones(1, 4, dtype=torch.bool)
+    for factor, committed in ((1.0, 2), (2.0, 3), (0.01, 1), (100.0, 4)):
+        config = MDLMGenerationConfig(mask_token_id=7, factor=factor, max_new_tokens=4, steps=4)
+        out = _denoise_step(lambda ids, window: logits[:, window.start - len(prompt):].clone(), config, x, [None],
+                            masked, None, len(prompt), 4, 4)
+        new = (out[0, len(prompt):] != 7).tolist()
+        assert new == [True] * committed + [False] * (4 - committed), factor
+
+
+def test_factor_decoding_fills_the_canvas_in_fewer_calls():
+    model = make_model(seed=3)
+    ids = torch.tensor([PROMPTS[0]])
+    exact = model.generate(ids, max_new_tokens=16, steps=16, block_length=8, return_dict_in_generate=True)
+    fast = model.generate(ids, max_new_tokens=16, steps=16, block_length=8, factor=4.0, return_dict_in_generate=True)
+    assert not (fast.sequences[:, ids.shape[1]:] == MASK).any()
+    assert fast.num_model_calls < exact.num_model_calls == 16
+    with pytest.raises(ValueError, match="two rules for how many tokens a step commits"):
+        model.generate(ids, max_new_tokens=8, threshold=0.9, factor=1.0)
+    with pytest.raises(ValueError, match="factor must be a finite number > 0"):
+        model.generate(ids, max_new_tokens=8, factor=0)
