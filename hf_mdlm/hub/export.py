@@ -240,7 +240,8 @@ def export_for_hub(
     problems = check_hub_folder(out)
     if problems:
         shutil.rmtree(out)
-        raise ValueError(f"the exported folder {final} is not ready for the Hub:\n" + "\n".join(f"- {p}" for p in problems))
+        listed = "\n".join(f"- {p}" for p in problems)
+        raise ValueError(f"the exported folder {final} is not ready for the Hub:\n{listed}")
     publish_staged(out, final)
     return final
 

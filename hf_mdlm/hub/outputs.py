@@ -165,7 +165,8 @@ class OutputFolder:
             return
         if not overwrite:
             shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
-            resume_hint = "resume its run (--resume_from_checkpoint true), " if self.writes == RUN_OUTPUT_PATTERNS else ""
+            training = self.writes == RUN_OUTPUT_PATTERNS
+            resume_hint = "resume its run (--resume_from_checkpoint true), " if training else ""
             raise OutputFolderError(
                 f"{what} {self.path} is not empty ({shown}): its files would mix with this run's. Choose a new "
                 f"folder, {resume_hint}or pass {self.flag} to delete the earlier run's files first"
