@@ -487,6 +487,11 @@ def test_an_adapter_on_a_base_in_another_format_is_refused(adapter_exported, tok
     adapter_dir = adapter_exported.raw_dir / "adapter"
     with pytest.raises(ValueError, match=r"GSAI-ML/LLaDA-tiny is not an hf_mdlm model(.|\n)*--push_base"):
         export_for_hub(adapter_dir, tokenizer, tmp_path / "out", repo_id=ADAPTER_REPO, base_model="GSAI-ML/LLaDA-tiny")
+    other = tmp_path / "other"  # an hf_mdlm model of another shape: the adapter's matrices would not fit it
+    MDLMForMaskedLM(tiny_config(hidden_size=48, vocab_size=len(tokenizer))).save_pretrained(other)
+    install_in_hf_cache(other, "me/other-hf-mdlm", tmp_path / "hf_home")
+    with pytest.raises(ValueError, match="is not the model it was trained on .*hidden_size 48 \\(base\\)"):
+        export_for_hub(adapter_dir, tokenizer, tmp_path / "out2", repo_id=ADAPTER_REPO, base_model="me/other-hf-mdlm")
     install_in_hf_cache(adapter_exported.base_folder, "me/base-hf-mdlm", tmp_path / "hf_home")  # an hf_mdlm base
     folder = export_for_hub(adapter_dir, tokenizer, tmp_path / "ok", repo_id=ADAPTER_REPO, base_model="me/base-hf-mdlm")
     assert check_hub_folder(folder) == []

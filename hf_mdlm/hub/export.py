@@ -262,7 +262,8 @@ def check_adapter_base(base_model, trained_on=None) -> None:
             return
     if not config_path.exists():
         raise ValueError(f"the adapter's base {base_model} has no config.json")
-    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
     if model_type != "mdlm":
         converted = f" (this adapter trained on {trained_on})" if trained_on and Path(trained_on).is_dir() else ""
         raise ValueError(
@@ -272,6 +273,19 @@ def check_adapter_base(base_model, trained_on=None) -> None:
             "Publish the converted base and name it: python examples/push_to_hub.py --model_dir CONVERTED_FOLDER "
             "--repo_id YOU/NAME-hf-mdlm, then --base_model YOU/NAME-hf-mdlm (or let push_to_hub.py --push_base "
             "YOU/NAME-hf-mdlm do both)")
+    trained_config = Path(trained_on) / "config.json" if trained_on else None
+    if trained_config is not None and trained_config.is_file():  # the base it trained on is at hand: same shapes?
+        trained = json.loads(trained_config.read_text(encoding="utf-8"))
+        differ = [f"{key} {config.get(key)} (base) vs {trained.get(key)} (trained on)" for key in _SHAPE_FIELDS
+                  if config.get(key) != trained.get(key)]
+        if differ:
+            raise ValueError(f"the adapter's base {base_model} is not the model it was trained on ({trained_on}): "
+                             + ", ".join(differ) + "; the adapter's matrices would not fit it")
+
+
+# The config fields that fix the shapes of the weights an adapter applies to.
+_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                 "intermediate_size", "num_experts", "moe_intermediate_size")
 
 
 def _complete_mdlm_code(out: Path, config: dict) -> None:
