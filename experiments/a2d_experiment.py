@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from hf_mdlm.cli import add_bool_flag, require_plotting
-from hf_mdlm.hub import OutputFolderError, check_writable_dir
+from hf_mdlm.hub import OutputFolder, OutputFolderError
 from replication import A2DPreset, resolve_a2d_preset, run_a2d_experiment
 from replication.presets import add_preset_arguments
 from replication.run import configure_run
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output_dir", default="outputs/a2d")
+    add_bool_flag(p, "--overwrite_output_dir", help="delete an earlier run's files from --output_dir first")
     mode = p.add_mutually_exclusive_group()
     add_bool_flag(mode, "--quick", help="smaller models and budgets (minutes on 2 CPU cores)")
     add_bool_flag(mode, "--smoke", help="tiny everything: the test suite's sizes")
@@ -54,9 +55,22 @@ def main(argv=None):
     try:  # what would fail after minutes of work fails now
         preset = resolve_a2d_preset(mode, {f.name: getattr(args, f.name) for f in fields(A2DPreset)})
         require_plotting("a2d_experiment.py (training_curves.png)")
-        check_writable_dir(args.output_dir, "--output_dir")
+        # locked while in use, new or empty; --overwrite_output_dir deletes only what this script writes
+        output = OutputFolder(args.output_dir, overwrite=args.overwrite_output_dir, what="--output_dir",
+                              writes=A2D_OUTPUTS)
     except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
+    with output:
+        return run(args, mode, preset)
+
+
+# What the experiment writes into --output_dir: the judge, the causal LM and its conversion, one folder per arm, the
+# report and its plot.
+A2D_OUTPUTS = ("judge", "causal", "converted", "scratch", "scratch_*", "a2d", "a2d_*", "results.json", "results.md",
+               "*.png")
+
+
+def run(args, mode, preset):
     configure_run(args.threads)
     return run_a2d_experiment(args.output_dir, preset, mode=mode, seed=args.seed, device=args.device,
                               judge_folder=args.judge)

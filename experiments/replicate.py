@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from hf_mdlm.cli import add_bool_flag, parse_numbers, require_plotting  # noqa: E402
-from hf_mdlm.hub import OutputFolderError, check_writable_dir  # noqa: E402
+from hf_mdlm.hub import OutputFolder, OutputFolderError  # noqa: E402
 from replication.presets import Preset, add_preset_arguments, resolve_preset  # noqa: E402
 from replication.repeats import (  # noqa: E402
     RepeatsPreset,
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output_dir", default="outputs/replicate")
+    add_bool_flag(p, "--overwrite_output_dir", help="delete an earlier run's files from --output_dir first")
     mode = p.add_mutually_exclusive_group()
     add_bool_flag(mode, "--quick", help="CI mode: <= 10 minutes on 2 CPU cores")
     add_bool_flag(mode, "--smoke", help="tiny everything: the test suite's run (about a minute)")
@@ -111,9 +112,23 @@ def main(argv=None):
                 raise ValueError(f"--heldout {args.heldout}: no such file or folder")
             if args.judge is not None and len(seeds) > 1:
                 raise ValueError("--judge reuses one seed's judge; with --seeds every seed trains its own")
-        check_writable_dir(args.output_dir, "--output_dir")
+        # locked while in use; new or empty, or (with --seeds) the seed folders of an earlier run, which run_seeds
+        # reuses when their settings agree; --overwrite_output_dir deletes only what this script writes
+        output = OutputFolder(args.output_dir, overwrite=args.overwrite_output_dir, what="--output_dir",
+                              writes=SEEDS_OUTPUTS if args.seeds is not None else RUN_OUTPUTS,
+                              reuse=args.seeds is not None)
     except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
+    with output:
+        return run(args, mode, preset, seeds)
+
+
+# What a run writes into --output_dir (judge, base, one folder per arm, the report), and with --seeds.
+RUN_OUTPUTS = ("judge", "base", "tokenizer", "ce", "ce_*", "results.json", "results.md", "*.png")
+SEEDS_OUTPUTS = ("seed_*", "results.json", "results.md")
+
+
+def run(args, mode, preset, seeds):
     configure_run(args.threads)
 
     def run_one(seed, folder):

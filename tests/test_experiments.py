@@ -360,3 +360,47 @@ def test_a2d_experiment_smoke(tmp_path):
     key = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(a2d.state_dict()[key], conv[key])  # fine-tuned
     assert _distance(a2d.state_dict()[key], source[key]) < 0.5 < _distance(scratch.state_dict()[key], source[key])
+
+
+def test_replicate_and_a2d_lock_their_folder_and_overwrite_only_their_files(tmp_path, monkeypatch):
+    """replicate.py used to write judge/, base/ and its arms over an earlier run; now a non-empty --output_dir is
+    refused unless it holds this script's files and --overwrite_output_dir asks to replace them, or (with --seeds)
+    earlier seed folders, which are reused when their settings agree. The same for a2d_experiment.py."""
+    replicate = _replicate_module()
+
+    class Started(Exception):  # the checks passed and the work began
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(replicate, "configure_run", started)
+    out = tmp_path / "rep"
+    (out / "judge").mkdir(parents=True)  # an earlier run
+    with pytest.raises(SystemExit, match="is not empty .*pass --overwrite_output_dir"):
+        replicate.main(["--smoke", "--output_dir", str(out)])
+    with pytest.raises(Started):
+        replicate.main(["--smoke", "--output_dir", str(out), "--overwrite_output_dir"])
+    assert not (out / "judge").exists()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(SystemExit, match="does not write \\(thesis.tex\\); nothing was deleted"):
+        replicate.main(["--smoke", "--output_dir", str(out), "--overwrite_output_dir", "true"])
+    seeds = tmp_path / "seeds"
+    (seeds / "seed_0").mkdir(parents=True)  # an earlier seed: --seeds reuses it when its settings agree
+    with pytest.raises(Started):
+        replicate.main(["--smoke", "--seeds", "0,1", "--output_dir", str(seeds)])
+    (seeds / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="is not empty"):
+        replicate.main(["--smoke", "--seeds", "0,1", "--output_dir", str(seeds)])
+
+    spec = importlib.util.spec_from_file_location("a2d_experiment_locks", ROOT / "experiments" / "a2d_experiment.py")
+    a2d = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = a2d
+    spec.loader.exec_module(a2d)
+    monkeypatch.setattr(a2d, "configure_run", started)
+    earlier = tmp_path / "a2d"
+    (earlier / "scratch_long").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="is not empty"):
+        a2d.main(["--smoke", "--output_dir", str(earlier)])
+    with pytest.raises(Started):
+        a2d.main(["--smoke", "--output_dir", str(earlier), "--overwrite_output_dir"])

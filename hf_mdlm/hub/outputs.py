@@ -107,9 +107,10 @@ class OutputFolder:
     """
 
     def __init__(self, path, *, resume=None, overwrite: bool = False, what: str = "output_dir",
-                 writes=RUN_OUTPUT_PATTERNS, flag: str = "--overwrite_output_dir"):
+                 writes=RUN_OUTPUT_PATTERNS, flag: str = "--overwrite_output_dir", reuse: bool = False):
         self.path = check_writable_dir(path, what)
         self.writes, self.flag = tuple(writes), flag  # what this command writes; the flag that replaces it
+        self.reuse = reuse  # the command itself picks up what it wrote before (and checks it): keep its files
         self._handle = None
         self._lock()
         try:
@@ -163,6 +164,9 @@ class OutputFolder:
         # resuming continues this folder's own run: a checkpoint elsewhere leaves this folder to the usual checks
         if not entries or (resume and self.path.resolve() in Path(resume).resolve().parents):
             return
+        foreign = [name for name in entries if not any(fnmatch.fnmatchcase(name, p) for p in self.writes)]
+        if self.reuse and not overwrite and not foreign:
+            return
         if not overwrite:
             shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
             training = self.writes == RUN_OUTPUT_PATTERNS
@@ -171,7 +175,6 @@ class OutputFolder:
                 f"{what} {self.path} is not empty ({shown}): its files would mix with this run's. Choose a new "
                 f"folder, {resume_hint}or pass {self.flag} to delete the earlier run's files first"
             )
-        foreign = [name for name in entries if not any(fnmatch.fnmatchcase(name, p) for p in self.writes)]
         if foreign:
             raise OutputFolderError(
                 f"{self.flag}: {self.path} holds files that this command does not write ({', '.join(foreign[:8])}"
