@@ -2,6 +2,7 @@
 standard-CTC ablation, and its refusals (no slack or mask token, a Hub token or push in its arguments)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,3 +255,33 @@ def test_evaluation_follows_trainers_contract_for_compute_metrics(tmp_path):
     loss, logits, labels = trainer.prediction_step(trainer.model, next(iter(trainer.get_eval_dataloader())),
                                                    prediction_loss_only=True)
     assert logits is None and labels is None and torch.isfinite(loss)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_run_killed_while_checkpointing_resumes_from_a_complete_checkpoint(tmp_path, caplog):
+    """Training with a checkpoint every step, SIGKILLed at 10 random moments: `--resume_from_checkpoint true` always
+    finds a complete checkpoint (its weights and trainer_state.json readable) or says there is none; a checkpoint
+    whose save was cut short is passed over, with a warning."""
+    import json
+    import logging
+
+    from hf_mdlm.hub import OutputFolderError, resolve_resume
+    from hf_mdlm.hub.checks import check_folder_files
+    from kill_points import killed_runs
+
+    folders = [tmp_path / f"run{i}" for i in range(11)]
+    trainers = {folder: make_trainer(folder, steps=16, save_strategy="steps", save_steps=1, save_total_limit=3)
+                for folder in folders}  # built here, so that the kills land in the training and its saves
+
+    def train(folder):
+        trainers[folder].train()
+
+    for folder in killed_runs(train, folders, seed=4):
+        try:
+            with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
+                checkpoint = resolve_resume("true", folder)
+        except OutputFolderError as error:
+            assert "holds no complete checkpoint" in str(error)
+            continue
+        check_folder_files(checkpoint)
+        assert json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] >= 1
