@@ -285,3 +285,26 @@ def test_a_run_killed_while_checkpointing_resumes_from_a_complete_checkpoint(tmp
             continue
         check_folder_files(checkpoint)
         assert json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] >= 1
+
+
+def test_every_checkpoint_records_the_objective_and_another_objective_cannot_resume_it(tmp_path):
+    """A checkpoint records its run's objective; a run resuming from it in another folder with another objective
+    (here ctc_weight) is refused, naming the field, and the same objective resumes."""
+    import json
+
+    from hf_mdlm.hub import OutputFolderError, prepare_run_outputs
+    from hf_mdlm.training.arguments import OBJECTIVE_FILE, MDLMTrainingArguments
+
+    trainer = make_trainer(tmp_path / "first", steps=2, save_strategy="steps", save_steps=1, ctc_weight=0.5)
+    trainer.train()
+    checkpoint = tmp_path / "first" / "checkpoint-2"
+    assert json.loads((checkpoint / OBJECTIVE_FILE).read_text()) == trainer.args.objective_settings()
+
+    def resuming(**overrides):
+        return MDLMTrainingArguments(output_dir=str(tmp_path / "second"), resume_from_checkpoint=str(checkpoint),
+                                     report_to="none", use_cpu=True, **overrides)
+
+    with pytest.raises(OutputFolderError, match=r"trained another objective \(ctc_weight=1.0 here, 0.5 there\)"):
+        prepare_run_outputs(resuming(ctc_weight=1.0))
+    with prepare_run_outputs(resuming(ctc_weight=0.5)) as outputs:
+        assert outputs.resume == str(checkpoint)

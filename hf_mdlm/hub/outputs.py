@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -282,6 +283,8 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict 
             for out, what in ((output_dir, "--output_dir"), (f"{output_dir.rstrip('/')}-hub", "the Hub export folder")):
                 check_apart(out, path, what, f"the {flag} path")
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    if resume is not None and Path(output_dir).resolve() not in Path(resume).resolve().parents:
+        check_same_objective(resume, training_args)  # another run's checkpoint: it must train the same thing
     training_args.resume_from_checkpoint = resume
     folder = hub_dir = None
     # The other processes wait until the main one has checked (and, with overwrite, emptied) the folder.
@@ -301,6 +304,26 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict 
                 folder.close()
                 raise
     return RunOutputs(folder, resume, hub, hub_dir)
+
+
+def check_same_objective(checkpoint, training_args) -> None:
+    """Refuse to resume from another run's checkpoint whose recorded objective (loss weights, slack, canvas fill,
+    noise) differs from this run's, naming the fields; a checkpoint that records none (older) is resumed with a
+    warning."""
+    from ..training.arguments import OBJECTIVE_FILE
+
+    if not hasattr(training_args, "objective_settings"):
+        return
+    record = Path(checkpoint) / OBJECTIVE_FILE
+    if not record.is_file():
+        logger.warning("%s records no objective settings (%s): cannot check it trained what this run trains",
+                       checkpoint, OBJECTIVE_FILE)
+        return
+    theirs, ours = json.loads(record.read_text()), training_args.objective_settings()
+    differ = [f"{name}={ours[name]!r} here, {theirs.get(name)!r} there" for name in ours if theirs.get(name) != ours[name]]
+    if differ:
+        raise OutputFolderError(f"--resume_from_checkpoint {checkpoint}: that run trained another objective ("
+                                + "; ".join(differ) + "): resume with its settings, or start afresh")
 
 
 def check_apart(out_dir, model_dir, what: str = "--out_dir", input_what: str = "the model folder") -> None:

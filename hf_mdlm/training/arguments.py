@@ -9,6 +9,12 @@ from .losses import _COLLAPSES as COLLAPSES
 from .losses import NORMALIZATIONS
 
 
+# What a checkpoint records of its run's objective, and where (compared when another run resumes from it).
+OBJECTIVE_FIELDS = ("ce_weight", "ctc_weight", "slack_rule", "slack_prob", "ctc_collapse", "canvas_padding",
+                    "noise_schedule", "time_eps", "antithetic_time", "loss_normalization")
+OBJECTIVE_FILE = "hf_mdlm_objective.json"
+
+
 @dataclass
 class MDLMTrainingArguments(TrainingArguments):
     r"""`TrainingArguments` plus the masked-diffusion / slack-CTC objective (docs/objective.md §1-§5).
@@ -101,6 +107,11 @@ class MDLMTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the diffusion collator needs the prompt/response columns."}
     )
+
+    def objective_settings(self) -> dict:
+        """The fields that define what is trained (the loss, the canvas, the noise): a run resumed from another
+        folder's checkpoint must have the same (each checkpoint records them, `OBJECTIVE_FILE`)."""
+        return {name: getattr(self, name) for name in OBJECTIVE_FIELDS}
 
     @property
     def canvas_holds_slack(self) -> bool:

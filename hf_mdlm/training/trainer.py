@@ -6,15 +6,17 @@ an optimizer step is therefore the same whatever the split into processes and gr
 micro-batches, and a resumed run draws exactly what the uninterrupted run drew.
 """
 
+import json
+import os
 from collections import defaultdict
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..data.collator import DiffusionCollator
 from ..generation_mdlm import logits_for_tokens, mix_seed
 from ..tokenization import diffusion_token_ids
-from .arguments import MDLMTrainingArguments
+from .arguments import OBJECTIVE_FILE, MDLMTrainingArguments
 from .canvas import build_canvases, get_schedule, low_discrepancy_times, mask_canvas
 from .losses import diffusion_loss
 
@@ -57,6 +59,7 @@ class MDLMTrainer(Trainer):
                 f"(batches of prompt/response ids); got {type(data_collator).__name__}"
             )
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        self.add_callback(_RecordObjective())
         self.schedule = get_schedule(args.noise_schedule, args.time_eps)
         # We scale the loss for gradient accumulation ourselves (see compute_loss): tell Trainer to divide it
         # by the accumulation steps uniformly, whatever the transformers version.
@@ -222,3 +225,14 @@ def sharded(trainer) -> bool:
         return True
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
     return plugin is not None and plugin.zero_stage == 3
+
+
+class _RecordObjective(TrainerCallback):
+    """Writes the run's objective settings into every checkpoint, so that a run resuming from it elsewhere can be
+    checked to train the same thing (`hf_mdlm.hub.resolve_resume`)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if args.should_save and os.path.isdir(folder):
+            with open(os.path.join(folder, OBJECTIVE_FILE), "w") as handle:
+                json.dump(args.objective_settings(), handle, indent=2, sort_keys=True)
