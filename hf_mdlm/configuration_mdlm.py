@@ -69,7 +69,7 @@ class MDLMConfig(PretrainedConfig):
     """
 
     model_type = "mdlm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     _auto_class = "AutoConfig"
 
     def __init__(

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from transformers import GenerationConfig
+from transformers.generation import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "entropy", "margin")
@@ -61,6 +62,9 @@ _DIFFUSION_FIELDS = {
     "slack_token_id": (int, None),
     "output_history": (bool, False),
     "kv_cache": (str, None),
+    "kv_cache_refresh": (int, None),
+    "sync_interval": (int, 1),
+    "compile": (bool, False),
     "check_logits": (bool, True),
 }
 _TRANSFORMERS_FIELDS = {
@@ -164,12 +168,21 @@ class MDLMGenerationConfig(GenerationConfig):
     Speed:
         kv_cache (`str`, *optional*): None (every step runs the whole canvas through the model: exact), "prefix"
             or "dual" (Fast-dLLM's approximate caches, arXiv 2505.22618; docs/objective.md §6). At each block start
-            one full forward fills a KV cache; "prefix" then feeds the block and everything after it against the
-            cached keys/values of the positions before the block; "dual" feeds only the block, overwriting its
-            entries, against the cached prefix and the (stale) cached suffix. Nothing is cached across blocks.
-            Works with every other option and with ragged, left-padded batches.
+            one full forward fills a [`CanvasCache`] with every position's keys and values; later steps of the block
+            run only the block and everything after it ("prefix") or only the block ("dual") against the cache,
+            writing their fresh entries into it. Works with every other option and with ragged, left-padded batches.
+        kv_cache_refresh (`int`, *optional*): with a cache, every `kv_cache_refresh`-th step of a block runs the
+            whole canvas again and rewrites every cached entry (a periodic refresh, as dLLM-Cache does: the stale
+            entries of the suffix and the prefix are recomputed); 1 makes the cached sampler exact.
+        sync_interval (`int`, defaults to 1): the step loop never waits for the device, except to learn whether a
+            block finished early (with `threshold`, `factor` or `stop_at_eos`), which it reads every `sync_interval`
+            steps. Larger values let an accelerator run ahead; the extra calls commit nothing, so the tokens are the
+            same, only `num_model_calls` grows. Non-finite logits are reported at the end of the block.
+        compile (`bool`): run the denoising step through `torch.compile(fullgraph=True)` (CUDA graphs on a GPU);
+            shapes are static per block, so each block shape compiles once. Dense models only (a mixture of experts
+            dispatches tokens with data-dependent shapes).
         check_logits (`bool`, defaults to True): raise a clear error when the model returns NaN or infinite
-            logits (instead of sampling garbage); False skips the check (one reduction per step).
+            logits (instead of sampling garbage); False skips the check.
 
     Token ids (default: the model config's): mask_token_id, slack_token_id, eos_token_id (int or list),
         pad_token_id.
@@ -242,8 +255,14 @@ class MDLMGenerationConfig(GenerationConfig):
             raise ValueError(f"eos_penalty must be a finite number, got {self.eos_penalty!r}")
         if not _is_number(self.shift_rate) or not 0 <= self.shift_rate < 1:
             raise ValueError(f"shift_rate must be in [0, 1), got {self.shift_rate!r}")
+        if self.kv_cache_refresh is not None and (not _is_int(self.kv_cache_refresh) or self.kv_cache_refresh < 1):
+            raise ValueError(f"kv_cache_refresh must be a positive integer or None, got {self.kv_cache_refresh!r}")
+        if self.kv_cache_refresh is not None and self.kv_cache is None:
+            raise ValueError(f"kv_cache_refresh={self.kv_cache_refresh} refreshes a KV cache, but kv_cache is None")
+        if not _is_int(self.sync_interval) or self.sync_interval < 1:
+            raise ValueError(f"sync_interval must be a positive integer, got {self.sync_interval!r}")
         for name in ("suppress_eos", "stop_at_eos", "suppress_slack", "output_history", "return_dict_in_generate",
-                     "check_logits"):
+                     "check_logits", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not _is_int(self.num_return_sequences) or self.num_return_sequences < 1:
@@ -321,6 +340,47 @@ def strip_generation(ids, *, mask_token_id=None, slack_token_id=None, eos_token_
     return rows
 
 
+class CanvasCache:
+    """The sampler's KV cache: the keys and values of every canvas position, per layer, in fixed-size buffers.
+
+    A forward with `cache=` writes the keys and values of the positions it runs (`cache_position`) in place and
+    attends to every position of the canvas (the fresh entries for the positions it runs, the cached ones for the
+    others). Sizes never change, so a compiled step sees the same shapes at every call.
+    """
+
+    def __init__(self, num_layers: int, length: int):
+        self.length = length
+        self.keys: list = [None] * num_layers
+        self.values: list = [None] * num_layers
+
+    @classmethod
+    def for_model(cls, model, batch: int, length: int) -> "CanvasCache":
+        """A cache allocated up front for `model` (an MDLM config: layers, key/value heads, head size)."""
+        config = model.config
+        cache = cls(config.num_hidden_layers, length)
+        param = next(model.parameters())
+        shape = (batch, config.num_key_value_heads, length, config.head_dim)
+        for layer in range(config.num_hidden_layers):
+            cache.keys[layer] = torch.zeros(shape, dtype=param.dtype, device=param.device)
+            cache.values[layer] = torch.zeros(shape, dtype=param.dtype, device=param.device)
+        return cache
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def write(self, layer: int, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        """Store `keys`/`values` (B, heads, Q, head_dim) at canvas `positions` (Q,); return the whole layer."""
+        if self.keys[layer] is None:
+            shape = (*keys.shape[:2], self.length, keys.shape[3])
+            self.keys[layer], self.values[layer] = keys.new_zeros(shape), values.new_zeros(shape)
+        if self.keys[layer].shape[0] != keys.shape[0]:
+            raise ValueError(f"the KV cache holds a batch of {self.keys[layer].shape[0]} rows, the input has "
+                             f"{keys.shape[0]}")
+        self.keys[layer].index_copy_(2, positions, keys.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, positions, values.to(self.values[layer].dtype))
+        return self.keys[layer], self.values[layer]
+
+
 class MDLMGenerationMixin:
     """Adds `generate` (masked-diffusion sampling) to a model whose forward returns `.logits` over the canvas."""
 
@@ -351,7 +411,7 @@ class MDLMGenerationMixin:
         self.generation_config = loaded
 
     # ------------------------------------------------------------------------------------------------------------
-    def _resolve_generation_config(self, generation_config, kwargs) -> MDLMGenerationConfig:
+    def _prepare_generation_config(self, generation_config, kwargs) -> MDLMGenerationConfig:
         base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
         if base is None:
             config = MDLMGenerationConfig.from_model_config(self.config)
@@ -376,12 +436,43 @@ class MDLMGenerationMixin:
         config.validate()
         return config
 
+    def _get_logits_processor(self, config, logits_processor=None) -> LogitsProcessorList:
+        """What changes the model's distribution (the confidence scores see it): EOS and `<slack>` controls, then
+        the user's processors."""
+        processors = LogitsProcessorList()
+        eos_ids = _as_id_list(config.eos_token_id, "eos_token_id")
+        if eos_ids and config.suppress_eos:
+            processors.append(SuppressTokensProcessor(eos_ids))
+        elif eos_ids and config.eos_penalty:
+            processors.append(TokenPenaltyProcessor(eos_ids, config.eos_penalty))
+        if config.suppress_slack and config.slack_token_id is not None:
+            processors.append(SuppressTokensProcessor([config.slack_token_id]))
+        for processor in logits_processor or []:
+            if not callable(processor):
+                raise ValueError(f"logits_processor entries must be callable as processor(input_ids, scores), got "
+                                 f"{type(processor).__name__}")
+            processors.append(processor)
+        return processors
+
+    def _get_logits_warper(self, config) -> LogitsProcessorList:
+        """What shapes the sampling distribution only: temperature, top-k, top-p (in this order)."""
+        warpers = LogitsProcessorList()
+        if config.temperature > 0:
+            warpers.append(TemperatureWarper(config.temperature))
+        if config.top_k is not None:
+            warpers.append(TopKWarper(config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            warpers.append(TopPWarper(config.top_p))
+        return warpers
+
     @torch.no_grad()
     def generate(
         self,
         input_ids: torch.LongTensor,
         attention_mask: Optional[torch.Tensor] = None,
         generation_config: Optional[MDLMGenerationConfig] = None,
+        logits_processor: Optional[LogitsProcessorList] = None,
+        stopping_criteria: Optional[StoppingCriteriaList] = None,
         streamer=None,
         step_callback: Optional[Callable[[int, torch.LongTensor], Any]] = None,
         progress: bool = False,
@@ -396,17 +487,26 @@ class MDLMGenerationMixin:
             attention_mask (`torch.Tensor` of the same shape, *optional*): 1 for prompt tokens, 0 for padding.
                 The generated positions are always attended to.
             generation_config ([`MDLMGenerationConfig`], *optional*): defaults to `self.generation_config`.
+            logits_processor (`LogitsProcessorList`, *optional*): processors applied after the built-in ones (EOS
+                and `<slack>` controls), before proposals and confidence scores are read. Each is called as
+                `processor(input_ids, scores)` with `scores` of shape `(rows * window, vocab)`, one row per position
+                of the current block, and `input_ids` the canvas of the row each position belongs to (so
+                transformers' processors such as `MinPLogitsWarper` work unchanged).
+            stopping_criteria (`StoppingCriteriaList`, *optional*): checked after every block with the canvas;
+                generation ends when they hold for every row (the positions not yet filled keep the mask token,
+                which `strip_generation` drops).
             streamer (`transformers.generation.BaseStreamer`, *optional*): batch size 1 only. As in transformers,
                 `put` first receives the prompt (shape `(1, prompt_length)`), then each block's tokens (a 1-D
                 tensor) as soon as the block is final; `end` is called last.
             step_callback (`callable`, *optional*): `step_callback(step, canvas)` after every denoising step
                 (`step` counts from 0; `canvas` is a copy of the whole `(batch, length)` canvas).
             progress (`bool`): show a tqdm progress bar over the steps.
-            generator (*optional*): source of randomness (`temperature > 0`, `remasking="random"`,
-                `shift_rate > 0`): an int seed, a `torch.Generator` (one seed is drawn from it), or a list with
-                one int/Generator per prompt. Every row gets its own generator, derived from the seed, the row's
-                prompt index and its copy index (`num_return_sequences`), so a row's result never depends on the
-                other rows of the batch. None draws the seed from torch's global generator.
+            generator (*optional*): the seed of the random choices (`temperature > 0`, `remasking="random"`,
+                `shift_rate > 0`): an int, a `torch.Generator` (one seed is drawn from it), or a list with one
+                int/Generator per prompt. Every random number is a hash of the row's seed (derived from the seed,
+                the prompt index and the copy index of `num_return_sequences`), the step and the position, so a
+                row's result never depends on the other rows of the batch. None draws the seed from torch's global
+                generator.
             kwargs: any field of [`MDLMGenerationConfig`], overriding `generation_config` for this call.
 
         Returns:
@@ -414,19 +514,157 @@ class MDLMGenerationMixin:
             prompts followed by the generated tokens; or an [`MDLMGenerateOutput`] with
             `return_dict_in_generate=True`.
         """
-        config = self._resolve_generation_config(generation_config, kwargs)
-        plan = _prepare(self, config, input_ids, attention_mask, generator, streamer, step_callback)
+        config = self._prepare_generation_config(generation_config, kwargs)
+        state = _prepare_state(self, config, input_ids, attention_mask, generator, streamer, step_callback)
+        sampler = DiffusionSampler(self, config, state, self._get_logits_processor(config, logits_processor),
+                                   self._get_logits_warper(config), StoppingCriteriaList(stopping_criteria or []))
         was_training = self.training
         self.eval()
         try:
-            return _sample(self, config, plan, streamer, step_callback, progress)
+            canvas = sampler.run(streamer, step_callback, progress)
         finally:
             if was_training:
                 self.train()
+        if config.return_dict_in_generate:
+            return MDLMGenerateOutput(sequences=canvas, num_model_calls=state.model_calls,
+                                      num_positions=state.positions_run, history=sampler.history)
+        return canvas
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Input checks (all before the first model call)
+# Logits processors (shape-agnostic: they act on the last, vocabulary dimension)
+
+
+class SuppressTokensProcessor(LogitsProcessor):
+    """Never propose these token ids (their logits become -inf)."""
+
+    def __init__(self, token_ids):
+        self.token_ids = list(token_ids)
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[..., self.token_ids] = float("-inf")
+        return scores
+
+
+class TokenPenaltyProcessor(LogitsProcessor):
+    """Subtract `penalty` from the logits of these token ids."""
+
+    def __init__(self, token_ids, penalty: float):
+        self.token_ids, self.penalty = list(token_ids), float(penalty)
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[..., self.token_ids] -= self.penalty
+        return scores
+
+
+class TemperatureWarper(LogitsProcessor):
+    def __init__(self, temperature: float):
+        self.temperature = float(temperature)
+
+    def __call__(self, input_ids, scores):
+        return scores / self.temperature
+
+
+class TopKWarper(LogitsProcessor):
+    """Keep the `top_k` largest logits (ties with the k-th included)."""
+
+    def __init__(self, top_k: int):
+        self.top_k = int(top_k)
+
+    def __call__(self, input_ids, scores):
+        if self.top_k >= scores.shape[-1]:
+            return scores
+        kth = scores.topk(self.top_k, dim=-1).values[..., -1:]
+        return scores.masked_fill(scores < kth, float("-inf"))
+
+
+class TopPWarper(LogitsProcessor):
+    """Keep the most likely tokens until their mass reaches `top_p` (the most likely token always stays)."""
+
+    def __init__(self, top_p: float):
+        self.top_p = float(top_p)
+
+    def __call__(self, input_ids, scores):
+        sorted_logits, order = scores.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(-1, order, mass_before >= self.top_p)
+        return scores.masked_fill(drop, float("-inf"))
+
+
+_OWN_PROCESSORS = (SuppressTokensProcessor, TokenPenaltyProcessor, TemperatureWarper, TopKWarper, TopPWarper)
+
+
+def _apply_processors(processors, canvas, logits):
+    """Run (B, W, V) logits through `processors`, each seeing (B * W, V) scores (see `generate`)."""
+    if not processors:
+        return logits
+    rows, width, vocab = logits.shape
+    input_ids = None
+    if not all(isinstance(p, _OWN_PROCESSORS) for p in processors):  # ours never read the canvas
+        input_ids = canvas[:, None].expand(rows, width, canvas.shape[1]).reshape(rows * width, -1)
+    scores = logits.reshape(rows * width, vocab)
+    for processor in processors:
+        scores = processor(input_ids, scores)
+    return scores.reshape(rows, width, vocab)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Counter-based random numbers: a hash of (row seed, step, stream, position, token), the same whatever the batch
+
+
+_STREAM_GUMBEL, _STREAM_REMASK, _STREAM_SHIFT = 1, 2, 3
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_MIX_START = 0x243F6A8885A308D3
+
+
+def _signed(value: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix_tensor(state: torch.Tensor, part) -> torch.Tensor:
+    """`mix_seed`'s step on int64 tensors: SplitMix64's finaliser of (state xor part), wrapping like uint64."""
+    x = (state ^ part) + _signed(_GOLDEN)
+    x = (x ^ _shift_right(x, 30)) * _signed(_MIX1)
+    x = (x ^ _shift_right(x, 27)) * _signed(_MIX2)
+    return x ^ _shift_right(x, 31)
+
+
+def _row_keys(row_seeds: torch.Tensor, step: torch.Tensor, stream: int, positions: torch.Tensor) -> torch.Tensor:
+    """(B, W) int64: the hash state of `mix_seed(row_seed, step, stream, position, ...)` before its last parts."""
+    state = _mix_tensor(torch.full_like(row_seeds, _signed(_MIX_START)), row_seeds)
+    state = _mix_tensor(_mix_tensor(state, step), stream)
+    return _mix_tensor(state[:, None], positions[None, :])
+
+
+def _to_uniform(hashed: torch.Tensor) -> torch.Tensor:
+    """53 bits of a hash -> float64 uniform in (0, 1)."""
+    return (_shift_right(hashed, 11).double() + 0.5) * 2.0**-53
+
+
+def counter_uniform(row_seeds, step, stream, positions, vocab_size=None) -> torch.Tensor:
+    """Uniforms in (0, 1), float64: (B, W) per row and position, or (B, W, V) per token with `vocab_size`.
+
+    Entry (b, w[, v]) is `((mix_seed(row_seeds[b], step, stream, positions[w][, v]) >> 10) + 0.5) / 2**53`
+    (`mix_seed` computed on the device), so it depends on nothing but its own coordinates.
+    """
+    keys = _row_keys(row_seeds, step, stream, positions)
+    if vocab_size is not None:
+        tokens = torch.arange(vocab_size, device=keys.device)
+        keys = _mix_tensor(keys[..., None], tokens)
+    return _to_uniform(keys)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks and the sampler's state (all checks before the first model call)
 
 
 def _is_int(value) -> bool:
@@ -448,20 +686,25 @@ def _as_id_list(value, name) -> list:
 
 
 @dataclass
-class _Plan:
-    canvas: torch.Tensor  # (B, P + G)
-    attention_mask: Optional[torch.Tensor]  # (B, P + G) or None
+class SamplerState:
+    """What one `generate` call works on: the canvas and everything fixed for the call, plus its counters."""
+
+    canvas: torch.Tensor  # (B, P + G): the (repeated) prompts, then mask tokens
+    attention_mask: Optional[torch.Tensor]  # (B, P + G), or None without padding
     position_ids: torch.Tensor  # (B, P + G): rotary positions, counted over real tokens as the model does
-    shift: int  # 1 when position i predicts the token at i + 1 (the model config's prediction_alignment)
+    row_seeds: torch.Tensor  # (B,) int64: each row's random stream
     prompt_length: int
-    eos_ids: list
-    generators: list
     num_blocks: int
     block_length: int
     steps_per_block: int
+    shift: int  # 1 when position i predicts the token at i + 1 (the model config's prediction_alignment)
+    eos_ids: list
+    cache: Optional[CanvasCache] = None
+    model_calls: int = 0
+    positions_run: int = 0  # token positions run through the model, summed over calls and rows
 
 
-def _prepare(model, config, input_ids, attention_mask, generator, streamer, step_callback) -> _Plan:
+def _prepare_state(model, config, input_ids, attention_mask, generator, streamer, step_callback) -> SamplerState:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a 2-D tensor of token ids (batch, prompt_length), got {shape}")
@@ -506,10 +749,17 @@ def _prepare(model, config, input_ids, attention_mask, generator, streamer, step
         )
     if step_callback is not None and not callable(step_callback):
         raise ValueError("step_callback must be callable as step_callback(step, canvas)")
-    generators = _row_generators(generator, batch, config.num_return_sequences, model.device)
-
-    # Build the canvas: (repeated) prompts, then mask tokens.
+    if config.kv_cache is not None and "cache_position" not in inspect.signature(type(model).forward).parameters:
+        raise ValueError(f"kv_cache={config.kv_cache!r} needs a model whose forward takes a cache and "
+                         f"cache_position; {type(model).__name__} does not")
+    if config.compile and getattr(model.config, "num_experts", 0):
+        raise ValueError("compile=True needs a dense model: a mixture of experts dispatches tokens to experts with "
+                         "data-dependent shapes, which a full-graph compile cannot hold")
     device = model.device
+    row_seeds = torch.tensor(_row_seeds(generator, batch, config.num_return_sequences), dtype=torch.long,
+                             device=device)
+
+    # The canvas: (repeated) prompts, then mask tokens.
     prompts = input_ids.to(device=device, dtype=torch.long)
     if config.num_return_sequences > 1:
         prompts = prompts.repeat_interleave(config.num_return_sequences, dim=0)
@@ -518,29 +768,32 @@ def _prepare(model, config, input_ids, attention_mask, generator, streamer, step
     canvas = torch.full((rows, prompt_length + gen_length), config.mask_token_id, dtype=torch.long, device=device)
     canvas[:, :prompt_length] = prompts
     full_mask = None
-    if attention_mask is not None:
+    if attention_mask is not None and not bool(attention_mask.bool().all()):
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, gen_length)], dim=1)
-    if config.kv_cache is not None and "past_key_values" not in inspect.signature(type(model).forward).parameters:
-        raise ValueError(f"kv_cache={config.kv_cache!r} needs a model whose forward takes past_key_values; "
-                         f"{type(model).__name__} does not")
-    block_length = config.block_length or gen_length
-    num_blocks = gen_length // block_length
     if full_mask is None:
         positions = torch.arange(canvas.shape[1], device=device)[None].expand(rows, -1)
     else:
         positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    return _Plan(
+    block_length = config.block_length or gen_length
+    num_blocks = gen_length // block_length
+    cache = None
+    if config.kv_cache is not None:  # guidance runs the unconditional rows in the same batch
+        cache_rows = rows * (2 if config.cfg_scale > 0 else 1)
+        cache = (CanvasCache.for_model(model, cache_rows, canvas.shape[1])
+                 if hasattr(model.config, "num_key_value_heads") else CanvasCache(0, canvas.shape[1]))
+    return SamplerState(
         canvas=canvas,
         attention_mask=full_mask,
         position_ids=positions,
-        shift=getattr(model.config, "prediction_shift", 0),
+        row_seeds=row_seeds,
         prompt_length=prompt_length,
-        eos_ids=eos_ids,
-        generators=generators,
         num_blocks=num_blocks,
         block_length=block_length,
         steps_per_block=config.resolved_steps // num_blocks,
+        shift=getattr(model.config, "prediction_shift", 0),
+        eos_ids=eos_ids,
+        cache=cache,
     )
 
 
@@ -552,9 +805,9 @@ def _seed_of(source) -> int:
     raise ValueError(f"generator must be an int seed, a torch.Generator or a list of them, got {type(source).__name__}")
 
 
-def _row_generators(generator, batch, copies, device) -> list:
-    """One torch.Generator per output row, seeded from (prompt seed, copy index); the prompt seed is the list's
-    entry, or (seed, prompt index) mixed."""
+def _row_seeds(generator, batch, copies) -> list:
+    """One 63-bit seed per output row, mixed from (prompt seed, copy index); the prompt seed is the list's entry, or
+    (seed, prompt index) mixed."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"generator is a list of {len(generator)} entries for a batch of {batch} prompts")
@@ -562,23 +815,11 @@ def _row_generators(generator, batch, copies, device) -> list:
     else:
         base = _seed_of(generator) if generator is not None else int(torch.randint(0, 2**62, (1,)).item())
         prompt_seeds = [mix_seed(base, index) for index in range(batch)]
-    generators = []
-    for seed in prompt_seeds:
-        for copy_index in range(copies):
-            generators.append(torch.Generator(device=device).manual_seed(mix_seed(seed, copy_index)))
-    return generators
+    return [mix_seed(seed, copy_index) for seed in prompt_seeds for copy_index in range(copies)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The sampler
-
-
-def _dream_count(masked: torch.Tensor, step: int, steps: int, eps: float) -> torch.Tensor:
-    """(B,) tokens to commit at `step` under Dream's schedule, in float32 and truncated as Dream computes them."""
-    if step == steps - 1:
-        return masked
-    times = torch.linspace(1, eps, steps + 1)
-    return (masked.float().cpu() * (1 - times[step + 1] / times[step])).long().to(masked.device)
 
 
 def logits_for_tokens(logits: torch.Tensor, model_config) -> torch.Tensor:
@@ -598,19 +839,17 @@ def _block_schedule(masked: torch.Tensor, steps: int) -> torch.Tensor:
     return base[:, None] + (step_index[None, :] < extra[:, None]).long()
 
 
-def _filter_logits(logits: torch.Tensor, top_k, top_p, temperature) -> torch.Tensor:
-    """Set to -inf every token outside the top-k and outside the top-p nucleus of softmax(logits / temperature)."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits / temperature, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        drop_sorted = mass_before >= top_p  # the most likely token always stays (mass before it is 0)
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+def _dream_fractions(steps: int, eps: float) -> torch.Tensor:
+    """(steps,) float32: the share of the masked positions that Dream's step i commits, `1 - t[i+1] / t[i]` for
+    `t = linspace(1, eps, steps + 1)` (its last step commits the rest), computed in float32 as Dream does."""
+    times = torch.linspace(1, eps, steps + 1)
+    return 1 - times[1:] / times[:-1]
+
+
+def _dream_counts(left: torch.Tensor, fractions: torch.Tensor, step, steps: int) -> torch.Tensor:
+    """Tokens Dream's schedule commits at `step` (a tensor) out of `left` masked positions."""
+    planned = (left.float() * fractions.index_select(0, step.reshape(1))).long()
+    return torch.where(step == steps - 1, left, planned)
 
 
 def _scores(probs: torch.Tensor, x0: torch.Tensor, remasking: str, dream: bool = False) -> torch.Tensor:
@@ -626,123 +865,6 @@ def _scores(probs: torch.Tensor, x0: torch.Tensor, remasking: str, dream: bool =
     raise ValueError(f"unknown remasking {remasking!r}")
 
 
-def _sample(model, config: MDLMGenerationConfig, plan: _Plan, streamer, step_callback, progress):
-    x = plan.canvas
-    P = plan.prompt_length
-    L = plan.block_length
-    mask_id = config.mask_token_id
-    eos_fill = plan.eos_ids[0] if plan.eos_ids else None
-    history = [] if config.output_history else None
-    counts = {"calls": 0, "positions": 0}
-    step_count = 0
-    streamed_blocks = 0
-
-    if streamer is not None:
-        streamer.put(x[:, :P].to("cpu", copy=True))
-
-    def stream_finished_blocks():
-        nonlocal streamed_blocks
-        if streamer is None:
-            return
-        while streamed_blocks < plan.num_blocks:
-            start = P + streamed_blocks * L
-            block = x[0, start:start + L]
-            if bool((block == mask_id).any()):
-                break
-            streamer.put(block.to("cpu", copy=True))
-            streamed_blocks += 1
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=plan.num_blocks * plan.steps_per_block, desc="diffusion steps", leave=False)
-
-    try:
-        for block in range(plan.num_blocks):
-            block_end = (block + 1) * L  # in generated-region coordinates
-            # Masked positions up to the end of this block (a position left masked by a shift across an earlier
-            # block boundary stays eligible, as masked positions of earlier blocks do in LLaDA's reference sampler).
-            masked = x[:, P:P + block_end] == mask_id
-            schedule = _block_schedule(masked.sum(-1), plan.steps_per_block)
-            cache = None
-            if config.kv_cache is not None:  # positions before the first masked one are final for this block
-                first = masked.any(dim=0).nonzero()
-                start = max(P + (int(first[0]) if len(first) else block_end) - plan.shift, 0)
-                cache = _BlockCache(config.kv_cache, start, P + block_end)
-            for step in range(plan.steps_per_block):
-                masked = x[:, P:P + block_end] == mask_id
-                left = masked.sum(-1)
-                if config.threshold is None and config.factor is None:
-                    planned = schedule[:, step] if config.schedule == "llada" else _dream_count(
-                        left, step, plan.steps_per_block, config.schedule_eps)
-                    scheduled = torch.minimum(planned, left)
-                    active = scheduled > 0
-                else:
-                    scheduled = None
-                    active = left > 0
-                if not bool(active.any()):
-                    if scheduled is None:
-                        break  # the block is full: go on with the next one
-                    continue  # nothing to commit at this step: no model call
-                # Rows with nothing to commit are left out of the forward (rows do not interact); with a cache every
-                # row runs, since the cache holds them all (a row with nothing to commit commits nothing).
-                index = None if cache is not None or bool(active.all()) else active.nonzero().flatten()
-                sub = slice(None) if index is None else index
-
-                def window_logits(ids, window, sub=sub):
-                    mask = None if plan.attention_mask is None else plan.attention_mask[sub]
-                    return _guided_logits(model, config, ids, mask, plan.position_ids[sub], window, P, cache, counts,
-                                          plan.shift)
-
-                new_rows = _denoise_step(
-                    window_logits,
-                    config,
-                    x[sub],
-                    plan.generators if index is None else [plan.generators[i] for i in index.tolist()],
-                    masked[sub],
-                    None if scheduled is None else scheduled[sub],
-                    P,
-                    block_end,
-                    plan.steps_per_block - step,
-                )
-                counts["calls"] += 1
-                x[sub] = new_rows
-                if config.stop_at_eos and eos_fill is not None:
-                    _finish_rows_at_eos(x[:, P:], plan.eos_ids, mask_id, eos_fill)
-                if history is not None:
-                    history.append(x.to("cpu", copy=True))
-                if step_callback is not None:
-                    step_callback(step_count, x.clone())
-                step_count += 1
-                if bar is not None:
-                    bar.update(1)
-                stream_finished_blocks()
-            if config.stop_at_eos and not bool((x[:, P:] == mask_id).any()):
-                break
-        stream_finished_blocks()
-        if streamer is not None:
-            streamer.end()
-    finally:
-        if bar is not None:
-            bar.close()
-
-    if config.return_dict_in_generate:
-        return MDLMGenerateOutput(sequences=x, num_model_calls=counts["calls"], num_positions=counts["positions"],
-                                  history=history)
-    return x
-
-
-def _finish_rows_at_eos(gen: torch.Tensor, eos_ids, mask_id, eos_fill):
-    """Fill with EOS the remaining mask tokens of every row that has committed an EOS after a committed prefix."""
-    is_eos = torch.isin(gen, torch.tensor(eos_ids, device=gen.device))
-    committed_prefix = (gen != mask_id).long().cumprod(dim=-1).bool()
-    done = (is_eos & committed_prefix).any(dim=-1)
-    if bool(done.any()):
-        fill = done[:, None] & (gen == mask_id)
-        gen.masked_fill_(fill, eos_fill)
-
-
 _ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}  # per model class: inspected once, not at every step
 
 
@@ -752,205 +874,284 @@ def _accepts_logits_to_keep(model_class) -> bool:
     return _ACCEPTS_LOGITS_TO_KEEP[model_class]
 
 
-class _BlockCache:
-    """The KV cache of one block (docs/objective.md §6, Fast-dLLM arXiv 2505.22618): the block-start forward fills
-    it; later steps feed positions [start, end of canvas) ("prefix", against the cached positions before `start`)
-    or [start, block_end) ("dual", overwriting their entries, against everything else cached)."""
+class DiffusionSampler:
+    """Runs one `generate` call: the block loop on the host, the denoising step on the device.
 
-    def __init__(self, mode: str, start: int, block_end: int):
-        self.mode, self.start, self.block_end = mode, start, block_end
-        self.cache = None
-
-    def logits(self, model, ids, mask, positions, window, counts):
-        if self.cache is None:  # block start: the whole canvas, every position's keys and values cached
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=window)
-            self.cache = out.past_key_values
-            if self.mode == "prefix":
-                self.cache = _cache_prefix(self.cache, self.start)
-            counts["positions"] += ids.numel()
-            return out.logits
-        stop = ids.shape[1] if self.mode == "prefix" else self.block_end
-        fed = slice(self.start, stop)
-        out = model(input_ids=ids[:, fed], attention_mask=mask, position_ids=positions[:, fed],
-                    past_key_values=self.cache, use_cache=self.mode == "dual",
-                    cache_position=torch.arange(self.start, stop, device=ids.device),
-                    logits_to_keep=slice(window.start - self.start, window.stop - self.start))
-        counts["positions"] += ids.shape[0] * (stop - self.start)
-        return out.logits
-
-
-def _cache_prefix(cache, length: int):
-    """A new cache with the first `length` positions of every layer of `cache`."""
-    prefix = type(cache)()
-    for index, layer in enumerate(cache.layers):
-        prefix.update(layer.keys[:, :, :length], layer.values[:, :, :length], index)
-    return prefix
-
-
-def _guided_logits(model, config, x, attention_mask, positions, window, P, cache, counts, shift=0):
-    """Float logits predicting the tokens of `window` for the rows of `x`: one model call (with the unconditional rows
-    of classifier-free guidance in the same batch), through the block's KV cache when there is one. With next-token
-    alignment (`shift` 1) they are the model's outputs one position earlier; position 0 uses its own (as Dream)."""
-    rows = x.shape[0]
-    target = window
-    if shift:
-        window = slice(max(window.start - shift, 0), window.stop - shift)
-    if config.cfg_scale > 0:  # classifier-free guidance with a masked prompt (LLaDA, arXiv 2502.09992; docs §6)
-        uncond = x.clone()
-        uncond[:, :P] = config.mask_token_id
-        x = torch.cat([x, uncond], dim=0)
-        attention_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=0)
-        positions = torch.cat([positions, positions], dim=0)
-    if cache is not None:
-        logits = cache.logits(model, x, attention_mask, positions, window, counts)
-    else:
-        counts["positions"] += x.numel()
-        if _accepts_logits_to_keep(type(model)):  # project only the window onto the vocabulary
-            logits = model(input_ids=x, attention_mask=attention_mask, logits_to_keep=window).logits
-        else:
-            logits = model(input_ids=x, attention_mask=attention_mask).logits[:, window]
-    if shift and target.start < shift:  # position 0 predicts itself
-        logits = torch.cat([logits[:, :1], logits], dim=1)
-    if config.cfg_scale > 0:
-        cond, unc = logits[:rows].float(), logits[rows:].float()
-        return unc + (config.cfg_scale + 1) * (cond - unc)
-    return logits.float()
-
-
-def _check_finite(logits, x0, window):
-    """A NaN or +inf logit wins the argmax, and a row of -inf has a -inf maximum: checking the W proposals' logits
-    finds a broken model at the cost of W values, not W x V."""
-    if bool(torch.isfinite(logits.gather(-1, x0.unsqueeze(-1))).all()):
-        return
-    bad = (~torch.isfinite(logits)).nonzero()[0].tolist()
-    raise ValueError(f"the model returned a non-finite logit ({logits[tuple(bad)].item()}) for row {bad[0]}, "
-                     f"canvas position {window.start + bad[1]}, token {bad[2]}: its weights or inputs are broken "
-                     "(e.g. a half-precision overflow); check_logits=False skips this check")
-
-
-def _denoise_step(window_logits, config, x, generators, masked, scheduled, P, block_end, steps_left):
-    """One model call for the rows of `x`; returns their updated canvases.
-
-    `window_logits(x, window)` gives the float logits of the canvas positions `window`; `masked` (B, block_end):
-    mask positions of the generated region up to the end of the current block; `scheduled` (B,): tokens to commit
-    per row (None with `threshold` or `factor`); `steps_left`: steps left in the block, this one included.
+    The host decides, once per block, what the block needs (its commit schedule, the window of positions that can
+    still change, which steps commit nothing and are skipped, which canvas positions each call runs); the step
+    itself (`denoise_step`) is tensor operations only, compiled with `compile=True`. The host reads the device
+    only at block boundaries and, when a block can end early, every `sync_interval` steps.
     """
-    mask_id = config.mask_token_id
-    rows = x.shape[0]
-    temperature = float(config.temperature)
 
-    # Only positions from the first masked one (over these rows) to the block end can change.
-    first = int(masked.any(dim=0).nonzero()[0])
-    window = slice(P + first, P + block_end)
-    w_masked = masked[:, first:]
-    logits = window_logits(x, window)
+    def __init__(self, model, config, state: SamplerState, processors, warpers, stopping_criteria):
+        self.model, self.config, self.state = model, config, state
+        self.processors, self.warpers, self.stopping_criteria = processors, warpers, stopping_criteria
+        self.history = [] if config.output_history else None
+        self.mask_id = config.mask_token_id
+        self.dream = config.schedule == "dream"
+        self.fractions = _dream_fractions(state.steps_per_block, config.schedule_eps).to(state.canvas.device)
+        # Ending a block early needs the host: only the rules whose commit counts depend on the model's outputs.
+        self.can_end_early = config.threshold is not None or config.factor is not None or config.stop_at_eos
+        self.eos_ids = torch.tensor(state.eos_ids, dtype=torch.long, device=state.canvas.device)
+        self.step_fn = self.denoise_step
+        if config.compile:
+            self.step_fn = torch.compile(self.denoise_step, fullgraph=True)
 
-    # Adjustments that the scores see too (as LLaDA's EOS switch does).
-    eos_ids = _as_id_list(config.eos_token_id, "eos_token_id")
-    if eos_ids and (config.suppress_eos or config.eos_penalty):
-        eos_index = torch.tensor(eos_ids, device=logits.device)
-        if config.suppress_eos:
-            logits[..., eos_index] = float("-inf")
+    # ---------------------------------------------------------------------------------------------------- host loop
+    def run(self, streamer, step_callback, progress):
+        state, canvas, P, L = self.state, self.state.canvas, self.state.prompt_length, self.state.block_length
+        if streamer is not None:
+            streamer.put(canvas[:, :P].to("cpu", copy=True))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=state.num_blocks * state.steps_per_block, desc="diffusion steps", leave=False)
+        streamed = 0
+        try:
+            for block in range(state.num_blocks):
+                self._run_block(block, P + (block + 1) * L, step_callback, bar)
+                streamed = self._stream(streamer, streamed)
+                if self.stopping_criteria and bool(self.stopping_criteria(canvas, None).all()):
+                    break
+                if self.config.stop_at_eos and not bool((canvas[:, P:] == self.mask_id).any()):
+                    break
+            if streamer is not None:
+                streamer.end()
+        finally:
+            if bar is not None:
+                bar.close()
+        return canvas
+
+    def _run_block(self, block, block_end, step_callback, bar):
+        state, config, canvas, P = self.state, self.config, self.state.canvas, self.state.prompt_length
+        steps, device = state.steps_per_block, canvas.device
+        # One read per block: the masked positions up to the block end (a position left masked by a shift across an
+        # earlier block boundary stays eligible, as masked positions of earlier blocks do in LLaDA's sampler).
+        masked = (canvas[:, P:block_end] == self.mask_id).cpu()
+        counts = masked.sum(-1)
+        if not bool(counts.any()):
+            return
+        first = int(masked.any(dim=0).nonzero()[0])
+        window = (min(P + first, block_end - state.block_length), block_end)  # the positions that can change
+        region, beyond = canvas[:, window[0]:window[1]], canvas[:, window[1]:window[1] + 1]
+        gen_positions = torch.arange(window[0] - P, window[1] - P, device=device)
+        # Steps at which no row commits are skipped (no model call). The commit counts are known ahead for the
+        # fixed schedules, unless a shift moves commits out of the block (Dream's counts then change).
+        plan = None if config.threshold is not None or config.factor is not None else self._commit_plan(counts)
+        skippable = plan is not None and not (self.dream and config.shift_rate > 0)
+        plan_device = None if plan is None else plan.to(device)
+        calls = {refresh: self._call_inputs(window, block_end, refresh) for refresh in ((True, False) if state.cache is not None else (True,))}
+        block_step = torch.zeros((), dtype=torch.long, device=device)
+        global_step = torch.zeros((), dtype=torch.long, device=device)
+        finite = torch.ones(region.shape, dtype=torch.bool, device=device)
+        cache_filled = False
+        for step in range(steps):
+            if skippable and not bool(plan[:, step].any()):
+                continue
+            refresh = state.cache is None or not cache_filled or (
+                config.kv_cache_refresh is not None and step % config.kv_cache_refresh == 0)
+            fed, call = calls[refresh]
+            block_step.fill_(step)
+            global_step.fill_(block * steps + step)
+            new_region, new_beyond, step_finite = self.step_fn(canvas, canvas[:, fed[0]:fed[1]], *call, region, beyond,
+                                                               gen_positions, plan_device, block_step, global_step)
+            region.copy_(new_region)
+            beyond.copy_(new_beyond)
+            finite &= step_finite
+            cache_filled = True
+            state.model_calls += 1
+            state.positions_run += canvas.shape[0] * (2 if config.cfg_scale > 0 else 1) * (fed[1] - fed[0])
+            if config.stop_at_eos:
+                _finish_rows_at_eos(canvas[:, P:], self.eos_ids, self.mask_id)
+            if self.history is not None:
+                self.history.append(canvas.to("cpu", copy=True))
+            if step_callback is not None:
+                step_callback(state.model_calls - 1, canvas.clone())
+            if bar is not None:
+                bar.update(1)
+            if self.can_end_early and (step + 1) % config.sync_interval == 0 and step + 1 < steps:
+                if not bool((canvas[:, P:block_end] == self.mask_id).any()):
+                    break
+        if config.check_logits and not bool(finite.all()):
+            row, column = (~finite).nonzero()[0].tolist()
+            raise ValueError(f"the model returned a non-finite logit (NaN or inf) for row {row}, canvas position "
+                             f"{window[0] + column} (block {block}): its weights or inputs are broken (e.g. a "
+                             "half-precision overflow); check_logits=False skips this check")
+
+    def _commit_plan(self, counts: torch.Tensor) -> torch.Tensor:
+        """(B, steps) tokens each row commits at each step of the block (host tensor)."""
+        steps = self.state.steps_per_block
+        if not self.dream:
+            return _block_schedule(counts, steps)
+        plan, left = torch.zeros(counts.shape[0], steps, dtype=torch.long), counts.clone()
+        fractions = self.fractions.cpu()
+        for step in range(steps):
+            plan[:, step] = left if step == steps - 1 else (left.float() * fractions[step]).long()
+            left -= plan[:, step]
+        return plan
+
+    def _call_inputs(self, window, block_end, refresh):
+        """The canvas positions a call runs, and the model inputs that go with them: every position without a cache
+        or when (re)filling it; else from the window start (one earlier for a next-token model) to the canvas end
+        ("prefix") or to the block end ("dual"). Returns ((start, stop), (attention mask, positions, cache
+        positions, kept)), where `kept` indexes the fed outputs that predict the window's tokens (one position
+        earlier for a next-token model; position 0 predicts itself, as Dream)."""
+        state, device = self.state, self.state.canvas.device
+        length = state.canvas.shape[1]
+        start, stop = 0, length
+        if not refresh:
+            start = max(window[0] - state.shift, 0)
+            stop = length if self.config.kv_cache == "prefix" else block_end
+        mask = state.attention_mask  # with a cache the keys are the whole canvas; without one, so is the input
+        cache_position = torch.arange(start, stop, device=device) if state.cache is not None else None
+        kept = (torch.arange(window[0], window[1], device=device) - state.shift).clamp(min=0) - start
+        return (start, stop), (mask, state.position_ids[:, start:stop], cache_position, kept)
+
+    def _stream(self, streamer, streamed):
+        """Send every block that is now final (no mask token left) to the streamer; return how many were sent."""
+        if streamer is None:
+            return streamed
+        state, canvas = self.state, self.state.canvas
+        while streamed < state.num_blocks:
+            start = state.prompt_length + streamed * state.block_length
+            block = canvas[0, start:start + state.block_length]
+            if bool((block == self.mask_id).any()):
+                break
+            streamer.put(block.to("cpu", copy=True))
+            streamed += 1
+        return streamed
+
+    # ---------------------------------------------------------------------------------------------------- the step
+    def denoise_step(self, canvas, fed_ids, attention_mask, fed_positions, cache_position, kept, region, beyond,
+                     gen_positions, plan, block_step, global_step):
+        """One model call and one commit, for every row at once; tensor operations only.
+
+        `fed_ids`: the canvas positions run (with a cache, `cache_position` names them); `kept`: which outputs
+        predict the window `region` (B, W), the positions that can change; `beyond`: the position after it (a
+        shift target), (B, 1) or (B, 0); `gen_positions`: the window's positions in the generated region (they key
+        the random numbers). Returns the window's and `beyond`'s new tokens and (B, W) whether each proposal's logit
+        was finite.
+        """
+        config, state, mask_id = self.config, self.state, self.mask_id
+        logits = self._logits(fed_ids, attention_mask, fed_positions, cache_position, kept)
+        logits = _apply_processors(self.processors, canvas, logits)
+
+        # Proposals: never the mask token itself.
+        proposal_logits = logits.clone()
+        proposal_logits[..., mask_id] = float("-inf")
+        if config.temperature == 0:
+            x0 = proposal_logits.argmax(dim=-1)
         else:
-            logits[..., eos_index] -= config.eos_penalty
-    if config.suppress_slack and config.slack_token_id is not None:
-        logits[..., config.slack_token_id] = float("-inf")
+            # Gumbel-max at the temperature (warpers divide by it), in float64: lower precision truncates the Gumbel
+            # noise and lowers the sampling temperature (arXiv 2409.02908; docs §6).
+            warped = _apply_processors(self.warpers, canvas, proposal_logits).double()
+            u = counter_uniform(state.row_seeds, global_step, _STREAM_GUMBEL, gen_positions, logits.shape[-1])
+            x0 = (warped - torch.log(-torch.log(u))).argmax(dim=-1)
+        finite = torch.isfinite(logits.gather(-1, x0.unsqueeze(-1))).squeeze(-1)  # a NaN or +inf wins the argmax
 
-    # Proposals: never the mask token itself.
-    choice = logits.clone()
-    choice[..., mask_id] = float("-inf")
-    if temperature == 0:
-        x0 = choice.argmax(dim=-1)
-    else:
-        choice = _filter_logits(choice, config.top_k, config.top_p, temperature).double()
-        for r in range(rows):
-            where = w_masked[r].nonzero().flatten()
-            u = torch.rand((where.numel(), choice.shape[-1]), generator=generators[r], dtype=torch.float64,
-                           device=choice.device)
-            # Gumbel-max at this temperature: argmax(logits - T * log(-log u)), in float64: lower precision
-            # truncates the Gumbel noise and lowers the sampling temperature (arXiv 2409.02908; docs §6).
-            choice[r, where] -= temperature * torch.log(-torch.log(u))
-        x0 = choice.argmax(dim=-1)
-
-    if config.check_logits:
-        _check_finite(logits, x0, window)
-    if config.schedule == "dream":  # scores from the distribution after temperature, top-k and top-p (as Dream)
-        scored = _filter_logits(logits / temperature if temperature > 0 else logits, config.top_k, config.top_p, 1.0)
-    else:
-        scored = logits
-    if config.remasking == "random":
-        score = torch.zeros(w_masked.shape, device=logits.device)
-        for r in range(rows):
-            where = w_masked[r].nonzero().flatten()
-            score[r, where] = torch.rand(where.numel(), generator=generators[r], device=logits.device)
-    else:
-        score = _scores(torch.softmax(scored, dim=-1), x0, config.remasking, dream=config.schedule == "dream")
-    score = score.masked_fill(~w_masked, float("-inf"))
-
-    left = w_masked.sum(-1)
-    if scheduled is not None:
-        k = torch.minimum(scheduled, left)
-    else:
-        # Fast-dLLM's parallel decoding (arXiv 2505.22618), with at least enough to finish within the step budget:
-        # every score that reaches the threshold, or the largest n with (n + 1)(1 - c_n) < factor for the sorted
-        # scores c_1 >= c_2 >= ... (a product that grows with n, so the passing ranks are a prefix).
-        needed = (left + steps_left - 1) // steps_left
-        if config.factor is not None:
-            best = score.sort(dim=-1, descending=True).values
-            ranks = torch.arange(1, best.shape[1] + 1, device=best.device)
-            passing = ((ranks + 1) * (1 - best) < config.factor).sum(-1)
+        masked = region == mask_id
+        if config.remasking == "random":
+            score = counter_uniform(state.row_seeds, global_step, _STREAM_REMASK, gen_positions).float()
         else:
-            passing = (score >= config.threshold).sum(-1)
-        k = torch.minimum(torch.maximum(passing, needed), left)
+            # Scores read the model's distribution ("llada"), or the one after the warpers ("dream", as Dream).
+            scored = _apply_processors(self.warpers, canvas, logits) if self.dream else logits
+            score = _scores(torch.softmax(scored, dim=-1), x0, config.remasking, dream=self.dream)
+        score = score.masked_fill(~masked, float("-inf"))
 
-    # The k best scores of each row; equal scores go to the leftmost position (a stable sort), so that the choice
-    # never depends on the window's width or on the other rows (torch.topk leaves the order of ties unspecified).
-    order = score.sort(dim=-1, descending=True, stable=True).indices
-    ranks_kept = torch.arange(score.shape[1], device=score.device)[None, :] < k[:, None]
-    chosen = torch.zeros_like(w_masked).scatter(1, order, ranks_kept)
+        left = masked.sum(-1)
+        steps = state.steps_per_block
+        if config.threshold is not None or config.factor is not None:
+            # Fast-dLLM's parallel decoding (arXiv 2505.22618), with at least enough to finish within the step
+            # budget: every score that reaches the threshold, or the largest n with (n + 1)(1 - c_n) < factor for the
+            # sorted scores c_1 >= c_2 >= ... (a product that grows with n, so the passing ranks are a prefix).
+            steps_left = steps - block_step
+            needed = (left + steps_left - 1) // steps_left
+            if config.factor is not None:
+                best = score.sort(dim=-1, descending=True).values
+                ranks = torch.arange(1, best.shape[1] + 1, device=best.device)
+                passing = ((ranks + 1) * (1 - best) < config.factor).sum(-1)
+            else:
+                passing = (score >= config.threshold).sum(-1)
+            k = torch.minimum(torch.maximum(passing, needed), left)
+        elif self.dream:  # Dream's counts follow the masked positions actually left
+            k = torch.minimum(_dream_counts(left, self.fractions, block_step, steps), left)
+        else:
+            k = torch.minimum(plan.index_select(1, block_step.reshape(1)).squeeze(1), left)
 
-    x = x.clone()
-    w_region = x[:, window]
-    if config.shift_rate > 0:
-        _apply_shift(w_region, x0, chosen, w_masked, config.shift_rate, generators, x[:, P + block_end:], mask_id)
-    else:
-        w_region[chosen] = x0[chosen]
-    return x
+        # The k best scores of each row; equal scores go to the leftmost position (a stable sort), so that the choice
+        # never depends on the window's width or on the other rows (torch.topk leaves the order of ties unspecified).
+        order = score.sort(dim=-1, descending=True, stable=True).indices
+        ranks_kept = torch.arange(score.shape[1], device=score.device)[None, :] < k[:, None]
+        chosen = torch.zeros_like(masked).scatter(1, order, ranks_kept)
+
+        if config.shift_rate > 0:
+            u = counter_uniform(state.row_seeds, global_step, _STREAM_SHIFT, gen_positions)
+            return (*shift_commits(region, beyond, x0, chosen, masked, u < config.shift_rate, mask_id), finite)
+        return torch.where(chosen, x0, region), beyond, finite
+
+    def _logits(self, fed_ids, attention_mask, fed_positions, cache_position, kept):
+        """Float logits predicting the window: one model call, with the unconditional rows of classifier-free
+        guidance (prompt replaced by mask tokens; LLaDA, arXiv 2502.09992; docs §6) in the same batch."""
+        config, model, state = self.config, self.model, self.state
+        rows = fed_ids.shape[0]
+        ids, mask, positions = fed_ids, attention_mask, fed_positions
+        if config.cfg_scale > 0:
+            columns = cache_position if cache_position is not None else torch.arange(ids.shape[1], device=ids.device)
+            uncond = torch.where((columns < state.prompt_length)[None, :], self.mask_id, ids)
+            ids = torch.cat([ids, uncond], dim=0)
+            mask = None if mask is None else torch.cat([mask, mask], dim=0)
+            positions = torch.cat([positions, positions], dim=0)
+        if state.cache is not None:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=state.cache,
+                           cache_position=cache_position, logits_to_keep=kept).logits
+        elif _accepts_logits_to_keep(type(model)):  # project only the window onto the vocabulary
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=kept).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.index_select(1, kept)
+        if config.cfg_scale > 0:
+            cond, unc = logits[:rows].float(), logits[rows:].float()
+            return unc + (config.cfg_scale + 1) * (cond - unc)
+        return logits.float()
 
 
-def _apply_shift(w_region, x0, chosen, w_masked, rate, generators, beyond, mask_id):
-    """Commit the chosen proposals, each moved with probability `rate` to an adjacent still-masked position.
+def _finish_rows_at_eos(gen: torch.Tensor, eos_ids: torch.Tensor, mask_id):
+    """Fill with EOS the remaining mask tokens of every row that has committed an EOS after a committed prefix
+    (in place, tensor operations only)."""
+    is_eos = torch.isin(gen, eos_ids)
+    committed_prefix = (gen != mask_id).long().cumprod(dim=-1).bool()
+    done = (is_eos & committed_prefix).any(dim=-1)
+    gen.copy_(torch.where(done[:, None] & (gen == mask_id), eos_ids[0], gen))
 
-    The right neighbour is tried first, then the left one. The right neighbour of the last position of the window
-    is the first position after it (`beyond`, the rest of the canvas, updated in place).
+
+def shift_commits(region, beyond, x0, chosen, masked, moving, mask_id):
+    """Commit the chosen proposals; each `moving` one goes to an adjacent still-masked position instead.
+
+    Positions are handled left to right: the right neighbour is tried first, then the left one; "still masked"
+    means masked before the step, not chosen, and not already the target of another move. The right neighbour of
+    the window's last position is `beyond` (the first position after the window, (B, 1); (B, 0) at the canvas end).
+    Vectorised: a right move of p is never contested (only p moves right into p + 1, before p + 2 could move left
+    into it), and a left move of p into p - 1 is blocked exactly when p - 2 moved right into p - 1.
+    Returns the new (region, beyond).
     """
-    width = w_region.shape[1]
-    for r in range(w_region.shape[0]):
-        positions = chosen[r].nonzero().flatten().tolist()
-        if not positions:
-            continue
-        draws = torch.rand(len(positions), generator=generators[r], device=w_region.device).tolist()
-        free = (w_masked[r] & ~chosen[r]).tolist()
-        free_beyond = beyond.shape[1] > 0 and bool(beyond[r, 0] == mask_id)
-        tokens = x0[r].tolist()
-        for pos, u in zip(positions, draws):
-            token = tokens[pos]
-            if u < rate:
-                if pos + 1 < width and free[pos + 1]:
-                    free[pos + 1] = False
-                    w_region[r, pos + 1] = token
-                    continue
-                if pos + 1 == width and free_beyond:
-                    free_beyond = False
-                    beyond[r, 0] = token
-                    continue
-                if pos > 0 and free[pos - 1]:
-                    free[pos - 1] = False
-                    w_region[r, pos - 1] = token
-                    continue
-            w_region[r, pos] = token
+    rows, width = region.shape
+    free = masked & ~chosen
+    beyond_free = (beyond == mask_id) if beyond.shape[1] else torch.zeros_like(free[:, :1])
+    moving = moving & chosen
+    right = moving & torch.cat([free[:, 1:], beyond_free], dim=1)
+    no = torch.zeros_like(free[:, :1])
+    left_free = torch.cat([no, free[:, :-1] & ~torch.cat([no, right[:, :-2]], dim=1)], dim=1) if width > 1 else no
+    left = moving & ~right & left_free
+    new = torch.where(chosen & ~right & ~left, x0, region)
+    # Right moves: position p + 1 (or beyond) receives x0[p]; left moves: position p - 1 receives x0[p].
+    extended = torch.cat([new, beyond], dim=1)
+    from_right = torch.cat([no, right], dim=1)[:, :extended.shape[1]]
+    extended = torch.where(from_right, torch.cat([x0[:, :1], x0], dim=1)[:, :extended.shape[1]], extended)
+    from_left = torch.cat([left[:, 1:], no], dim=1)
+    new = torch.where(from_left, torch.cat([x0[:, 1:], x0[:, :1]], dim=1), extended[:, :width])
+    return new, extended[:, width:]
 
 
-__all__ = ["MDLMGenerationConfig", "MDLMGenerationMixin", "MDLMGenerateOutput", "strip_generation",
-           "GENERATION_FIELDS", "REMASKING_STRATEGIES", "logits_for_tokens", "mix_seed"]
+__all__ = ["MDLMGenerationConfig", "MDLMGenerationMixin", "MDLMGenerateOutput", "CanvasCache", "DiffusionSampler",
+           "SamplerState", "strip_generation", "counter_uniform", "GENERATION_FIELDS", "REMASKING_STRATEGIES",
+           "logits_for_tokens", "mix_seed"]

@@ -4,19 +4,19 @@ This file ships to the Hub next to the weights: it imports only torch, transform
 
 Attention goes through transformers' attention-function registry (`config._attn_implementation`: "eager", which
 can return attention weights, "sdpa", "flash_attention_2", "flex_attention"), always bidirectional. A KV cache
-(any transformers `Cache`, e.g. `DynamicCache`) serves diffusion sampling (docs/objective.md §6; Fast-dLLM,
-arXiv 2505.22618): `cache_position` names the canvas positions that `input_ids` holds, and each layer
+serves diffusion sampling (docs/objective.md §6; Fast-dLLM, arXiv 2505.22618); `cache_position` names the canvas
+positions that `input_ids` holds, and every layer writes their keys and values into the cache:
 
-* fills an empty cache with the keys and values of every fed position (`use_cache=True`);
-* with a cache of C positions, runs positions [C, C + Q) against cached + fresh keys; `use_cache=True` appends
-  them, `use_cache=False` leaves the cache as it is (prefix cache);
-* with positions inside the cache, runs them against the cache with their fresh keys in place; `use_cache=True`
-  writes them into the cache (dual cache), `use_cache=False` does not.
+* a `CanvasCache` (the sampler's) holds every canvas position at a fixed size: the fed positions are written in
+  place and attend to the whole canvas (their own fresh entries, the cached ones elsewhere);
+* a transformers `Cache` (e.g. `DynamicCache`) grows, as in transformers' own models: the fed positions are
+  appended after the cached ones and attend to all of them.
 
 Keys are cached after rotation: rotary positions are absolute positions on the canvas (`position_ids`, by default
 counted over the real tokens of a left-padded row, as without a cache).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +31,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_mdlm import MDLMConfig
-from .generation_mdlm import MDLMGenerationMixin
+from .generation_mdlm import CanvasCache, MDLMGenerationMixin
 
 logger = logging.get_logger(__name__)
 
@@ -40,6 +40,17 @@ def values_are_free(tensor) -> bool:
     """Checks that read tensor values cost nothing on the CPU; on an accelerator (or while compiling) they would
     stall the device, so there the entry points (`generate`, the data pipeline) check values instead."""
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _cache_argument(cache, kwargs):
+    """The cache, passed as `cache` or, as transformers before 5.2x names it, `past_key_values` (with a warning)."""
+    older = kwargs.pop("past_key_values", None)
+    if older is None:
+        return cache
+    if cache is not None:
+        raise ValueError("pass the KV cache once: as `cache` (or `past_key_values`, its older name), not both")
+    warnings.warn("`past_key_values` is deprecated: pass the KV cache as `cache`", FutureWarning, stacklevel=3)
+    return older
 
 
 class MDLMRMSNorm(nn.Module):
@@ -128,8 +139,7 @@ class MDLMAttention(nn.Module):
             self.q_norm = MDLMRMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = MDLMRMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, hidden_states, cos, sin, masks, past_key_values=None, cache_start=0, use_cache=False,
-                output_attentions=False):
+    def forward(self, hidden_states, cos, sin, masks, cache=None, cache_position=None, output_attentions=False):
         batch, length, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -137,8 +147,8 @@ class MDLMAttention(nn.Module):
         if self.config.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past_key_values is not None:
-            k, v = _attend_with_cache(past_key_values, self.layer_idx, k, v, cache_start, use_cache)
+        if cache is not None:
+            k, v = _attend_with_cache(cache, self.layer_idx, k, v, cache_position)
 
         implementation = self.config._attn_implementation
         if output_attentions or implementation == "eager":
@@ -152,28 +162,14 @@ class MDLMAttention(nn.Module):
         return self.o_proj(out.reshape(batch, length, self.num_heads * self.head_dim)), weights
 
 
-def _attend_with_cache(cache, layer_idx, k, v, start, store):
-    """The keys and values a slice of Q positions starting at canvas position `start` attends to (see the module
-    docstring); with `store`, the cache is updated."""
+def _attend_with_cache(cache, layer_idx, k, v, positions):
+    """Write the fed keys and values into the cache; return the keys and values the queries attend to."""
+    if isinstance(cache, CanvasCache):
+        return cache.write(layer_idx, positions, k, v)
     layer = cache.layers[layer_idx] if layer_idx < len(cache.layers) else None
-    cached = layer.keys if layer is not None and layer.is_initialized else None
-    if cached is None or cached.shape[2] == 0:
-        return cache.update(k, v, layer_idx) if store else (k, v)
-    if cached.shape[0] != k.shape[0]:
-        raise ValueError(f"the KV cache holds a batch of {cached.shape[0]} rows, the input has {k.shape[0]}")
-    size, length = cached.shape[2], k.shape[2]
-    if start == size:  # after the cached positions: append (or only attend)
-        return cache.update(k, v, layer_idx) if store else (torch.cat([cached, k], 2), torch.cat([layer.values, v], 2))
-    if start + length > size or start < 0:
-        raise ValueError(f"the KV cache holds positions [0, {size}): it cannot serve positions "
-                         f"[{start}, {start + length}) (only a slice inside it, or one that starts at {size})")
-    if store:  # overwrite the slice in place: later calls see it (dual cache)
-        layer.keys[:, :, start:start + length] = k
-        layer.values[:, :, start:start + length] = v
-        return layer.keys, layer.values
-    keys, values = cached.clone(), layer.values.clone()
-    keys[:, :, start:start + length], values[:, :, start:start + length] = k, v
-    return keys, values
+    if layer is not None and layer.is_initialized and layer.keys.shape[2] and layer.keys.shape[0] != k.shape[0]:
+        raise ValueError(f"the KV cache holds a batch of {layer.keys.shape[0]} rows, the input has {k.shape[0]}")
+    return cache.update(k, v, layer_idx)
 
 
 class MDLMMLP(nn.Module):
@@ -233,10 +229,9 @@ class MDLMDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = MDLMRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MDLMSparseMoE(config) if config.is_moe_layer(layer_idx) else MDLMMLP(config)
 
-    def forward(self, hidden_states, cos, sin, masks, past_key_values=None, cache_start=0, use_cache=False,
-                output_attentions=False):
-        attended, weights = self.self_attn(self.input_layernorm(hidden_states), cos, sin, masks, past_key_values,
-                                           cache_start, use_cache, output_attentions)
+    def forward(self, hidden_states, cos, sin, masks, cache=None, cache_position=None, output_attentions=False):
+        attended, weights = self.self_attn(self.input_layernorm(hidden_states), cos, sin, masks, cache,
+                                           cache_position, output_attentions)
         hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), weights
 
@@ -289,7 +284,7 @@ class MDLMModel(MDLMPreTrainedModel):
         attention_mask=None,
         position_ids=None,
         inputs_embeds=None,
-        past_key_values=None,
+        cache=None,
         use_cache=None,
         cache_position=None,
         output_attentions=None,
@@ -298,41 +293,32 @@ class MDLMModel(MDLMPreTrainedModel):
         **kwargs,
     ):
         r"""
-        attention_mask: (B, K) with 1 on real tokens and 0 on padding, K the number of keys (the cached positions
-            plus the fed ones when they are appended, the cache's length when they lie inside it), or a 4D mask
-            (B or 1, 1, Q, K), boolean (True = attend) or additive (0 = attend, large negative = do not).
-        past_key_values (`Cache`): a KV cache, filled or served as the module docstring says.
-        use_cache: store the fed positions' keys and values into `past_key_values` (a new `DynamicCache` when none
-            is given).
-        cache_position: (Q,) canvas positions of the fed tokens: consecutive, starting inside the cache or at its
-            end (the default).
+        attention_mask: (B, K) with 1 on real tokens and 0 on padding, K the number of keys (the canvas length with
+            a `CanvasCache`, the cached plus the fed positions with a growing cache), or a 4D mask (B or 1, 1, Q, K),
+            boolean (True = attend) or additive (0 = attend, large negative = do not).
+        cache (`CanvasCache` or transformers `Cache`): a KV cache, written as the module docstring says
+            (`past_key_values`, its name in transformers before 5.2x, is accepted too).
+        use_cache: return the cache (a new `DynamicCache` when none is given).
+        cache_position: (Q,) canvas positions of the fed tokens; by default the positions after the cached ones.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if past_key_values is None:  # the name transformers' newer releases use
-            past_key_values = kwargs.get("cache")
+        cache = _cache_argument(cache, kwargs)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        use_cache = bool(use_cache)
         if input_ids is not None:
             self._check_input_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length = inputs_embeds.shape[:2]
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        if past_key_values is not None and not isinstance(past_key_values, Cache):
-            raise TypeError(f"past_key_values must be a transformers Cache (e.g. DynamicCache), got "
-                            f"{type(past_key_values).__name__}")
-        cached = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if cache_position is None:
-            cache_position = torch.arange(cached, cached + length, device=inputs_embeds.device)
-        elif tuple(cache_position.shape) != (length,):
-            raise ValueError(f"cache_position has shape {tuple(cache_position.shape)}, expected ({length},)")
-        cache_start = int(cache_position[0]) if past_key_values is not None and length else 0
-        keys = max(cached, cache_start + length) if past_key_values is not None else length
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if cache is not None and not isinstance(cache, (Cache, CanvasCache)):
+            raise TypeError(f"cache must be a CanvasCache or a transformers Cache (e.g. DynamicCache), got "
+                            f"{type(cache).__name__}")
+        keys, cache_position = self._cache_positions(cache, cache_position, length, inputs_embeds.device)
         masks, key_mask_2d = self._masks(attention_mask, batch, length, keys)
         if position_ids is None:
             position_ids = self._default_positions(key_mask_2d, cache_position, batch)
@@ -346,17 +332,39 @@ class MDLMModel(MDLMPreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states, weights = layer(hidden_states, cos, sin, masks, past_key_values, cache_start, use_cache,
-                                           output_attentions)
+            hidden_states, weights = layer(hidden_states, cos, sin, masks, cache, cache_position, output_attentions)
             if output_attentions:
                 all_attentions += (weights,)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         # Positional: the cache field is `past_key_values` up to transformers 5.2x and `cache` after.
-        output = BaseModelOutputWithPast(hidden_states, past_key_values if use_cache else None, all_hidden_states,
-                                         all_attentions)
+        output = BaseModelOutputWithPast(hidden_states, cache, all_hidden_states, all_attentions)
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _cache_positions(cache, cache_position, length, device):
+        """(number of keys, canvas positions of the fed tokens), checked where the values are free to read."""
+        if cache is None:
+            cached, keys = 0, length
+        elif isinstance(cache, CanvasCache):
+            cached, keys = 0, cache.length
+        else:
+            cached = cache.get_seq_length()
+            keys = cached + length
+        if cache_position is None:
+            return keys, torch.arange(cached, cached + length, device=device)
+        if tuple(cache_position.shape) != (length,):
+            raise ValueError(f"cache_position has shape {tuple(cache_position.shape)}, expected ({length},)")
+        if cache is not None and length and values_are_free(cache_position):
+            first, last = int(cache_position.min()), int(cache_position.max())
+            if isinstance(cache, CanvasCache) and (first < 0 or last >= keys):
+                raise ValueError(f"the KV cache holds positions [0, {keys}): it cannot serve positions "
+                                 f"[{first}, {last + 1})")
+            if not isinstance(cache, CanvasCache) and first != cached:
+                raise ValueError(f"a growing KV cache ({type(cache).__name__}) appends: the fed positions must start "
+                                 f"at {cached}, the end of the cache, not at {first} (a CanvasCache writes anywhere)")
+        return keys, cache_position
 
     def _check_input_ids(self, input_ids):
         if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
@@ -461,20 +469,21 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
-        past_key_values=None,
+        cache=None,
         use_cache=None,
         cache_position=None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
-        logits_to_keep: int | slice = 0,
+        logits_to_keep: int | slice | torch.Tensor = 0,
         **kwargs,
     ):
         r"""
         labels: (B, Q) token ids, -100 where not scored: the plain cross-entropy over labelled positions.
-        logits_to_keep (`int` or `slice`, defaults to 0): compute the LM head only where it is needed: an int
-            k > 0 keeps the last k positions, a slice keeps those positions, 0 keeps all. The sampler keeps only
-            the current block, which saves the vocabulary projection of the prompt (`labels` need all positions).
+        logits_to_keep (`int`, `slice` or 1-D `torch.Tensor`, defaults to 0): compute the LM head only where it is
+            needed: an int k > 0 keeps the last k positions, a slice or a tensor of indices keeps those positions,
+            0 keeps all. The sampler keeps only the current block, which saves the vocabulary projection of the
+            prompt (`labels` need all positions).
         The other arguments are `MDLMModel.forward`'s.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -483,17 +492,20 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values if past_key_values is not None else kwargs.get("cache"),
+            cache=_cache_argument(cache, kwargs),
             use_cache=use_cache,
             cache_position=cache_position,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        if labels is not None and (isinstance(logits_to_keep, slice) or logits_to_keep):
+        keep_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+        if labels is not None and not keep_all:
             raise ValueError(f"labels need the logits of every position, but logits_to_keep={logits_to_keep!r}")
         hidden = outputs.last_hidden_state
-        if isinstance(logits_to_keep, slice):
+        if isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden.index_select(1, logits_to_keep.to(hidden.device))
+        elif isinstance(logits_to_keep, slice):
             hidden = hidden[:, logits_to_keep]
         elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -504,8 +516,9 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
                 raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}")
             # Plain CE over labelled positions, in float32 whatever the model's dtype.
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device), ignore_index=-100)
-        output = MDLMMaskedLMOutput(loss, logits, outputs[1] if use_cache else None, outputs.hidden_states,
-                                    outputs.attentions)
+        # The body's output names the cache `cache` (transformers >= 5.2x) or `past_key_values` (before).
+        cache = next((outputs[name] for name in ("cache", "past_key_values") if name in outputs.keys()), None)
+        output = MDLMMaskedLMOutput(loss, logits, cache, outputs.hidden_states, outputs.attentions)
         return output if return_dict else output.to_tuple()
 
 

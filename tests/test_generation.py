@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers.generation import BaseStreamer
 
 from hf_mdlm import MDLMForMaskedLM, MDLMGenerationConfig
-from hf_mdlm.generation_mdlm import MDLMGenerateOutput, _apply_shift, strip_generation
+from hf_mdlm.generation_mdlm import MDLMGenerateOutput, MDLMGenerationMixin, shift_commits, strip_generation
 from conftest import DREAM_TINY as DREAM
 from conftest import LLADA_MOE_TINY as MOE
 from conftest import EOS, LLADA_TINY, MASK, PAD, SLACK, make_model, make_tokenizer, tiny_config
@@ -481,20 +481,61 @@ def test_shift_moves_a_commit_to_the_adjacent_masked_position():
     x0 = torch.tensor([[0, 10, 11, 12, 13, 14, 0, 15]] * 2)
     chosen = torch.tensor([[False, False, True, False, True, True, False, True],
                            [False, True, False, False, True, True, False, False]])
-    beyond = torch.tensor([[M, M], [M, M]])
-    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
-    # rate ~1: every commit that can move does.
-    _apply_shift(region, x0, chosen, masked, 0.999999, gens, beyond, M)
+    beyond = torch.tensor([[M], [M]])
+    # Every commit that can move does.
+    new, new_beyond = shift_commits(region, beyond, x0, chosen, masked, chosen, M)
     # Row 0: pos 2 -> 3 (both neighbours free: the right one wins); pos 4: right chosen, left already taken by
     # the previous shift -> stays; pos 5: right committed, left chosen -> stays; pos 7 (the window's last)
     # -> the first position beyond the window.
     # Row 1: pos 1 -> 2 (right free); pos 4 -> 3 (right chosen, left free); pos 5 stays.
-    assert region.tolist() == [[1, M, M, 11, 13, 14, 7, M], [1, M, 10, 13, M, 14, 7, M]]
-    assert beyond.tolist() == [[15, M], [M, M]]
-    # rate 0: plain commits.
-    region = torch.tensor([[1, M, M, M, M, M, 7, M]] * 2)
-    _apply_shift(region, x0, chosen, masked, 0.0, gens, torch.tensor([[M], [M]]), M)
-    assert region.tolist() == [[1, M, 11, M, 13, 14, 7, 15], [1, 10, M, M, 13, 14, 7, M]]
+    assert new.tolist() == [[1, M, M, 11, 13, 14, 7, M], [1, M, 10, 13, M, 14, 7, M]]
+    assert new_beyond.tolist() == [[15], [M]]
+    # Nothing moves: plain commits.
+    new, new_beyond = shift_commits(region, beyond, x0, chosen, masked, torch.zeros_like(chosen), M)
+    assert new.tolist() == [[1, M, 11, M, 13, 14, 7, 15], [1, 10, M, M, 13, 14, 7, M]]
+    assert new_beyond.tolist() == [[M], [M]]
+
+
+def _shift_commits_one_by_one(region, beyond, x0, chosen, masked, moving, mask_id):
+    """The shift rule as stated, one position after the other (the reference for the vectorised one)."""
+    region, beyond = region.clone(), beyond.clone()
+    width = region.shape[1]
+    for r in range(region.shape[0]):
+        free = (masked[r] & ~chosen[r]).tolist()
+        free_beyond = beyond.shape[1] > 0 and bool(beyond[r, 0] == mask_id)
+        for pos in chosen[r].nonzero().flatten().tolist():
+            token = x0[r, pos]
+            if moving[r, pos]:
+                if pos + 1 < width and free[pos + 1]:
+                    free[pos + 1] = False
+                    region[r, pos + 1] = token
+                    continue
+                if pos + 1 == width and free_beyond:
+                    free_beyond = False
+                    beyond[r, 0] = token
+                    continue
+                if pos > 0 and free[pos - 1]:
+                    free[pos - 1] = False
+                    region[r, pos - 1] = token
+                    continue
+            region[r, pos] = token
+    return region, beyond
+
+
+def test_vectorised_shift_equals_the_rule_applied_one_position_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    M = 99
+    for case in range(400):
+        rows, width = 3, int(torch.randint(1, 9, (1,), generator=g))
+        region = torch.where(torch.rand(rows, width, generator=g) < 0.7, M, torch.randint(0, 50, (rows, width), generator=g))
+        masked = region == M
+        chosen = masked & (torch.rand(rows, width, generator=g) < 0.5)
+        moving = chosen & (torch.rand(rows, width, generator=g) < 0.6)
+        x0 = torch.randint(50, 90, (rows, width), generator=g)
+        beyond = torch.where(torch.rand(rows, 1, generator=g) < 0.5, M, 7)[:, :int(case % 4 != 0)]
+        got = shift_commits(region, beyond, x0, chosen, masked, moving, M)
+        expected = _shift_commits_one_by_one(region, beyond, x0, chosen, masked, moving, M)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), case
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -774,8 +815,8 @@ def test_non_finite_logits_are_a_clear_error(bad, kv_cache):
         return output
 
     model.register_forward_hook(corrupt)
-    token = 0 if bad == float("-inf") else 7
-    with pytest.raises(ValueError, match=rf"non-finite logit .* token {token}: its weights or inputs are broken"):
+    with pytest.raises(ValueError, match=r"non-finite logit \(NaN or inf\) for row 0, canvas position 4 \(block 0\): "
+                                         "its weights or inputs are broken"):
         model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache)
     out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache, check_logits=False)
     assert out.shape == (1, 12)  # opted out: no error (the caller's risk)
@@ -819,11 +860,28 @@ def test_fuzz_generate_fills_the_canvas_or_raises_a_value_error():
     assert outcomes["ok"] > 40 and outcomes["error"] > 40
 
 
+class FixedLogits(MDLMGenerationMixin, torch.nn.Module):
+    """A stand-in model whose logits at the generated positions are given (the sampler's contract only)."""
+
+    def __init__(self, logits, prompt_length):
+        super().__init__()
+        self.logits, self.prompt_length = logits, prompt_length
+        self.config = type("Config", (), {"vocab_size": logits.shape[-1]})()
+        self.generation_config = MDLMGenerationConfig()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=None):
+        full = torch.cat([torch.zeros(1, self.prompt_length, self.logits.shape[-1]), self.logits], dim=1)
+        return type("Out", (), {"logits": full[:, logits_to_keep]})()
+
+
 def test_factor_rule_commits_the_largest_n_with_few_expected_errors():
     """Fast-dLLM's factor rule on known confidences 0.99, 0.9, 0.6, 0.3: (n + 1)(1 - c_n) is 0.02, 0.3, 1.6, 3.5,
     so factor 1 commits 2 tokens, factor 2 commits 3, factor 0.01 the one a step must commit."""
-    from hf_mdlm.generation_mdlm import _denoise_step
-
     vocab, prompt = 8, [3, 4]
     probs = [0.99, 0.9, 0.6, 0.3]
     logits = torch.full((1, 4, vocab), -30.0)
@@ -831,13 +889,12 @@ def test_factor_rule_commits_the_largest_n_with_few_expected_errors():
         logits[0, i, 1] = math.log(p)
         logits[0, i, 2:7] = math.log((1 - p) / 5)
     logits[..., 7] = float("-inf")
-    x = torch.tensor([prompt + [7] * 4])
-    masked = torch.ones(1, 4, dtype=torch.bool)
+    model = FixedLogits(logits, len(prompt))
     for factor, committed in ((1.0, 2), (2.0, 3), (0.01, 1), (100.0, 4)):
-        config = MDLMGenerationConfig(mask_token_id=7, factor=factor, max_new_tokens=4, steps=4)
-        out = _denoise_step(lambda ids, window: logits[:, window.start - len(prompt):].clone(), config, x, [None],
-                            masked, None, len(prompt), 4, 4)
-        new = (out[0, len(prompt):] != 7).tolist()
+        canvases = []
+        model.generate(torch.tensor([prompt]), mask_token_id=7, factor=factor, max_new_tokens=4, steps=4,
+                       step_callback=lambda step, canvas: canvases.append(canvas))
+        new = (canvases[0][0, len(prompt):] != 7).tolist()
         assert new == [True] * committed + [False] * (4 - committed), factor
 
 

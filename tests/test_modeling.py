@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from transformers import DynamicCache
 
+from hf_mdlm.generation_mdlm import CanvasCache
+
 from hf_mdlm import MDLMForMaskedLM, MDLMModel
 from conftest import make_model, tiny_config
 
@@ -278,58 +280,81 @@ def test_full_forward_caches_every_layer_and_position():
     model = make_model()
     ids = _canvas()
     out = model(input_ids=ids, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     assert isinstance(cache, DynamicCache) and len(cache.layers) == model.config.num_hidden_layers
     for layer in cache.layers:
         assert layer.keys.shape == (2, model.config.num_key_value_heads, 20, model.config.head_dim)
-    assert model(input_ids=ids).past_key_values is None  # no cache unless asked for
+    assert model(input_ids=ids).cache is None  # no cache unless asked for
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
-def test_a_slice_against_a_cache_of_the_same_canvas_equals_the_full_forward(padded):
-    """With an unchanged canvas, prefix (append, not stored) and dual (overwrite) calls reproduce the full logits."""
+def test_a_slice_against_a_canvas_cache_of_the_same_canvas_equals_the_full_forward(padded):
+    """With an unchanged canvas, prefix (the slice to the end) and dual (the block) calls reproduce the full logits."""
     model = make_model()
     ids = _canvas()
     mask = torch.ones_like(ids)
     if padded:
         mask[1, :5] = 0
-    full = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    cache = CanvasCache(model.config.num_hidden_layers, 20)
+    full = model(input_ids=ids, attention_mask=mask, cache=cache, cache_position=torch.arange(20))
+    assert full.cache is cache and cache.keys[0].shape == (2, model.config.num_key_value_heads, 20,
+                                                           model.config.head_dim)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    start, stop = 8, 14
-    prefix = DynamicCache()
-    for i, layer in enumerate(full.past_key_values.layers):
-        prefix.update(layer.keys[:, :, :start], layer.values[:, :, :start], i)
-    out = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=positions[:, start:],
-                past_key_values=prefix, use_cache=False, cache_position=torch.arange(start, 20))
-    torch.testing.assert_close(out.logits, full.logits[:, start:], atol=1e-5, rtol=1e-5)
-    assert prefix.get_seq_length() == start  # read-only
-    dual = model(input_ids=ids[:, start:stop], attention_mask=mask, position_ids=positions[:, start:stop],
-                 past_key_values=full.past_key_values, use_cache=True, cache_position=torch.arange(start, stop))
-    torch.testing.assert_close(dual.logits, full.logits[:, start:stop], atol=1e-5, rtol=1e-5)
+    for start, stop in ((8, 20), (8, 14)):
+        out = model(input_ids=ids[:, start:stop], attention_mask=mask, position_ids=positions[:, start:stop],
+                    cache=cache, cache_position=torch.arange(start, stop))
+        torch.testing.assert_close(out.logits, full.logits[:, start:stop], atol=1e-5, rtol=1e-5)
+    # The same through the default positions (counted over real tokens) and the older argument name.
+    with pytest.warns(FutureWarning, match="`past_key_values` is deprecated: pass the KV cache as `cache`"):
+        out = model(input_ids=ids[:, 8:14], attention_mask=mask, past_key_values=cache,
+                    cache_position=torch.arange(8, 14))
+    torch.testing.assert_close(out.logits, full.logits[:, 8:14], atol=1e-5, rtol=1e-5)
 
 
-def test_dual_overwrite_stores_the_fresh_keys_of_the_slice():
-    """Layer 0's keys depend only on the tokens and positions: after overwriting a slice with new tokens, the cache
+def test_a_growing_cache_appends_as_in_transformers():
+    model = make_model()
+    ids = _canvas()
+    full = model(input_ids=ids).logits
+    cache = model(input_ids=ids[:, :12], use_cache=True).cache
+    assert isinstance(cache, DynamicCache)
+    out = model(input_ids=ids[:, 12:], cache=cache)  # attends to the 12 cached positions and itself
+    assert cache.get_seq_length() == 20
+    # Bidirectional attention: the first 12 positions did not see the last 8, so only the shapes and the cache agree.
+    assert out.logits.shape == full[:, 12:].shape
+
+
+def test_canvas_cache_write_stores_the_fresh_keys_of_the_slice():
+    """Layer 0's keys depend only on the tokens and positions: after writing a slice with new tokens, the cache
     holds exactly the layer-0 keys a full forward of the new canvas computes there, and the old keys elsewhere."""
     model = make_model()
     ids = _canvas()
-    cache = model(input_ids=ids, use_cache=True).past_key_values
-    old = cache.layers[0].keys.clone()
+    cache = CanvasCache(model.config.num_hidden_layers, 20)
+    model(input_ids=ids, cache=cache)
+    old = cache.keys[0].clone()
     new_ids = ids.clone()
     new_ids[:, 8:14] = _canvas(seed=1)[:, :6]
-    model(input_ids=new_ids[:, 8:14], past_key_values=cache, use_cache=True, cache_position=torch.arange(8, 14))
-    reference = model(input_ids=new_ids, use_cache=True).past_key_values.layers[0].keys
-    torch.testing.assert_close(cache.layers[0].keys[:, :, 8:14], reference[:, :, 8:14], atol=1e-6, rtol=1e-6)
-    assert torch.equal(cache.layers[0].keys[:, :, :8], old[:, :, :8])
-    assert torch.equal(cache.layers[0].keys[:, :, 14:], old[:, :, 14:])
+    model(input_ids=new_ids[:, 8:14], cache=cache, cache_position=torch.arange(8, 14))
+    reference = CanvasCache(model.config.num_hidden_layers, 20)
+    model(input_ids=new_ids, cache=reference)
+    torch.testing.assert_close(cache.keys[0][:, :, 8:14], reference.keys[0][:, :, 8:14], atol=1e-6, rtol=1e-6)
+    assert torch.equal(cache.keys[0][:, :, :8], old[:, :, :8])
+    assert torch.equal(cache.keys[0][:, :, 14:], old[:, :, 14:])
 
 
 def test_cache_errors_are_clear():
     model = make_model()
-    cache = model(input_ids=_canvas(), use_cache=True).past_key_values
+    cache = CanvasCache(model.config.num_hidden_layers, 20)
+    model(input_ids=_canvas(), cache=cache)
     with pytest.raises(ValueError, match="KV cache holds a batch of 2 rows, the input has 3"):
-        model(input_ids=_canvas(3)[:, :4], past_key_values=cache, cache_position=torch.arange(4))
+        model(input_ids=_canvas(3)[:, :4], cache=cache, cache_position=torch.arange(4))
     with pytest.raises(ValueError, match=r"holds positions \[0, 20\): it cannot serve positions \[18, 22\)"):
-        model(input_ids=_canvas()[:, :4], past_key_values=cache, cache_position=torch.arange(18, 22))
-    with pytest.raises(TypeError, match="past_key_values must be a transformers Cache"):
-        model(input_ids=_canvas(), past_key_values=[(torch.zeros(1), torch.zeros(1))])
+        model(input_ids=_canvas()[:, :4], cache=cache, cache_position=torch.arange(18, 22))
+    growing = model(input_ids=_canvas(), use_cache=True).cache
+    with pytest.raises(ValueError, match="a growing KV cache .DynamicCache. appends: the fed positions must start at 20"):
+        model(input_ids=_canvas()[:, :4], cache=growing, cache_position=torch.arange(4))
+    with pytest.raises(ValueError, match="KV cache holds a batch of 2 rows, the input has 3"):
+        model(input_ids=_canvas(3)[:, :4], cache=growing)
+    with pytest.raises(TypeError, match="cache must be a CanvasCache or a transformers Cache"):
+        model(input_ids=_canvas(), cache=[(torch.zeros(1), torch.zeros(1))])
+    with pytest.raises(ValueError, match="pass the KV cache once"):
+        model(input_ids=_canvas(), cache=cache, past_key_values=cache)

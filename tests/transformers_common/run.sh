@@ -18,4 +18,4 @@ echo "class GenerationTesterMixin: pass" > "$tests/generation/test_utils.py"
 cp "$here/mdlm_common_tests.py" "$tests/test_mdlm_common.py"
 python -m pip install --quiet parameterized
 cd "$work/transformers-$version"
-python -m pytest -p no:cacheprovider -q -W ignore -rs tests/test_mdlm_common.py "$@"
+python -m pytest -p no:cacheprovider -q -rs tests/test_mdlm_common.py "$@"
