@@ -929,17 +929,18 @@ class DiffusionSampler:
         # One read per block: the masked positions up to the block end (a position left masked by a shift across an
         # earlier block boundary stays eligible, as masked positions of earlier blocks do in LLaDA's sampler).
         masked = (canvas[:, P:block_end] == self.mask_id).cpu()
-        counts = masked.sum(-1)
-        if not bool(counts.any()):
+        columns = masked.any(dim=0).tolist()
+        if not any(columns):
             return
-        first = int(masked.any(dim=0).nonzero()[0])
+        first = columns.index(True)
         window = (min(P + first, block_end - state.block_length), block_end)  # the positions that can change
         region, beyond = canvas[:, window[0]:window[1]], canvas[:, window[1]:window[1] + 1]
         gen_positions = torch.arange(window[0] - P, window[1] - P, device=device)
         # Steps at which no row commits are skipped (no model call). The commit counts are known ahead for the
         # fixed schedules, unless a shift moves commits out of the block (Dream's counts then change).
-        plan = None if config.threshold is not None or config.factor is not None else self._commit_plan(counts)
+        plan = None if config.threshold is not None or config.factor is not None else self._commit_plan(masked.sum(-1))
         skippable = plan is not None and not (self.dream and config.shift_rate > 0)
+        active = plan.any(dim=0).tolist() if skippable else [True] * steps
         plan_device = None if plan is None else plan.to(device)
         calls = {refresh: self._call_inputs(window, block_end, refresh) for refresh in ((True, False) if state.cache is not None else (True,))}
         block_step = torch.zeros((), dtype=torch.long, device=device)
@@ -947,7 +948,7 @@ class DiffusionSampler:
         finite = torch.ones(region.shape, dtype=torch.bool, device=device)
         cache_filled = False
         for step in range(steps):
-            if skippable and not bool(plan[:, step].any()):
+            if not active[step]:
                 continue
             refresh = state.cache is None or not cache_filled or (
                 config.kv_cache_refresh is not None and step % config.kv_cache_refresh == 0)

@@ -243,7 +243,11 @@ def test_num_return_sequences():
     dict(temperature=0.0, stop_at_eos=True),
     dict(temperature=0.0, remasking="entropy", model="confident"),
     dict(temperature=0.0, remasking="margin", suppress_slack=True, eos_penalty=1.0),
-], ids=["greedy", "random", "cfg", "threshold", "shift", "stop-at-eos", "entropy", "margin-eos"])
+    dict(temperature=0.0, factor=2.0, model="confident"),
+    dict(temperature=0.8, top_p=0.9, kv_cache_refresh=3),
+    dict(temperature=0.8, schedule="dream", shift_rate=0.3),
+], ids=["greedy", "random", "cfg", "threshold", "shift", "stop-at-eos", "entropy", "margin-eos", "factor", "refresh",
+        "dream-shift"])
 def test_cached_row_does_not_depend_on_the_batch(mode, settings):
     """A prompt sampled with a cache alone and inside a left-padded ragged batch gives the same tokens. (Entropy
     scores of the random model's near-uniform predictions tie up to float rounding, cached or not: the entropy case
@@ -909,3 +913,142 @@ def test_factor_decoding_fills_the_canvas_in_fewer_calls():
         model.generate(ids, max_new_tokens=8, threshold=0.9, factor=1.0)
     with pytest.raises(ValueError, match="factor must be a finite number > 0"):
         model.generate(ids, max_new_tokens=8, factor=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The engine: counter-based random numbers, one rule for rows with and without a cache, host reads, compilation
+
+
+def test_counter_uniform_is_mix_seed_computed_on_the_device():
+    from hf_mdlm.generation_mdlm import counter_uniform, mix_seed
+
+    seeds = [0, 1, 2**62 + 12345, mix_seed(7, 3)]
+    step, stream, positions, vocab = 5, 2, [0, 3, 17], 6
+    got = counter_uniform(torch.tensor(seeds), torch.tensor(step), stream, torch.tensor(positions), vocab)
+    for b, seed in enumerate(seeds):
+        for w, position in enumerate(positions):
+            for v in range(vocab):
+                expected = ((mix_seed(seed, step, stream, position, v) >> 10) + 0.5) / 2**53
+                assert got[b, w, v].item() == expected, (b, w, v)
+    per_position = counter_uniform(torch.tensor(seeds), torch.tensor(step), stream, torch.tensor(positions))
+    assert per_position[1, 2].item() == ((mix_seed(1, step, stream, 17) >> 10) + 0.5) / 2**53
+    # Uniform enough: 200k draws, the mean and the 10 deciles.
+    many = counter_uniform(torch.arange(4), torch.tensor(0), 1, torch.arange(50), 1000).flatten()
+    assert abs(many.mean().item() - 0.5) < 0.003
+    counts = torch.histc(many.float(), bins=10, min=0, max=1)
+    assert (counts - len(many) / 10).abs().max() < 5 * math.sqrt(len(many) / 10)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.8, top_p=0.9),
+    dict(temperature=0.5, remasking="random"),
+    dict(temperature=0.8, shift_rate=0.3),
+    dict(temperature=0.8, schedule="dream", shift_rate=0.3, top_k=30),
+    dict(temperature=0.7, stop_at_eos=True, eos_penalty=-3.0),
+    dict(temperature=0.7, cfg_scale=0.5),
+], ids=["top-p", "random", "shift", "dream-shift", "stop-at-eos", "cfg"])
+def test_cached_and_uncached_rows_follow_one_rule(settings):
+    """A cache refreshed at every step computes exactly the uncached logits; the tokens are then the same whatever
+    the options, which holds only if both paths run the same rows and draw the same random numbers."""
+    model = make_model()
+    ids, mask = left_pad(PROMPTS)
+    common = dict(max_new_tokens=16, steps=16, block_length=8, generator=3, return_dict_in_generate=True, **settings)
+    exact = model.generate(ids, attention_mask=mask, **common)
+    for mode in ("prefix", "dual"):
+        refreshed = model.generate(ids, attention_mask=mask, kv_cache=mode, kv_cache_refresh=1, **common)
+        assert torch.equal(refreshed.sequences, exact.sequences), mode
+        assert refreshed.num_positions == exact.num_positions
+    cached = model.generate(ids, attention_mask=mask, kv_cache="dual", kv_cache_refresh=4, **common)
+    dual = model.generate(ids, attention_mask=mask, kv_cache="dual", **common)
+    assert dual.num_positions < cached.num_positions < exact.num_positions
+
+
+def _host_reads(fn):
+    """Operations whose result the host waits for (on an accelerator: a synchronisation), counted by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    names = ("aten::_local_scalar_dense", "aten::nonzero")  # every .item(), bool(), int() of a tensor, and nonzero
+    return sum(event.count for event in prof.key_averages() if event.key in names)
+
+
+def test_host_reads_happen_per_block_not_per_step(monkeypatch):
+    # The model's input checks read values only where that is free (the CPU); do as on an accelerator.
+    monkeypatch.setattr("hf_mdlm.modeling_mdlm.values_are_free", lambda tensor: False)
+    model = confident_model(60.0)
+    ids, mask = left_pad(PROMPTS[:2])
+
+    def run(steps, **settings):
+        return _host_reads(lambda: model.generate(ids, attention_mask=mask, max_new_tokens=16, block_length=8,
+                                                  steps=steps, temperature=0.7, generator=0, **settings))
+
+    # A fixed schedule: the input checks, then per block one copy of its mask positions to the host and one read of
+    # the non-finite check, whatever the number of steps.
+    assert run(16) == run(4) <= 4 + 2
+    assert run(16, kv_cache="dual", shift_rate=0.2) == run(4, kv_cache="dual", shift_rate=0.2)
+    # Threshold decoding reads whether the block is done every `sync_interval` steps.
+    assert run(16, threshold=0.99, sync_interval=100) == run(4, threshold=0.99, sync_interval=100)
+
+
+def test_sync_interval_changes_the_number_of_calls_not_the_tokens():
+    model = confident_model(60.0)
+    ids, mask = left_pad(PROMPTS)
+    common = dict(attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, threshold=0.5,
+                  return_dict_in_generate=True)
+    every = model.generate(ids, **common)
+    rarely = model.generate(ids, sync_interval=5, **common)
+    assert torch.equal(every.sequences, rarely.sequences)
+    assert every.num_model_calls < rarely.num_model_calls <= 16
+    stopped = model.generate(ids, stop_at_eos=True, sync_interval=3, kv_cache="dual", **common)
+    assert torch.equal(stopped.sequences, model.generate(ids, stop_at_eos=True, kv_cache="dual", **common).sequences)
+
+
+def test_user_logits_processors_and_stopping_criteria():
+    from transformers import LogitsProcessor, StoppingCriteria
+
+    class Forbid(LogitsProcessor):
+        def __init__(self, token):
+            self.token, self.shapes = token, set()
+
+        def __call__(self, input_ids, scores):
+            self.shapes.add((tuple(input_ids.shape), tuple(scores.shape)))
+            return scores.index_fill(-1, torch.tensor([self.token]), float("-inf"))
+
+    class AfterFirstBlock(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.ones(input_ids.shape[0], dtype=torch.bool)
+
+    model = make_model()
+    ids, mask = left_pad(PROMPTS[:2])
+    plain = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8)
+    favourite = int(torch.mode(plain[:, ids.shape[1]:].flatten()).values)
+    forbid = Forbid(favourite)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8,
+                         logits_processor=[forbid])
+    assert (plain[:, ids.shape[1]:] == favourite).any() and not (out[:, ids.shape[1]:] == favourite).any()
+    # One row per window position: (rows x window, canvas) ids and (rows x window, vocab) scores.
+    assert forbid.shapes == {((2 * 8, ids.shape[1] + 16), (2 * 8, model.config.vocab_size))}
+    stopped = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8,
+                             stopping_criteria=[AfterFirstBlock()], return_dict_in_generate=True)
+    assert stopped.num_model_calls == 8 and torch.equal(stopped.sequences[:, :ids.shape[1] + 8], plain[:, :ids.shape[1] + 8])
+    assert (stopped.sequences[:, ids.shape[1] + 8:] == MASK).all()
+    with pytest.raises(ValueError, match="logits_processor entries must be callable"):
+        model.generate(ids, max_new_tokens=8, logits_processor=[3])
+
+
+def test_compiled_step_gives_the_eager_tokens():
+    """`compile=True` traces the denoising step with fullgraph=True (a graph break is an error) for each cache mode."""
+    torch._dynamo.reset()
+    model = make_model()
+    ids, mask = left_pad(PROMPTS[:2])
+    for kv_cache in (None, "prefix", "dual"):
+        common = dict(attention_mask=mask, max_new_tokens=16, steps=8, block_length=8, kv_cache=kv_cache,
+                      temperature=0.7, generator=0, return_dict_in_generate=True)
+        eager = model.generate(ids, **common)
+        compiled = model.generate(ids, compile=True, **common)
+        assert torch.equal(compiled.sequences, eager.sequences), kv_cache
+        assert compiled.num_model_calls == eager.num_model_calls
+    with pytest.raises(ValueError, match="compile=True needs a dense model"):
+        MDLMForMaskedLM(tiny_config(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)).generate(
+            ids, max_new_tokens=8, compile=True)
