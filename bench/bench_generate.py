@@ -23,13 +23,14 @@ decoding to have an effect; use `--head_scale 1` for the raw random model.
 The default model (4 layers, hidden 128, vocab 4096) keeps the default grid within a few minutes on one CPU
 core; `--hidden 256` is the larger variant. On a shared machine, `--threads 1` avoids thread oversubscription.
 
-`--caches` prints the KV-cache table instead: kv_cache None / "prefix" / "dual" x confidence threshold off/on x
-batch sizes x canvas lengths (`--cache_lengths`, one token per step, blocks of `--block_length`): tokens/s, model
+`--caches` prints the KV-cache table instead: kv_cache None / "prefix" / "dual" / "dual" refreshed every `--refresh`
+steps x decoding (low-confidence, confidence threshold, Fast-dLLM's factor rule) x batch sizes x canvas lengths (`--cache_lengths`, one token per step, blocks of `--block_length`): tokens/s, model
 calls, token positions run through the model, and the generated tokens that differ from the uncached run. With
 `--fast_dllm DIR` (the `llada/` folder of NVlabs/Fast-dLLM, fetched into a scratch folder, never part of this
 repository; its two CPU patches are in tests/fixtures/llada-tiny/README.md) the same weights also run through
 Fast-dLLM's own `generate_with_prefix_cache` / `generate_with_dual_cache`, batch 1 only, so a batch of B is its
-loop over the rows; without it that column is left out.
+loop over the rows; without it that column is left out. `--compile` runs every `generate` with `compile=True`
+(the compilations happen in the warm-up, outside the timings).
 """
 
 from __future__ import annotations
@@ -150,34 +151,41 @@ def cache_table(args, model, prompts, device):
     mask_id = model.config.mask_token_id
     fast = fast_dllm_twin(model, args.fast_dllm) if args.fast_dllm else None
     functions = {"prefix": "generate_with_prefix_cache", "dual": "generate_with_dual_cache"}
+    caches = {"none": {}, "prefix": {"kv_cache": "prefix"}, "dual": {"kv_cache": "dual"},
+              f"dual, refresh {args.refresh}": {"kv_cache": "dual", "kv_cache_refresh": args.refresh}}
+    decodings = {"low-confidence": {}, f"threshold {args.threshold}": {"threshold": args.threshold},
+                 f"factor {args.factor}": {"factor": args.factor}}
     header = "| batch | canvas | decoding | kv_cache | tok/s | calls | positions | tokens differing from none | speed-up |"
     rule = "|---:|---:|:---|:---|---:|---:|---:|---:|---:|"
     if fast:
         header += " Fast-dLLM tok/s | ours / Fast-dLLM | same tokens as Fast-dLLM |"
         rule += "---:|---:|:---:|"
-    for cache in (None, "prefix", "dual"):  # warm-up (kernels loaded, allocator filled): not in the first cell
-        model.generate(prompts[:1], max_new_tokens=args.block_length, steps=args.block_length,
-                       block_length=args.block_length, kv_cache=cache)
+    for cache in caches.values():  # warm-up (kernels loaded, allocator filled, graphs compiled): not in the table
+        for length in args.cache_lengths:
+            model.generate(prompts[:1], max_new_tokens=length, steps=length, block_length=min(args.block_length, length),
+                           compile=args.compile, **cache)
     print(header)
     print(rule)
     for length in args.cache_lengths:
         block = min(args.block_length, length)
         for batch in args.batch_sizes:
-            for mode, threshold in (("low-confidence", None), (f"threshold {args.threshold}", args.threshold)):
+            for mode, decoding in decodings.items():
                 ids = prompts[:batch]
                 base = None
-                for cache in (None, "prefix", "dual"):
+                for name, cache in caches.items():
                     out, seconds = timed(lambda: model.generate(
-                        ids, max_new_tokens=length, steps=length, block_length=block, threshold=threshold,
-                        kv_cache=cache, return_dict_in_generate=True), device)
+                        ids, max_new_tokens=length, steps=length, block_length=block, compile=args.compile,
+                        return_dict_in_generate=True, **decoding, **cache), device)
                     tps = batch * length / seconds
                     if base is None:
                         base = (out.sequences, tps)
                     differing = int((out.sequences != base[0]).sum())
-                    row = [batch, length, mode, cache or "none", f"{tps:.0f}", out.num_model_calls, out.num_positions,
+                    row = [batch, length, mode, name, f"{tps:.0f}", out.num_model_calls, out.num_positions,
                            differing, f"{tps / base[1]:.2f}x"]
-                    if fast and cache:
-                        run = getattr(fast[0], functions[cache])
+                    fast_cache = cache.get("kv_cache") if len(cache) == 1 else None
+                    if fast and fast_cache and "factor" not in decoding:
+                        run = getattr(fast[0], functions[fast_cache])
+                        threshold = decoding.get("threshold")
 
                         def run_rows():
                             return torch.cat([run(fast[1], ids[i:i + 1], steps=length, gen_length=length,
@@ -209,6 +217,9 @@ def main(argv=None):
     parser.add_argument("--step_divisors", type=int, nargs="+", default=[1, 4], help="steps = length / divisor")
     parser.add_argument("--block_length", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--factor", type=float, default=1.0, help="Fast-dLLM's factor rule (--caches)")
+    parser.add_argument("--refresh", type=int, default=8, help="kv_cache_refresh of the refreshed dual cache (--caches)")
+    add_bool_flag(parser, "--compile", help="generate with compile=True (torch.compile of the denoising step)")
     parser.add_argument("--prompt_length", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_bool_flag(parser, "--no_reference", help="skip the reference loop")

@@ -29,8 +29,8 @@ from hf_mdlm.evaluation import (
     reference_quality,
     write_report,
 )
-from hf_mdlm.cli import add_bool_flag, parse_kv_caches, parse_rates, positive_int, require_plotting
-from hf_mdlm.evaluation.suite import DEFAULT_SHIFT_RATES, SAMPLERS, evaluate_kv_caches, parse_samplers
+from hf_mdlm.cli import add_bool_flag, parse_fast_samplers, parse_rates, positive_int, require_plotting
+from hf_mdlm.evaluation.suite import DEFAULT_SHIFT_RATES, SAMPLERS, evaluate_fast_samplers, parse_samplers
 from hf_mdlm.evaluation.report import REPORT_FILES
 from hf_mdlm.hub import OutputFolder, OutputFolderError
 from hf_mdlm.loading import load_for_inference, position_limit
@@ -69,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                      + ", or NAME:REMASKING:TEMPERATURE")
     gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: canvas_length)")
     gen.add_argument("--block_length", type=int, default=None)
-    gen.add_argument("--kv_cache", type=parse_kv_caches, default=[],
-                     help="also sample with these KV caches (comma-separated: prefix, dual) and compare them with the "
-                          "exact sampler: agreement, judged win rate, gen-PPL")
+    gen.add_argument("--fast_samplers", type=parse_fast_samplers, default=[],
+                     help="also sample with these approximations of the exact sampler and compare them with it "
+                          "(agreement, judged win rate, gen-PPL, time): comma-separated, each a cache mode (prefix, "
+                          "dual) and/or NAME=VALUE settings (kv_cache, kv_cache_refresh, factor, threshold) joined "
+                          "by '+', e.g. 'prefix,dual,dual+kv_cache_refresh=4,factor=1'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=positive_int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -80,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.kv_cache and not args.judge:  # the caches change samples only; the likelihood uses no cache
-        raise SystemExit("--kv_cache compares the cached sampler's samples with the exact sampler's, which needs "
-                         "--judge (without one only the ELBO is computed, and no cache takes part in it)")
+    if args.fast_samplers and not args.judge:  # they change samples only; the likelihood uses no sampler
+        raise SystemExit("--fast_samplers compares their samples with the exact sampler's, which needs --judge "
+                         "(without one only the ELBO is computed, and no sampler takes part in it)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:  # before any evaluation: what would fail at the end (the results folder, the plot) fails now
         if args.judge:
@@ -111,8 +113,8 @@ def evaluate(args):
     if args.judge:
         judge, judge_tokenizer = load_judge(args.judge, args.device)
     name = Path(args.model).name or args.model
-    results = evaluate_kv_caches(
-        model, tokenizer, heldout, name, args.kv_cache, canvas_length=canvas_length, judge=judge,
+    results = evaluate_fast_samplers(
+        model, tokenizer, heldout, name, args.fast_samplers, canvas_length=canvas_length, judge=judge,
         judge_tokenizer=judge_tokenizer, elbo_examples=args.elbo_examples, elbo_samples=args.elbo_samples,
         elbo_slack_prob=args.elbo_slack_prob, num_prompts=args.num_prompts, shift_rates=args.shift_rates,
         samplers=args.samplers, steps=args.steps, block_length=args.block_length, seed=args.seed,

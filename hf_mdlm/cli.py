@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from .generation_mdlm import KV_CACHE_MODES
+from .generation_mdlm import KV_CACHE_MODES, MDLMGenerationConfig
 
 _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("0", "false", "no", "n", "off")
@@ -59,13 +59,40 @@ def parse_rates(text: str) -> list[float]:
     return parse_numbers(text, "shift rates", below=1)
 
 
-def parse_kv_caches(text: str) -> list:
-    """'prefix,dual' (or 'none'): the KV cache modes to compare with the exact sampler."""
-    modes = [m.strip() for m in text.split(",") if m.strip() and m.strip() != "none"]
-    unknown = [m for m in modes if m not in KV_CACHE_MODES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown kv_cache {unknown}: expected {', '.join(KV_CACHE_MODES)}")
-    return modes
+# The settings a fast sampler may change (the rest is the exact sampler's): each maps to its value parser.
+FAST_SAMPLER_FIELDS = {"kv_cache": str, "kv_cache_refresh": int, "factor": float, "threshold": float}
+
+
+def parse_fast_samplers(text: str) -> list[dict]:
+    """Approximations of the exact sampler to compare with it, comma separated; each joins settings with '+': a
+    cache mode ('prefix', 'dual') or NAME=VALUE for kv_cache, kv_cache_refresh, factor, threshold. E.g.
+    'prefix,dual,dual+kv_cache_refresh=4,factor=1'."""
+    samplers = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        settings = {}
+        for part in (x.strip() for x in item.split("+")):
+            name, _, value = part.partition("=") if "=" in part else ("kv_cache", "=", part)
+            if name not in FAST_SAMPLER_FIELDS:
+                raise argparse.ArgumentTypeError(f"unknown setting {name!r} in fast sampler {item!r}: expected a cache "
+                                                 f"mode ({', '.join(KV_CACHE_MODES)}) or NAME=VALUE for "
+                                                 f"{', '.join(FAST_SAMPLER_FIELDS)}")
+            try:
+                settings[name] = FAST_SAMPLER_FIELDS[name](value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"bad value {value!r} for {name} in fast sampler {item!r}") from None
+        try:
+            MDLMGenerationConfig(max_new_tokens=8, **settings)  # the config's own checks name what is wrong
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"fast sampler {item!r}: {error}") from None
+        samplers.append(settings)
+    if not samplers:
+        raise argparse.ArgumentTypeError("no fast sampler given")
+    return samplers
+
+
+def describe_settings(settings: dict) -> str:
+    """'kv_cache=dual+kv_cache_refresh=4': a fast sampler's settings as `parse_fast_samplers` reads them."""
+    return "+".join(f"{name}={value}" for name, value in settings.items())
 
 
 def require_plotting(what: str) -> None:

@@ -30,7 +30,7 @@ def test_cache_table_runs_and_agrees_on_the_uncached_row(capsys):
     _load("bench_generate").main(["--quick", "--caches", "--batch_sizes", "1", "2"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     body = [[c.strip() for c in line.strip("|").split("|")] for line in rows[1:]]
-    assert len(body) == 2 * 2 * 3  # batches x decodings x caches
+    assert len(body) == 2 * 3 * 4  # batches x decodings (low-confidence, threshold, factor) x caches
     exact = {(c[0], c[2]): c for c in body if c[3] == "none"}
     for cells in body:
         batch, canvas, decoding, cache, rate, calls, positions, differing, speed = cells[:9]
@@ -42,6 +42,10 @@ def test_cache_table_runs_and_agrees_on_the_uncached_row(capsys):
             assert differing == "0"
         else:  # a cache runs fewer positions through the model than the exact sampler
             assert int(positions) < int(none[6]), cells
+    dual = {(c[0], c[2]): int(c[6]) for c in body if c[3] == "dual"}
+    for cells in body:  # with a fixed number of calls, a refreshed cache runs more positions than the plain one
+        if cells[3].startswith("dual, refresh") and cells[2] == "low-confidence":
+            assert int(cells[6]) > dual[(cells[0], cells[2])], cells
 
 
 TABLE = _load("memory_table")

@@ -5,12 +5,21 @@ import argparse
 import pytest
 
 
-def test_kv_cache_list_of_the_evaluation_cli():
-    from hf_mdlm.cli import parse_kv_caches
+def test_fast_samplers_of_the_evaluation_cli():
+    from hf_mdlm.cli import describe_settings, parse_fast_samplers
 
-    assert parse_kv_caches("none,prefix,dual") == ["prefix", "dual"]
-    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown kv_cache \['full'\]: expected prefix, dual"):
-        parse_kv_caches("prefix,full")
+    parsed = parse_fast_samplers("prefix, dual,dual+kv_cache_refresh=4,factor=1,kv_cache=dual+threshold=0.9")
+    assert parsed == [{"kv_cache": "prefix"}, {"kv_cache": "dual"}, {"kv_cache": "dual", "kv_cache_refresh": 4},
+                      {"factor": 1.0}, {"kv_cache": "dual", "threshold": 0.9}]
+    assert [describe_settings(s) for s in parsed][2] == "kv_cache=dual+kv_cache_refresh=4"
+    with pytest.raises(argparse.ArgumentTypeError, match="fast sampler 'full': kv_cache must be None, 'prefix' or 'dual'"):
+        parse_fast_samplers("prefix,full")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown setting 'steps'"):
+        parse_fast_samplers("steps=4")
+    with pytest.raises(argparse.ArgumentTypeError, match="bad value 'x' for factor"):
+        parse_fast_samplers("factor=x")
+    with pytest.raises(argparse.ArgumentTypeError, match="kv_cache_refresh=2 refreshes a KV cache, but kv_cache is None"):
+        parse_fast_samplers("kv_cache_refresh=2")
 
 
 def test_boolean_flags_take_no_value_true_or_false(capsys):

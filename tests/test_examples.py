@@ -468,11 +468,11 @@ def test_generate_gives_the_same_samples_for_any_batch_size(model_folder, capsys
     assert len(set(one)) > 1
 
 
-def test_evaluate_refuses_a_kv_cache_without_a_judge(tmp_path):
-    """Without a judge only the ELBO is computed, which no cache changes: `--kv_cache dual` used to do nothing."""
-    with pytest.raises(SystemExit, match="--kv_cache compares .* needs --judge"):
+def test_evaluate_refuses_fast_samplers_without_a_judge(tmp_path):
+    """Without a judge only the ELBO is computed, which no sampler changes: `--kv_cache dual` used to do nothing."""
+    with pytest.raises(SystemExit, match="--fast_samplers compares .* needs --judge"):
         example("evaluate").main(["--model", str(tmp_path / "m"), "--output_dir", str(tmp_path / "o"),
-                                  "--kv_cache", "dual"])
+                                  "--fast_samplers", "dual"])
 
 
 def test_evaluate_checks_its_output_first(tmp_path, monkeypatch):

@@ -54,14 +54,14 @@ def test_replicate_smoke_and_evaluate_script(tmp_path):
         "--model", str(out / "ce"), "--judge", str(out / "judge"), "--output_dir", str(report),
         "--text_prompt_length", "8", "--text_response_length", "12", "--elbo_examples", "8", "--elbo_samples", "2", "--num_prompts", "4",
         "--shift_rates", "0,0.2", "--samplers", "ancestral", "--num_bootstrap", "50", "--batch_size", "8",
-        "--device", "cpu", "--kv_cache", "dual"])
+        "--device", "cpu", "--fast_samplers", "dual+kv_cache_refresh=2"])
     # The cached sampler's entry: the same ELBO (no cache in the likelihood), its agreement with the exact samples
     # and its win rate against them, in the report's table.
-    cached = again["models"]["ce [kv_cache=dual]"]
+    cached = again["models"]["ce [kv_cache=dual+kv_cache_refresh=2]"]
     assert cached["elbo"] == again["models"]["ce"]["elbo"]
     versus = cached["vs_exact"]["ancestral"]
     assert 0 <= versus["identical_texts"] <= 1 and 0 <= versus["win_rate_vs_exact"]["win_rate"] <= 1
-    assert "| dual | ancestral |" in (report / "results.md").read_text()
+    assert "| kv_cache=dual+kv_cache_refresh=2 | ancestral |" in (report / "results.md").read_text()
     # the same model, data, seed and settings as inside replicate.py: the same numbers
     assert again["models"]["ce"]["elbo"]["perplexity"] == pytest.approx(
         results["models"]["ce"]["elbo"]["perplexity"], rel=1e-5)

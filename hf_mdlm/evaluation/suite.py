@@ -8,6 +8,7 @@ import logging
 import time
 
 from ..data.loading import spread_indices
+from ..cli import describe_settings
 from ..generation_mdlm import REMASKING_STRATEGIES
 from .judge import generative_perplexity, win_rate
 from .likelihood import elbo_perplexity
@@ -52,18 +53,21 @@ def parse_samplers(text: str) -> dict:
 
 
 def generation_settings(canvas_length, steps=None, block_length=None, temperature=0.0, remasking="low_confidence",
-                        kv_cache=None, suppress_slack=False):
+                        suppress_slack=False, **fast):
+    """The sampler's settings: the exact sampler's, or with `fast` (`parse_fast_samplers`'s settings) an
+    approximation of it."""
     return dict(max_new_tokens=canvas_length, steps=steps or canvas_length, block_length=block_length,
-                temperature=temperature, remasking=remasking, kv_cache=kv_cache, suppress_slack=suppress_slack)
+                temperature=temperature, remasking=remasking, suppress_slack=suppress_slack, **fast)
 
 
 def evaluate_model(model, tokenizer, heldout, *, canvas_length, judge=None, judge_tokenizer=None,
                    elbo_examples=256, elbo_samples=8, elbo_slack_prob=0.1, num_prompts=64,
                    shift_rates=DEFAULT_SHIFT_RATES, samplers=None, steps=None, block_length=None, seed=0, batch_size=32,
-                   num_bootstrap=2000, kv_cache=None, elbo=None):
+                   num_bootstrap=2000, fast=None, elbo=None):
     """ELBO perplexity (slack-free canvas, and summed over slack alignments when the model has a slack token)
-    and, with a judge, one shift-robustness curve per sampler, for one model. `kv_cache` samples with that cache;
-    `elbo` reuses the ELBO entries of an earlier call on the same model (the likelihood uses no cache)."""
+    and, with a judge, one shift-robustness curve per sampler, for one model. `fast` samples with those settings
+    (a KV cache, the factor rule...; see `parse_fast_samplers`); `elbo` reuses the ELBO entries of an earlier call
+    on the same model (the likelihood uses no sampler)."""
     out = {}
     if elbo is not None:
         out.update({key: elbo[key] for key in ("elbo", "elbo_slack_marginal", "elbo_seconds") if key in elbo})
@@ -83,18 +87,18 @@ def evaluate_model(model, tokenizer, heldout, *, canvas_length, judge=None, judg
                     out["elbo_seconds"])
     if judge is not None:
         out.update(_samples(model, tokenizer, heldout, canvas_length, judge, judge_tokenizer, num_prompts, shift_rates,
-                            samplers, steps, block_length, seed, batch_size, num_bootstrap, kv_cache))
+                            samplers, steps, block_length, seed, batch_size, num_bootstrap, fast or {}))
     return out
 
 
 def _samples(model, tokenizer, heldout, canvas_length, judge, judge_tokenizer, num_prompts, shift_rates, samplers,
-             steps, block_length, seed, batch_size, num_bootstrap, kv_cache):
+             steps, block_length, seed, batch_size, num_bootstrap, fast):
     """{"samplers": one shift-robustness curve per named sampler}."""
     prompts = [heldout[i]["prompt_ids"] for i in spread_indices(len(heldout), num_prompts)]
     out = {"samplers": {}}
     for name, sampler in (samplers or {"ancestral": SAMPLERS["ancestral"]}).items():
         t0 = time.time()
-        gen = generation_settings(canvas_length, steps, block_length, kv_cache=kv_cache, **sampler)
+        gen = generation_settings(canvas_length, steps, block_length, **sampler, **fast)
         curve = shift_robustness(
             model, tokenizer, prompts, shift_rates=shift_rates, judge_model=judge, judge_tokenizer=judge_tokenizer,
             generation_kwargs=gen, seed=seed, batch_size=batch_size, num_bootstrap=num_bootstrap,
@@ -117,12 +121,12 @@ def reference_quality(heldout, tokenizer, judge, judge_tokenizer, *, num_prompts
     return generative_perplexity(texts, judge, judge_tokenizer, prompts=prompts, batch_size=batch_size)
 
 
-def compare_to_exact(cached, exact, judge, judge_tokenizer, *, num_bootstrap=2000, seed=0) -> dict:
-    """How samples drawn with a KV cache compare with the exact sampler's, per sampler (same prompts and seeds):
-    the share of identical texts, the share of identical generated tokens, and the judge's win rate of the cached
-    text against the exact one (0.5 = the cache does no harm)."""
+def compare_to_exact(fast, exact, judge, judge_tokenizer, *, num_bootstrap=2000, seed=0) -> dict:
+    """How samples drawn by a fast sampler compare with the exact sampler's, per sampler (same prompts and seeds):
+    the share of identical texts, the share of identical generated tokens, and the judge's win rate of the fast
+    sampler's text against the exact one (0.5 = the approximation does no harm)."""
     out = {}
-    for name, curve in cached["samplers"].items():
+    for name, curve in fast["samplers"].items():
         ours, reference = curve["texts"]["0"], exact["samplers"][name]["texts"]["0"]
         pairs = [(a, b) for x, y in zip(curve["ids"]["0"], exact["samplers"][name]["ids"]["0"])
                  for a, b in zip(x + [None] * (len(y) - len(x)), y + [None] * (len(x) - len(y)))]
@@ -136,27 +140,33 @@ def compare_to_exact(cached, exact, judge, judge_tokenizer, *, num_bootstrap=200
     return out
 
 
-def evaluate_kv_caches(model, tokenizer, heldout, name, kv_caches, *, judge=None, judge_tokenizer=None, **kwargs):
-    """`evaluate_model` once per KV cache mode (None first: the exact sampler); the ELBO is computed once (the
-    likelihood uses no cache). Returns {"models": {entry name: results}, "extra_tables": {...}} with, given a judge,
-    each cache's agreement with the exact samples and its win rate against them."""
-    caches = list(dict.fromkeys([None, *kv_caches]))
+def evaluate_fast_samplers(model, tokenizer, heldout, name, fast_samplers, *, judge=None, judge_tokenizer=None,
+                           **kwargs):
+    """`evaluate_model` with the exact sampler, then once per fast sampler (`parse_fast_samplers`'s settings); the
+    ELBO is computed once (the likelihood uses no sampler). Returns {"models": {entry name: results},
+    "extra_tables": {...}} with, given a judge, each fast sampler's agreement with the exact samples, its win rate
+    against them and the model calls it made."""
     exact = evaluate_model(model, tokenizer, heldout, judge=judge, judge_tokenizer=judge_tokenizer, **kwargs)
     models = {name: exact}
-    rows = ["| kv_cache | sampler | identical texts | identical tokens | win rate vs exact [95% CI] | W/T/L | gen-PPL |",
-            "|---|---|---:|---:|---|---|---:|"]
-    for cache in caches[1:]:
+    rows = ["| fast sampler | sampler | identical texts | identical tokens | win rate vs exact [95% CI] | W/T/L | "
+            "gen-PPL | seconds (exact) |",
+            "|---|---|---:|---:|---|---|---:|---:|"]
+    for settings in fast_samplers:
+        label = describe_settings(settings)
         entry = evaluate_model(model, tokenizer, heldout, judge=judge, judge_tokenizer=judge_tokenizer,
-                               kv_cache=cache, elbo=exact, **kwargs)
-        models[f"{name} [kv_cache={cache}]"] = entry
+                               fast=settings, elbo=exact, **kwargs)
+        models[f"{name} [{label}]"] = entry
         if judge is None:
             continue
         entry["vs_exact"] = compare_to_exact(entry, exact, judge, judge_tokenizer, seed=kwargs.get("seed", 0),
                                              num_bootstrap=kwargs.get("num_bootstrap", 2000))
         for sampler, c in entry["vs_exact"].items():
             w = c["win_rate_vs_exact"]
-            rows.append(f"| {cache} | {sampler} | {c['identical_texts']:.3f} | {c['identical_tokens']:.3f} | "
+            seconds = f"{entry['samplers'][sampler]['seconds']} ({exact['samplers'][sampler]['seconds']})"
+            rows.append(f"| {label} | {sampler} | {c['identical_texts']:.3f} | {c['identical_tokens']:.3f} | "
                         f"{w['win_rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | "
-                        f"{w['wins']}/{w['ties']}/{w['losses']} | {entry['samplers'][sampler]['per_rate'][0]['gen_ppl']:.2f} |")
-    tables = {"KV caches against the exact sampler (same prompts and seeds; win rate 0.5 = no harm)": "\n".join(rows)}
+                        f"{w['wins']}/{w['ties']}/{w['losses']} | "
+                        f"{entry['samplers'][sampler]['per_rate'][0]['gen_ppl']:.2f} | {seconds} |")
+    tables = {"Fast samplers against the exact sampler (same prompts and seeds; win rate 0.5 = no harm)":
+              "\n".join(rows)}
     return {"models": models, "extra_tables": tables if len(rows) > 2 else {}}
