@@ -5,6 +5,7 @@
     python bench/bench_generate.py --quick    # smoke run (seconds)
     python bench/bench_generate.py --device cuda --dtype bfloat16
     python bench/bench_generate.py --caches [--fast_dllm DIR]   # KV caches: none / prefix / dual
+    python bench/bench_generate.py --engine --device cuda --llada8b_shape --cache_lengths 256 --bandwidth_gbs 4800
 
 Prints a Markdown table: for batch sizes x canvas lengths x step counts x decoding modes (low-confidence
 remasking with a fixed schedule, and confidence-threshold decoding), the generated tokens per second and the
@@ -105,10 +106,16 @@ def build_model(args, device, dtype):
         mask_token_id=args.vocab - 1, slack_token_id=args.vocab - 2, eos_token_id=args.vocab - 3,
         pad_token_id=args.vocab - 4, attn_implementation=args.attn,
     )
-    model = MDLMForMaskedLM(config).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # built where it runs, in its dtype (an 8B model in float32 on the CPU: minutes)
+            model = MDLMForMaskedLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
     with torch.no_grad():
         model.lm_head.weight.mul_(args.head_scale)
-    return model.to(device=device, dtype=dtype)
+    return model
 
 
 def timed(fn, device):
@@ -201,6 +208,34 @@ def cache_table(args, model, prompts, device):
                     print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
 
+LLADA_8B_SHAPE = dict(layers=32, hidden=4096, heads=32, intermediate=12288, vocab=126464)
+
+
+def engine_table(args, model, prompts, device):
+    """Time per model call of the dual-cached sampler with and without `compile`, against the weight-bandwidth
+    limit (every call reads every weight once: parameter bytes / memory bandwidth)."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    limit_ms = weight_bytes / (args.bandwidth_gbs * 1e9) * 1e3 if args.bandwidth_gbs else None
+    length, block = args.cache_lengths[0], min(args.block_length, args.cache_lengths[0])
+    settings = dict(max_new_tokens=length, steps=length, block_length=block, kv_cache="dual",
+                    return_dict_in_generate=True)
+    print(f"dual cache, canvas {length}, blocks of {block}, one token per step; weights {weight_bytes / 2**30:.2f} GiB"
+          + (f", bandwidth {args.bandwidth_gbs} GB/s: limit {limit_ms:.2f} ms per call" if limit_ms else "") + "\n")
+    print("| batch | compile | tok/s | calls | ms per call | / weight-bandwidth limit | same tokens as eager |")
+    print("|---:|:---:|---:|---:|---:|---:|:---:|")
+    for batch in args.batch_sizes:
+        ids = prompts[:batch]
+        eager = None
+        for compiled in (False, True):
+            model.generate(ids, compile=compiled, **settings)  # warm-up: kernels, allocator, compilation
+            out, seconds = timed(lambda: model.generate(ids, compile=compiled, **settings), device)
+            eager = out.sequences if eager is None else eager
+            per_call = seconds / out.num_model_calls * 1e3
+            ratio = f"{per_call / limit_ms:.2f}x" if limit_ms else "n/a"
+            print(f"| {batch} | {'yes' if compiled else 'no'} | {batch * length / seconds:.0f} | {out.num_model_calls} | "
+                  f"{per_call:.2f} | {ratio} | {'yes' if torch.equal(out.sequences, eager) else 'no'} |", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_bool_flag(parser, "--quick", help="tiny model and grid: a smoke run")
@@ -220,6 +255,11 @@ def main(argv=None):
     parser.add_argument("--factor", type=float, default=1.0, help="Fast-dLLM's factor rule (--caches)")
     parser.add_argument("--refresh", type=int, default=8, help="kv_cache_refresh of the refreshed dual cache (--caches)")
     add_bool_flag(parser, "--compile", help="generate with compile=True (torch.compile of the denoising step)")
+    add_bool_flag(parser, "--engine", help="print the engine table instead: ms per call of the dual-cached sampler, "
+                                           "eager and compiled, against the weight-bandwidth limit")
+    add_bool_flag(parser, "--llada8b_shape", help="LLaDA-8B's shape with random weights (a GPU with ~20 GB)")
+    parser.add_argument("--bandwidth_gbs", type=float, default=None,
+                        help="memory bandwidth for --engine's limit, GB/s (H200: 4800)")
     parser.add_argument("--prompt_length", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_bool_flag(parser, "--no_reference", help="skip the reference loop")
@@ -234,6 +274,9 @@ def main(argv=None):
         args.layers, args.hidden, args.heads, args.vocab = 2, 64, 2, 512
         args.batch_sizes, args.lengths, args.block_length, args.head_scale = [1, 4], [32], 16, 100.0
         args.cache_lengths = [32]
+    if args.llada8b_shape:
+        for name, value in LLADA_8B_SHAPE.items():
+            setattr(args, name, value)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -254,6 +297,8 @@ def main(argv=None):
     if not args.no_reference:
         reference_generate(model, prompts[:1], args.block_length, 2, args.block_length, mask_id)
 
+    if args.engine:
+        return engine_table(args, model, prompts, device)
     if args.caches:
         return cache_table(args, model, prompts, device)
     header = ("| batch | canvas | steps | decoding | generate tok/s | generate calls | reference tok/s | "
