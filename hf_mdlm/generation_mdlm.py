@@ -358,11 +358,14 @@ class CanvasCache:
         """A cache allocated up front for `model` (an MDLM config: layers, key/value heads, head size)."""
         config = model.config
         cache = cls(config.num_hidden_layers, length)
-        param = next(model.parameters())
         shape = (batch, config.num_key_value_heads, length, config.head_dim)
+        device = model.device
+        # Under autocast the projections return the autocast dtype, whatever the weights' dtype.
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else model.dtype
         for layer in range(config.num_hidden_layers):
-            cache.keys[layer] = torch.zeros(shape, dtype=param.dtype, device=param.device)
-            cache.values[layer] = torch.zeros(shape, dtype=param.dtype, device=param.device)
+            cache.keys[layer] = torch.zeros(shape, dtype=dtype, device=device)
+            cache.values[layer] = torch.zeros(shape, dtype=dtype, device=device)
         return cache
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -1052,3 +1052,14 @@ def test_compiled_step_gives_the_eager_tokens():
     with pytest.raises(ValueError, match="compile=True needs a dense model"):
         MDLMForMaskedLM(tiny_config(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)).generate(
             ids, max_new_tokens=8, compile=True)
+
+
+def test_cached_sampling_under_autocast():
+    """Under autocast the keys come out in the autocast dtype: the cache is allocated in it (training samples the
+    model in bf16 autocast after fine-tuning)."""
+    model = make_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for kv_cache in ("prefix", "dual"):
+            out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, steps=8, block_length=4,
+                                 kv_cache=kv_cache)
+            assert not (out == MASK).any()
