@@ -60,6 +60,12 @@ class MDLMConfig(PretrainedConfig):
             `forward` returns the raw per-position logits either way; the sampler, losses and evaluation read the
             prediction of token i from position i - 1 for "next_token" (position 0, which has no predecessor,
             uses its own logits, as Dream does).
+        block_size (`int`, *optional*): None (the default) for full bidirectional attention; N for block diffusion
+            (BD3LM, LLaDA2, SDAR): attention inside a block of N positions is bidirectional and across blocks causal,
+            position i seeing position j when `j // N <= i // N`, positions counted over real tokens (the rotary
+            positions, so left padding does not move the blocks). Finished blocks then never change the earlier
+            ones, and the sampler's KV cache over them is exact. A 4D `attention_mask` passed to `forward` replaces
+            this mask; flash attention cannot apply it.
         attention_dropout (`float`): dropout on attention probabilities during training.
         initializer_range (`float`): std of the normal initialisation.
         tie_word_embeddings (`bool`): share the input embedding and the LM head.
@@ -97,6 +103,7 @@ class MDLMConfig(PretrainedConfig):
         expert_bias=False,
         norm_topk_prob=False,
         prediction_alignment="same_token",
+        block_size=None,
         attention_dropout=0.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
@@ -131,6 +138,7 @@ class MDLMConfig(PretrainedConfig):
         self.expert_bias = expert_bias
         self.norm_topk_prob = norm_topk_prob
         self.prediction_alignment = prediction_alignment
+        self.block_size = block_size
         self.attention_dropout = attention_dropout
         self.initializer_range = initializer_range
         self.mask_token_id = mask_token_id
@@ -185,6 +193,9 @@ class MDLMConfig(PretrainedConfig):
         if self.prediction_alignment not in PREDICTION_ALIGNMENTS:
             raise ValueError(f"MDLMConfig.prediction_alignment must be one of {PREDICTION_ALIGNMENTS}, got "
                              f"{self.prediction_alignment!r}")
+        if self.block_size is not None and (not isinstance(self.block_size, int) or isinstance(self.block_size, bool)
+                                            or self.block_size < 1):
+            raise ValueError(f"MDLMConfig.block_size must be a positive integer or None, got {self.block_size!r}")
         if self.num_experts:
             if not isinstance(self.num_experts, int) or self.num_experts < 1:
                 raise ValueError(f"MDLMConfig.num_experts must be 0 or a positive integer, got {self.num_experts!r}")

@@ -324,6 +324,8 @@ class MDLMModel(MDLMPreTrainedModel):
             position_ids = self._default_positions(key_mask_2d, cache_position, batch)
         elif position_ids.shape[-1] != length:
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected (batch, {length})")
+        if self.config.block_size and (attention_mask is None or attention_mask.dim() == 2):
+            masks = self._block_causal_masks(key_mask_2d, position_ids.expand(batch, length), keys)
         cos, sin = self.rotary_emb(position_ids.expand(batch, length))
 
         all_hidden_states = () if output_hidden_states else None
@@ -413,6 +415,23 @@ class MDLMModel(MDLMPreTrainedModel):
         flex = torch.zeros(dense.shape, dtype=torch.float32, device=keep.device).masked_fill(
             ~dense, torch.finfo(torch.float32).min).expand(batch, 1, length, keys)
         return {"dense": dense, "flash": attention_mask, "flex": flex}, attention_mask
+
+    def _block_causal_masks(self, key_mask, query_positions, keys):
+        """Block-causal attention (block diffusion): a query sees a key when the key's block is not after its own,
+        blocks being `block_size` consecutive positions counted over real tokens (as the rotary positions are), so
+        left padding does not move them. Padding keys are never seen."""
+        if self.config._attn_implementation.startswith("flash"):
+            raise ValueError("flash attention takes a 2D padding mask only and cannot apply the block-causal mask of "
+                             "block_size: load the model with attn_implementation='sdpa', 'eager' or 'flex_attention'")
+        device = query_positions.device
+        key_positions = self._default_positions(key_mask, torch.arange(keys, device=device), query_positions.shape[0])
+        size = self.config.block_size
+        dense = (key_positions[:, None, :] // size <= query_positions[:, :, None] // size)[:, None]
+        if key_mask is not None:
+            dense = dense & key_mask.bool()[:, None, None, :]
+        flex = torch.zeros(dense.shape, dtype=torch.float32, device=device).masked_fill(
+            ~dense, torch.finfo(torch.float32).min)
+        return {"dense": dense, "flex": flex}
 
     @staticmethod
     def _default_positions(key_mask, cache_position, batch):

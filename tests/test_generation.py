@@ -1063,3 +1063,21 @@ def test_cached_sampling_under_autocast():
             out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, steps=8, block_length=4,
                                  kv_cache=kv_cache)
             assert not (out == MASK).any()
+
+
+def test_a_kv_cache_is_exact_for_a_block_causal_model():
+    """With block-causal attention (block_size) and sampling blocks on the model's blocks, a finished block never
+    sees a later one: the dual cache computes the exact logits, so its tokens are the uncached ones."""
+    ids = torch.tensor([[5, 17, 33, 2], [40, 41, 7, 8]])
+    common = dict(max_new_tokens=16, steps=16, block_length=4, temperature=1.0, return_dict_in_generate=True)
+
+    def differing_runs(model, mode):
+        runs = [(model.generate(ids, generator=seed, **common), model.generate(ids, generator=seed, kv_cache=mode,
+                                                                               **common)) for seed in range(6)]
+        assert all(cached.num_positions < exact.num_positions for exact, cached in runs)
+        return sum(not torch.equal(exact.sequences, cached.sequences) for exact, cached in runs)
+
+    for mode in ("prefix", "dual"):
+        assert differing_runs(make_model(block_size=4), mode) == 0, mode
+    # The same weights without blocks: there the dual cache is an approximation, and it shows.
+    assert differing_runs(make_model(), "dual") > 0
