@@ -896,6 +896,10 @@ class DiffusionSampler:
         # Ending a block early needs the host: only the rules whose commit counts depend on the model's outputs.
         self.can_end_early = config.threshold is not None or config.factor is not None or config.stop_at_eos
         self.eos_ids = torch.tensor(state.eos_ids, dtype=torch.long, device=state.canvas.device)
+        # On the CPU reading a value costs nothing, so each step runs the vocabulary projection and the choice only
+        # from the first position still masked (the window shrinks as the block fills; the tokens are the same).
+        # On an accelerator, or compiled, the window stays the block's, so that no step waits for the device.
+        self.narrow = _host_reads_are_free(state.canvas) and not config.compile
         self.step_fn = self.denoise_step
         if config.compile:
             self.step_fn = torch.compile(self.denoise_step, fullgraph=True)
@@ -937,32 +941,41 @@ class DiffusionSampler:
             return
         first = columns.index(True)
         window = (min(P + first, block_end - state.block_length), block_end)  # the positions that can change
-        region, beyond = canvas[:, window[0]:window[1]], canvas[:, window[1]:window[1] + 1]
-        gen_positions = torch.arange(window[0] - P, window[1] - P, device=device)
+        beyond = canvas[:, window[1]:window[1] + 1]
         # Steps at which no row commits are skipped (no model call). The commit counts are known ahead for the
         # fixed schedules, unless a shift moves commits out of the block (Dream's counts then change).
         plan = None if config.threshold is not None or config.factor is not None else self._commit_plan(masked.sum(-1))
         skippable = plan is not None and not (self.dream and config.shift_rate > 0)
         active = plan.any(dim=0).tolist() if skippable else [True] * steps
         plan_device = None if plan is None else plan.to(device)
-        calls = {refresh: self._call_inputs(window, block_end, refresh) for refresh in ((True, False) if state.cache is not None else (True,))}
+        calls = {refresh: self._call_inputs(window, block_end, refresh)
+                 for refresh in ((True, False) if state.cache is not None else (True,))}
+        step_inputs = self._window_inputs(window, block_end)  # the static window, or narrowed at every step
         block_step = torch.zeros((), dtype=torch.long, device=device)
         global_step = torch.zeros((), dtype=torch.long, device=device)
-        finite = torch.ones(region.shape, dtype=torch.bool, device=device)
+        finite = torch.ones((canvas.shape[0], block_end - window[0]), dtype=torch.bool, device=device)
         cache_filled = False
         for step in range(steps):
             if not active[step]:
                 continue
+            if self.narrow:  # free on the CPU: only from the first position still masked in some row
+                still = (canvas[:, window[0]:block_end] == self.mask_id).any(dim=0)
+                if not bool(still.any()):
+                    break  # the block is full: no later step would commit anything
+                step_inputs = self._window_inputs((window[0] + int(still.nonzero()[0]), block_end), block_end)
             refresh = state.cache is None or not cache_filled or (
                 config.kv_cache_refresh is not None and step % config.kv_cache_refresh == 0)
             fed, call = calls[refresh]
+            start, region, gen_positions, window_positions = step_inputs
+            kept = (window_positions - state.shift).clamp(min=0) - fed[0]
             block_step.fill_(step)
             global_step.fill_(block * steps + step)
-            new_region, new_beyond, step_finite = self.step_fn(canvas, canvas[:, fed[0]:fed[1]], *call, region, beyond,
-                                                               gen_positions, plan_device, block_step, global_step)
+            new_region, new_beyond, step_finite = self.step_fn(canvas, canvas[:, fed[0]:fed[1]], *call, kept, region,
+                                                               beyond, gen_positions, plan_device, block_step,
+                                                               global_step)
             region.copy_(new_region)
             beyond.copy_(new_beyond)
-            finite &= step_finite
+            finite[:, start - window[0]:] &= step_finite
             cache_filled = True
             state.model_calls += 1
             state.positions_run += canvas.shape[0] * (2 if config.cfg_scale > 0 else 1) * (fed[1] - fed[0])
@@ -974,7 +987,7 @@ class DiffusionSampler:
                 step_callback(state.model_calls - 1, canvas.clone())
             if bar is not None:
                 bar.update(1)
-            if self.can_end_early and (step + 1) % config.sync_interval == 0 and step + 1 < steps:
+            if self.can_end_early and not self.narrow and (step + 1) % config.sync_interval == 0 and step + 1 < steps:
                 if not bool((canvas[:, P:block_end] == self.mask_id).any()):
                     break
         if config.check_logits and not bool(finite.all()):
@@ -982,6 +995,12 @@ class DiffusionSampler:
             raise ValueError(f"the model returned a non-finite logit (NaN or inf) for row {row}, canvas position "
                              f"{window[0] + column} (block {block}): its weights or inputs are broken (e.g. a "
                              "half-precision overflow); check_logits=False skips this check")
+
+    def _window_inputs(self, window, block_end):
+        """(start, the canvas view of the window, its positions in the generated region, its canvas positions)."""
+        device = self.state.canvas.device
+        positions = torch.arange(window[0], block_end, device=device)
+        return window[0], self.state.canvas[:, window[0]:block_end], positions - self.state.prompt_length, positions
 
     def _commit_plan(self, counts: torch.Tensor) -> torch.Tensor:
         """(B, steps) tokens each row commits at each step of the block (host tensor)."""
@@ -997,10 +1016,9 @@ class DiffusionSampler:
 
     def _call_inputs(self, window, block_end, refresh):
         """The canvas positions a call runs, and the model inputs that go with them: every position without a cache
-        or when (re)filling it; else from the window start (one earlier for a next-token model) to the canvas end
-        ("prefix") or to the block end ("dual"). Returns ((start, stop), (attention mask, positions, cache
-        positions, kept)), where `kept` indexes the fed outputs that predict the window's tokens (one position
-        earlier for a next-token model; position 0 predicts itself, as Dream)."""
+        or when (re)filling it; else from the window start (one earlier for a next-token model, whose outputs
+        predict the next position) to the canvas end ("prefix") or to the block end ("dual"). Returns ((start,
+        stop), (attention mask, positions, cache positions))."""
         state, device = self.state, self.state.canvas.device
         length = state.canvas.shape[1]
         start, stop = 0, length
@@ -1009,8 +1027,7 @@ class DiffusionSampler:
             stop = length if self.config.kv_cache == "prefix" else block_end
         mask = state.attention_mask  # with a cache the keys are the whole canvas; without one, so is the input
         cache_position = torch.arange(start, stop, device=device) if state.cache is not None else None
-        kept = (torch.arange(window[0], window[1], device=device) - state.shift).clamp(min=0) - start
-        return (start, stop), (mask, state.position_ids[:, start:stop], cache_position, kept)
+        return (start, stop), (mask, state.position_ids[:, start:stop], cache_position)
 
     def _stream(self, streamer, streamed):
         """Send every block that is now final (no mask token left) to the streamer; return how many were sent."""
@@ -1041,26 +1058,30 @@ class DiffusionSampler:
         logits = self._logits(fed_ids, attention_mask, fed_positions, cache_position, kept)
         logits = _apply_processors(self.processors, canvas, logits)
 
-        # Proposals: never the mask token itself.
-        proposal_logits = logits.clone()
-        proposal_logits[..., mask_id] = float("-inf")
+        # Scores read the model's distribution ("llada"), or the one after the warpers ("dream", as Dream), with the
+        # mask token in it; so they are taken before the mask token is ruled out of the proposals. (A softmax, not
+        # exp(logit - logsumexp): the references round that way, and near-ties must break alike.)
+        masked = region == mask_id
+        if config.remasking != "random":
+            probs = torch.softmax(_apply_processors(self.warpers, canvas, logits) if self.dream else logits, dim=-1)
+
+        # Proposals: never the mask token itself (the logits are this step's own: changed in place).
+        logits[..., mask_id] = float("-inf")
         if config.temperature == 0:
-            x0 = proposal_logits.argmax(dim=-1)
+            x0 = logits.argmax(dim=-1)
         else:
             # Gumbel-max at the temperature (warpers divide by it), in float64: lower precision truncates the Gumbel
             # noise and lowers the sampling temperature (arXiv 2409.02908; docs §6).
-            warped = _apply_processors(self.warpers, canvas, proposal_logits).double()
+            warped = _apply_processors(self.warpers, canvas, logits).double()
             u = counter_uniform(state.row_seeds, global_step, _STREAM_GUMBEL, gen_positions, logits.shape[-1])
             x0 = (warped - torch.log(-torch.log(u))).argmax(dim=-1)
-        finite = torch.isfinite(logits.gather(-1, x0.unsqueeze(-1))).squeeze(-1)  # a NaN or +inf wins the argmax
+        chosen_logit = logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        finite = torch.isfinite(chosen_logit)  # a NaN or +inf wins the argmax; a row of -inf has a -inf maximum
 
-        masked = region == mask_id
         if config.remasking == "random":
             score = counter_uniform(state.row_seeds, global_step, _STREAM_REMASK, gen_positions).float()
         else:
-            # Scores read the model's distribution ("llada"), or the one after the warpers ("dream", as Dream).
-            scored = _apply_processors(self.warpers, canvas, logits) if self.dream else logits
-            score = _scores(torch.softmax(scored, dim=-1), x0, config.remasking, dream=self.dream)
+            score = _scores(probs, x0, config.remasking, dream=self.dream)
         score = score.masked_fill(~masked, float("-inf"))
 
         left = masked.sum(-1)
@@ -1117,6 +1138,11 @@ class DiffusionSampler:
             cond, unc = logits[:rows].float(), logits[rows:].float()
             return unc + (config.cfg_scale + 1) * (cond - unc)
         return logits.float()
+
+
+def _host_reads_are_free(tensor) -> bool:
+    """Whether reading a value of `tensor` on the host costs nothing (the CPU) rather than a device round trip."""
+    return tensor.device.type == "cpu"
 
 
 def _finish_rows_at_eos(gen: torch.Tensor, eos_ids: torch.Tensor, mask_id):

@@ -963,6 +963,25 @@ def test_cached_and_uncached_rows_follow_one_rule(settings):
     assert dual.num_positions < cached.num_positions < exact.num_positions
 
 
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.8, top_p=0.9),
+    dict(temperature=0.8, schedule="dream", shift_rate=0.3, top_k=30),
+    dict(temperature=0.7, stop_at_eos=True, eos_penalty=-3.0, kv_cache="dual"),
+    dict(temperature=0.7, cfg_scale=0.5, kv_cache="prefix"),
+    dict(threshold=0.3, kv_cache="dual", kv_cache_refresh=3),
+    dict(factor=1.5, temperature=0.5),
+], ids=["top-p", "dream-shift", "eos-dual", "cfg-prefix", "threshold-refresh", "factor"])
+def test_the_narrowed_cpu_window_gives_the_tokens_of_the_static_one(settings, monkeypatch):
+    """On the CPU each step projects only from the first position still masked; on an accelerator the window is the
+    block's. Same tokens either way."""
+    model = confident_model(30.0)
+    ids, mask = left_pad(PROMPTS)
+    common = dict(attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, generator=5, **settings)
+    narrowed = model.generate(ids, **common)
+    monkeypatch.setattr("hf_mdlm.generation_mdlm._host_reads_are_free", lambda tensor: False)
+    assert torch.equal(narrowed, model.generate(ids, **common))
+
+
 def _host_reads(fn):
     """Operations whose result the host waits for (on an accelerator: a synchronisation), counted by the profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -976,6 +995,7 @@ def _host_reads(fn):
 def test_host_reads_happen_per_block_not_per_step(monkeypatch):
     # The model's input checks read values only where that is free (the CPU); do as on an accelerator.
     monkeypatch.setattr("hf_mdlm.modeling_mdlm.values_are_free", lambda tensor: False)
+    monkeypatch.setattr("hf_mdlm.generation_mdlm._host_reads_are_free", lambda tensor: False)
     model = confident_model(60.0)
     ids, mask = left_pad(PROMPTS[:2])
 
@@ -991,7 +1011,9 @@ def test_host_reads_happen_per_block_not_per_step(monkeypatch):
     assert run(16, threshold=0.99, sync_interval=100) == run(4, threshold=0.99, sync_interval=100)
 
 
-def test_sync_interval_changes_the_number_of_calls_not_the_tokens():
+def test_sync_interval_changes_the_number_of_calls_not_the_tokens(monkeypatch):
+    # On the CPU the window narrows at every step and a full block ends at once; do as on an accelerator.
+    monkeypatch.setattr("hf_mdlm.generation_mdlm._host_reads_are_free", lambda tensor: False)
     model = confident_model(60.0)
     ids, mask = left_pad(PROMPTS)
     common = dict(attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, threshold=0.5,
@@ -1027,8 +1049,11 @@ def test_user_logits_processors_and_stopping_criteria():
     out = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8,
                          logits_processor=[forbid])
     assert (plain[:, ids.shape[1]:] == favourite).any() and not (out[:, ids.shape[1]:] == favourite).any()
-    # One row per window position: (rows x window, canvas) ids and (rows x window, vocab) scores.
-    assert forbid.shapes == {((2 * 8, ids.shape[1] + 16), (2 * 8, model.config.vocab_size))}
+    # One row per window position: (rows x window, canvas) ids and (rows x window, vocab) scores; on the CPU the
+    # window narrows from the block's 8 positions as the block fills.
+    widths = {ids_shape[0] // 2 for ids_shape, _ in forbid.shapes}
+    assert forbid.shapes == {((2 * w, ids.shape[1] + 16), (2 * w, model.config.vocab_size)) for w in widths}
+    assert 8 in widths and widths <= set(range(1, 9))
     stopped = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=16, block_length=8,
                              stopping_criteria=[AfterFirstBlock()], return_dict_in_generate=True)
     assert stopped.num_model_calls == 8 and torch.equal(stopped.sequences[:, :ids.shape[1] + 8], plain[:, :ids.shape[1] + 8])
