@@ -53,7 +53,16 @@ class MDLMConfig(PretrainedConfig):
             others have a dense MLP of `intermediate_size`.
         shared_expert_intermediate_size (`int`, *optional*): an always-on SwiGLU expert added to every MoE layer.
         expert_bias (`bool`): a per-expert bias (a buffer, as in auxiliary-loss-free balancing) added to the router
-            scores before the top-k. As in LLaDA-MoE, the weights of the chosen experts are the biased scores.
+            scores before the top-k.
+        expert_bias_in_weights (`bool`, defaults to True): the chosen experts' weights are the biased scores (as in
+            LLaDA-MoE); False: the bias only chooses, the weights are the unbiased scores (LLaDA2, DeepSeek-V3).
+        router_score_function (`str`, defaults to "softmax"): "softmax" over the experts or an independent
+            "sigmoid" per expert (LLaDA2).
+        router_groups (`int`, defaults to 1), router_topk_groups (`int`, *optional*): group-limited routing
+            (LLaDA2): the experts form `router_groups` equal groups, a group's score is the sum of its two best
+            routing scores, and each token chooses its experts among the `router_topk_groups` best groups only.
+        routed_scaling_factor (`float`, defaults to 1.0): multiplies the chosen experts' weights (after
+            `norm_topk_prob`).
         norm_topk_prob (`bool`): renormalise the chosen experts' weights to sum to 1.
         prediction_alignment (`str`): "same_token" (position i predicts the token at i: LLaDA, LLaDA-MoE) or
             "next_token" (position i predicts the token at i + 1: Dream and causal LMs adapted to diffusion).
@@ -101,6 +110,11 @@ class MDLMConfig(PretrainedConfig):
         moe_layers=None,
         shared_expert_intermediate_size=None,
         expert_bias=False,
+        expert_bias_in_weights=True,
+        router_score_function="softmax",
+        router_groups=1,
+        router_topk_groups=None,
+        routed_scaling_factor=1.0,
         norm_topk_prob=False,
         prediction_alignment="same_token",
         block_size=None,
@@ -136,6 +150,11 @@ class MDLMConfig(PretrainedConfig):
         self.moe_layers = None if moe_layers is None else list(moe_layers)
         self.shared_expert_intermediate_size = shared_expert_intermediate_size
         self.expert_bias = expert_bias
+        self.expert_bias_in_weights = expert_bias_in_weights
+        self.router_score_function = router_score_function
+        self.router_groups = router_groups
+        self.router_topk_groups = router_groups if router_topk_groups is None else router_topk_groups
+        self.routed_scaling_factor = routed_scaling_factor
         self.norm_topk_prob = norm_topk_prob
         self.prediction_alignment = prediction_alignment
         self.block_size = block_size
@@ -205,6 +224,18 @@ class MDLMConfig(PretrainedConfig):
             if not isinstance(self.moe_intermediate_size, int) or self.moe_intermediate_size < 1:
                 raise ValueError(f"MDLMConfig.moe_intermediate_size must be a positive integer with num_experts > 0, "
                                  f"got {self.moe_intermediate_size!r}")
+            if self.router_score_function not in ("softmax", "sigmoid"):
+                raise ValueError(f"MDLMConfig.router_score_function must be 'softmax' or 'sigmoid', got "
+                                 f"{self.router_score_function!r}")
+            groups, best = self.router_groups, self.router_topk_groups
+            if (not isinstance(groups, int) or groups < 1 or self.num_experts % groups
+                    or (groups > 1 and self.num_experts // groups < 2)):
+                raise ValueError(f"MDLMConfig.router_groups={groups!r} must divide num_experts={self.num_experts} "
+                                 "into groups of at least two experts")
+            if not isinstance(best, int) or not 1 <= best <= groups or best * (self.num_experts // groups) < \
+                    self.num_experts_per_tok:
+                raise ValueError(f"MDLMConfig.router_topk_groups={best!r} must be in [1, router_groups={groups}] and "
+                                 f"hold at least num_experts_per_tok={self.num_experts_per_tok} experts")
             bad = [i for i in self.moe_layers or [] if not isinstance(i, int) or not 0 <= i < self.num_hidden_layers]
             if bad:
                 raise ValueError(f"MDLMConfig.moe_layers holds {bad}, not layer indices in [0, {self.num_hidden_layers})")

@@ -38,15 +38,17 @@ from transformers import GenerationConfig
 from transformers.generation import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import ModelOutput
 
-REMASKING_STRATEGIES = ("low_confidence", "random", "entropy", "margin")
+REMASKING_STRATEGIES = ("low_confidence", "random", "entropy", "margin", "left_to_right")
 KV_CACHE_MODES = ("prefix", "dual")
-SCHEDULES = ("llada", "dream")
+SCHEDULES = ("llada", "dream", "block")
+BLOCK_ALIGNMENTS = ("canvas", "absolute")
 
 # Every setting `generate` uses: name -> (type, default). The first group is ours; the second one are fields of
 # transformers' GenerationConfig that we also use (with our defaults). `eos_token_id` may also be a list.
 _DIFFUSION_FIELDS = {
     "steps": (int, None),
     "block_length": (int, None),
+    "block_alignment": (str, "canvas"),
     "schedule": (str, "llada"),
     "schedule_eps": (float, 1e-3),
     "remasking": (str, "low_confidence"),
@@ -123,6 +125,14 @@ class MDLMGenerationConfig(GenerationConfig):
             that would commit nothing (when a block has fewer masked positions than steps) are skipped.
         block_length (`int`, *optional*): length of the blocks filled one after the other (semi-autoregressive
             decoding); must divide `max_new_tokens`. None = one block.
+        block_alignment (`str`, defaults to "canvas"): "canvas": the blocks tile the generated canvas from its start
+            (LLaDA). "absolute" (block diffusion: LLaDA2, SDAR, and every model with `config.block_size`, whose
+            attention blocks the sampler's must be): block k holds the token positions [k * block_length,
+            (k + 1) * block_length) of each row, counted over its real tokens, so the first block completes the
+            prompt's last partial block and the last one runs past `max_new_tokens` to its end (those extra tokens
+            are generated and dropped). `max_new_tokens` need not be a multiple of `block_length`; each block, partial
+            or not, gets `steps // ceil(max_new_tokens / block_length)` steps. Rows of a left-padded batch have
+            their own block boundaries; each gets what it gets alone.
         schedule (`str`, defaults to "llada"): how many tokens each step commits, the family's own rule.
             "llada": `floor(masked / steps)` per step plus one in the first `masked % steps` steps of a block, and
             scores from the model's distribution. "dream" (Dream's sampler, set by its converter): with timesteps
@@ -130,6 +140,11 @@ class MDLMGenerationConfig(GenerationConfig):
             positions (all of them at the last step), and scores come from the distribution after temperature,
             top-k and top-p (so the filters change the order even at temperature 0); its entropy score is
             `exp(sum p log(p + 1e-10))`.
+            "block" (LLaDA2, SDAR): step i commits its share of an even split of `block_length` over the block's
+            steps (`block_length // steps`, plus one in the first `block_length % steps` steps), capped by what is
+            left, so a partial block finishes in fewer steps; with `threshold`, a step commits every score above it
+            (strictly) and never fewer than that share; scores come from the distribution after temperature, top-k
+            and top-p, as in "dream".
         schedule_eps (`float`, defaults to 1e-3): the last timestep of the "dream" schedule.
 
     Choosing tokens:
@@ -139,8 +154,9 @@ class MDLMGenerationConfig(GenerationConfig):
         remasking (`str`, defaults to "low_confidence"): how proposals are ranked for committing.
             "low_confidence": probability of the proposed token; "random": a uniform random number;
             "entropy": negative entropy of the predicted distribution (scored as `exp(-entropy)`, in (0, 1]);
-            "margin": probability of the best token minus that of the second best. Scores use the model's
-            distribution before temperature, top-k and top-p. Equal scores: the leftmost position first.
+            "margin": probability of the best token minus that of the second best; "left_to_right": the leftmost
+            masked positions first (SDAR's "sequential"). Scores use the model's distribution before temperature,
+            top-k and top-p (but see `schedule`). Equal scores: the leftmost position first.
         threshold (`float` in (0, 1], *optional*): commit, at each step, every masked position of the current
             block whose score reaches `threshold`, and never fewer than needed to finish the block within its
             step budget (so at least one). A block whose positions are all committed ends early.
@@ -207,7 +223,10 @@ class MDLMGenerationConfig(GenerationConfig):
     def from_model_config(cls, model_config) -> "MDLMGenerationConfig":
         """The default generation config of a model: our defaults plus the model config's special token ids."""
         values = model_config if isinstance(model_config, dict) else model_config.to_dict()
-        config = cls(**{name: values[name] for name in _MODEL_TOKEN_FIELDS if values.get(name) is not None})
+        settings = {name: values[name] for name in _MODEL_TOKEN_FIELDS if values.get(name) is not None}
+        if values.get("block_size"):  # a block-diffusion model samples its own blocks
+            settings.update(block_length=values["block_size"], block_alignment="absolute", schedule="block")
+        config = cls(**settings)
         config._original_object_hash = hash(config)
         return config
 
@@ -220,19 +239,29 @@ class MDLMGenerationConfig(GenerationConfig):
         g = self.max_new_tokens
         if not _is_int(g) or g <= 0:
             raise ValueError(f"max_new_tokens must be a positive integer (the canvas length), got {g!r}")
+        if self.block_alignment not in BLOCK_ALIGNMENTS:
+            raise ValueError(f"block_alignment must be one of {BLOCK_ALIGNMENTS}, got {self.block_alignment!r}")
+        absolute = self.block_alignment == "absolute"
+        if absolute and self.block_length is None:
+            raise ValueError("block_alignment='absolute' needs a block_length (the model's block_size)")
         if self.block_length is not None:
             if not _is_int(self.block_length) or self.block_length <= 0:
                 raise ValueError(f"block_length must be a positive integer or None, got {self.block_length!r}")
-            if g % self.block_length:
-                raise ValueError(f"block_length={self.block_length} must divide max_new_tokens={g}")
-        num_blocks = g // (self.block_length or g)
+            if g % self.block_length and not absolute:
+                raise ValueError(f"block_length={self.block_length} must divide max_new_tokens={g} (or use "
+                                 "block_alignment='absolute')")
+        if absolute and self.shift_rate:
+            raise ValueError(f"shift_rate={self.shift_rate} moves commits across block boundaries, which "
+                             "block_alignment='absolute' keeps per row: use one or the other")
+        num_blocks = self.num_blocks
         if self.steps is not None:
             if not _is_int(self.steps) or self.steps <= 0:
                 raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
             if self.steps % num_blocks:
                 raise ValueError(
-                    f"steps={self.steps} must be a multiple of the number of blocks "
-                    f"(max_new_tokens // block_length = {num_blocks}): each block gets steps // num_blocks steps"
+                    f"steps={self.steps} must be a multiple of the number of blocks ({num_blocks} blocks of "
+                    f"{self.block_length or self.max_new_tokens} in max_new_tokens={g}): each block gets "
+                    "steps // num_blocks steps"
                 )
         if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
@@ -285,12 +314,15 @@ class MDLMGenerationConfig(GenerationConfig):
 
     @property
     def num_blocks(self) -> int:
-        return self.max_new_tokens // (self.block_length or self.max_new_tokens)
+        """Blocks of the canvas; with absolute alignment, those `max_new_tokens` spans (a row may run one more)."""
+        return -(-self.max_new_tokens // (self.block_length or self.max_new_tokens))
 
     @property
     def resolved_steps(self) -> int:
-        """`steps`, or `max_new_tokens` when unset."""
-        return self.steps if self.steps is not None else self.max_new_tokens
+        """`steps`, or one token per step when unset (`num_blocks * block_length` with absolute alignment)."""
+        if self.steps is not None:
+            return self.steps
+        return self.num_blocks * self.block_length if self.block_alignment == "absolute" else self.max_new_tokens
 
 
 @dataclass
@@ -697,11 +729,13 @@ class SamplerState:
     position_ids: torch.Tensor  # (B, P + G): rotary positions, counted over real tokens as the model does
     row_seeds: torch.Tensor  # (B,) int64: each row's random stream
     prompt_length: int
+    gen_length: int  # max_new_tokens: the columns returned after the prompt (absolute blocks may run past them)
     num_blocks: int
     block_length: int
     steps_per_block: int
     shift: int  # 1 when position i predicts the token at i + 1 (the model config's prediction_alignment)
     eos_ids: list
+    block_offsets: Optional[list] = None  # absolute alignment: each row's real prompt length % block_length
     cache: Optional[CanvasCache] = None
     model_calls: int = 0
     positions_run: int = 0  # token positions run through the model, summed over calls and rows
@@ -755,6 +789,11 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
     if config.kv_cache is not None and "cache_position" not in inspect.signature(type(model).forward).parameters:
         raise ValueError(f"kv_cache={config.kv_cache!r} needs a model whose forward takes a cache and "
                          f"cache_position; {type(model).__name__} does not")
+    model_block = getattr(model.config, "block_size", None)
+    if model_block is not None and (config.block_alignment != "absolute" or config.block_length != model_block):
+        raise ValueError(f"this model attends in blocks of block_size={model_block}, so it samples with "
+                         f"block_alignment='absolute' and block_length={model_block}; got block_alignment="
+                         f"{config.block_alignment!r} and block_length={config.block_length}")
     if config.compile and getattr(model.config, "num_experts", 0):
         raise ValueError("compile=True needs a dense model: a mixture of experts dispatches tokens to experts with "
                          "data-dependent shapes, which a full-graph compile cannot hold")
@@ -768,18 +807,23 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
         prompts = prompts.repeat_interleave(config.num_return_sequences, dim=0)
         if attention_mask is not None:
             attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
-    canvas = torch.full((rows, prompt_length + gen_length), config.mask_token_id, dtype=torch.long, device=device)
+    block_length = config.block_length or gen_length
+    num_blocks, offsets, width = config.num_blocks, None, gen_length
+    if config.block_alignment == "absolute":  # each row's blocks start at multiples of block_length of its own positions
+        real = [prompt_length] * rows if attention_mask is None else attention_mask.sum(-1).tolist()
+        offsets = [int(length) % block_length for length in real]
+        num_blocks = max(-(-(offset + gen_length) // block_length) for offset in offsets)
+        width = max(num_blocks * block_length - offset for offset in offsets)  # to the end of every row's last block
+    canvas = torch.full((rows, prompt_length + width), config.mask_token_id, dtype=torch.long, device=device)
     canvas[:, :prompt_length] = prompts
     full_mask = None
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
-        full_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, gen_length)], dim=1)
+        full_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, width)], dim=1)
     if full_mask is None:
         positions = torch.arange(canvas.shape[1], device=device)[None].expand(rows, -1)
     else:
         positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    block_length = config.block_length or gen_length
-    num_blocks = gen_length // block_length
     cache = None
     if config.kv_cache is not None:  # guidance runs the unconditional rows in the same batch
         cache_rows = rows * (2 if config.cfg_scale > 0 else 1)
@@ -791,9 +835,11 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
         position_ids=positions,
         row_seeds=row_seeds,
         prompt_length=prompt_length,
+        gen_length=gen_length,
         num_blocks=num_blocks,
         block_length=block_length,
-        steps_per_block=config.resolved_steps // num_blocks,
+        steps_per_block=config.resolved_steps // config.num_blocks,
+        block_offsets=offsets,
         shift=getattr(model.config, "prediction_shift", 0),
         eos_ids=eos_ids,
         cache=cache,
@@ -892,6 +938,7 @@ class DiffusionSampler:
         self.history = [] if config.output_history else None
         self.mask_id = config.mask_token_id
         self.dream = config.schedule == "dream"
+        self.warped_scores = config.schedule in ("dream", "block")  # scores from the distribution tokens are drawn from
         self.fractions = _dream_fractions(state.steps_per_block, config.schedule_eps).to(state.canvas.device)
         # Ending a block early needs the host: only the rules whose commit counts depend on the model's outputs.
         self.can_end_early = config.threshold is not None or config.factor is not None or config.stop_at_eos
@@ -917,30 +964,49 @@ class DiffusionSampler:
         streamed = 0
         try:
             for block in range(state.num_blocks):
-                self._run_block(block, P + (block + 1) * L, step_callback, bar)
+                self._run_block(block, step_callback, bar)
                 streamed = self._stream(streamer, streamed)
                 if self.stopping_criteria and bool(self.stopping_criteria(canvas, None).all()):
                     break
-                if self.config.stop_at_eos and not bool((canvas[:, P:] == self.mask_id).any()):
+                if self.config.stop_at_eos and not bool((canvas[:, P:P + state.gen_length] == self.mask_id).any()):
                     break
             if streamer is not None:
                 streamer.end()
         finally:
             if bar is not None:
                 bar.close()
-        return canvas
+        return canvas[:, :P + state.gen_length]
 
-    def _run_block(self, block, block_end, step_callback, bar):
+    def _block_span(self, block):
+        """(first canvas column the block's tokens may lie in, its end, the (B, width) columns each row may commit in
+        it or None for all). Canvas alignment: up to the block's end, from the first generated column (a position
+        left masked by a shift across an earlier block boundary stays eligible, as in LLaDA's sampler). Absolute
+        alignment: each row's own block, [k * block_length, (k + 1) * block_length) of its real positions."""
+        state, P, L = self.state, self.state.prompt_length, self.state.block_length
+        if state.block_offsets is None:
+            return P, P + (block + 1) * L, None
+        starts = [max(P, P - offset + block * L) for offset in state.block_offsets]
+        ends = [P - offset + (block + 1) * L for offset in state.block_offsets]
+        begin, end = min(starts), max(ends)
+        columns = torch.arange(begin, end)
+        eligible = (columns >= torch.tensor(starts)[:, None]) & (columns < torch.tensor(ends)[:, None])
+        return begin, end, eligible.to(state.canvas.device)
+
+    def _run_block(self, block, step_callback, bar):
         state, config, canvas, P = self.state, self.config, self.state.canvas, self.state.prompt_length
         steps, device = state.steps_per_block, canvas.device
-        # One read per block: the masked positions up to the block end (a position left masked by a shift across an
-        # earlier block boundary stays eligible, as masked positions of earlier blocks do in LLaDA's sampler).
-        masked = (canvas[:, P:block_end] == self.mask_id).cpu()
+        begin, block_end, eligible = self._block_span(block)
+        # One read per block: the positions this block may commit.
+        masked = canvas[:, begin:block_end] == self.mask_id
+        masked = (masked if eligible is None else masked & eligible).cpu()
         columns = masked.any(dim=0).tolist()
         if not any(columns):
             return
         first = columns.index(True)
-        window = (min(P + first, block_end - state.block_length), block_end)  # the positions that can change
+        window = (min(begin + first, block_end - state.block_length), block_end)  # the positions that can change
+        if eligible is not None:
+            window = (begin + first, block_end)
+            eligible = eligible[:, first:]
         beyond = canvas[:, window[1]:window[1] + 1]
         # Steps at which no row commits are skipped (no model call). The commit counts are known ahead for the
         # fixed schedules, unless a shift moves commits out of the block (Dream's counts then change).
@@ -948,7 +1014,7 @@ class DiffusionSampler:
         skippable = plan is not None and not (self.dream and config.shift_rate > 0)
         active = plan.any(dim=0).tolist() if skippable else [True] * steps
         plan_device = None if plan is None else plan.to(device)
-        calls = {refresh: self._call_inputs(window, block_end, refresh)
+        calls = {refresh: self._call_inputs(block, window, block_end, refresh)
                  for refresh in ((True, False) if state.cache is not None else (True,))}
         step_inputs = self._window_inputs(window, block_end)  # the static window, or narrowed at every step
         block_step = torch.zeros((), dtype=torch.long, device=device)
@@ -959,7 +1025,8 @@ class DiffusionSampler:
             if not active[step]:
                 continue
             if self.narrow:  # free on the CPU: only from the first position still masked in some row
-                still = (canvas[:, window[0]:block_end] == self.mask_id).any(dim=0)
+                still = canvas[:, window[0]:block_end] == self.mask_id
+                still = (still if eligible is None else still & eligible).any(dim=0)
                 if not bool(still.any()):
                     break  # the block is full: no later step would commit anything
                 step_inputs = self._window_inputs((window[0] + int(still.nonzero()[0]), block_end), block_end)
@@ -970,9 +1037,10 @@ class DiffusionSampler:
             kept = (window_positions - state.shift).clamp(min=0) - fed[0]
             block_step.fill_(step)
             global_step.fill_(block * steps + step)
+            in_block = None if eligible is None else eligible[:, start - window[0]:]
             new_region, new_beyond, step_finite = self.step_fn(canvas, canvas[:, fed[0]:fed[1]], *call, kept, region,
-                                                               beyond, gen_positions, plan_device, block_step,
-                                                               global_step)
+                                                               beyond, in_block, gen_positions, plan_device,
+                                                               block_step, global_step)
             region.copy_(new_region)
             beyond.copy_(new_beyond)
             finite[:, start - window[0]:] &= step_finite
@@ -988,7 +1056,8 @@ class DiffusionSampler:
             if bar is not None:
                 bar.update(1)
             if self.can_end_early and not self.narrow and (step + 1) % config.sync_interval == 0 and step + 1 < steps:
-                if not bool((canvas[:, P:block_end] == self.mask_id).any()):
+                left = canvas[:, window[0]:block_end] == self.mask_id
+                if not bool((left if eligible is None else left & eligible).any()):
                     break
         if config.check_logits and not bool(finite.all()):
             row, column = (~finite).nonzero()[0].tolist()
@@ -1005,6 +1074,10 @@ class DiffusionSampler:
     def _commit_plan(self, counts: torch.Tensor) -> torch.Tensor:
         """(B, steps) tokens each row commits at each step of the block (host tensor)."""
         steps = self.state.steps_per_block
+        if self.config.schedule == "block":  # the even split of the whole block, until the masked ones run out
+            share = _block_schedule(torch.tensor([self.state.block_length]), steps).expand(counts.shape[0], -1)
+            done = torch.minimum(share.cumsum(-1), counts[:, None])
+            return torch.diff(done, dim=-1, prepend=torch.zeros_like(done[:, :1]))
         if not self.dream:
             return _block_schedule(counts, steps)
         plan, left = torch.zeros(counts.shape[0], steps, dtype=torch.long), counts.clone()
@@ -1014,16 +1087,20 @@ class DiffusionSampler:
             left -= plan[:, step]
         return plan
 
-    def _call_inputs(self, window, block_end, refresh):
+    def _call_inputs(self, block, window, block_end, refresh):
         """The canvas positions a call runs, and the model inputs that go with them: every position without a cache
         or when (re)filling it; else from the window start (one earlier for a next-token model, whose outputs
-        predict the next position) to the canvas end ("prefix") or to the block end ("dual"). Returns ((start,
+        predict the next position; with absolute blocks, from the block's start) to the canvas end ("prefix") or to
+        the block end ("dual"). Returns ((start,
         stop), (attention mask, positions, cache positions))."""
         state, device = self.state, self.state.canvas.device
         length = state.canvas.shape[1]
         start, stop = 0, length
         if not refresh:
             start = max(window[0] - state.shift, 0)
+            if state.block_offsets is not None:  # a block model: the prompt's part of the block attends to the rest
+                start = min(start, max(0, min(state.prompt_length - offset + block * state.block_length
+                                              for offset in state.block_offsets)))
             stop = length if self.config.kv_cache == "prefix" else block_end
         mask = state.attention_mask  # with a cache the keys are the whole canvas; without one, so is the input
         cache_position = torch.arange(start, stop, device=device) if state.cache is not None else None
@@ -1033,24 +1110,27 @@ class DiffusionSampler:
         """Send every block that is now final (no mask token left) to the streamer; return how many were sent."""
         if streamer is None:
             return streamed
-        state, canvas = self.state, self.state.canvas
+        state, canvas, P, L = self.state, self.state.canvas, self.state.prompt_length, self.state.block_length
+        offset = 0 if state.block_offsets is None else state.block_offsets[0]
         while streamed < state.num_blocks:
-            start = state.prompt_length + streamed * state.block_length
-            block = canvas[0, start:start + state.block_length]
+            start = max(P, P - offset + streamed * L)
+            block = canvas[0, start:min(P - offset + (streamed + 1) * L, P + state.gen_length)]
             if bool((block == self.mask_id).any()):
                 break
-            streamer.put(block.to("cpu", copy=True))
+            if block.numel():
+                streamer.put(block.to("cpu", copy=True))
             streamed += 1
         return streamed
 
     # ---------------------------------------------------------------------------------------------------- the step
     def denoise_step(self, canvas, fed_ids, attention_mask, fed_positions, cache_position, kept, region, beyond,
-                     gen_positions, plan, block_step, global_step):
+                     in_block, gen_positions, plan, block_step, global_step):
         """One model call and one commit, for every row at once; tensor operations only.
 
         `fed_ids`: the canvas positions run (with a cache, `cache_position` names them); `kept`: which outputs
         predict the window `region` (B, W), the positions that can change; `beyond`: the position after it (a
-        shift target), (B, 1) or (B, 0); `gen_positions`: the window's positions in the generated region (they key
+        shift target), (B, 1) or (B, 0); `in_block`: (B, W) the window positions in each row's own block (absolute
+        alignment), or None for all; `gen_positions`: the window's positions in the generated region (they key
         the random numbers). Returns the window's and `beyond`'s new tokens and (B, W) whether each proposal's logit
         was finite.
         """
@@ -1058,12 +1138,16 @@ class DiffusionSampler:
         logits = self._logits(fed_ids, attention_mask, fed_positions, cache_position, kept)
         logits = _apply_processors(self.processors, canvas, logits)
 
-        # Scores read the model's distribution ("llada"), or the one after the warpers ("dream", as Dream), with the
-        # mask token in it; so they are taken before the mask token is ruled out of the proposals. (A softmax, not
-        # exp(logit - logsumexp): the references round that way, and near-ties must break alike.)
+        # Scores read the model's distribution ("llada"), or the one after the warpers ("dream", "block", as those
+        # families), with the mask token in it; so they are taken before the mask token is ruled out of the
+        # proposals. (A softmax, not exp(logit - logsumexp): the references round that way, and near-ties must break
+        # alike.)
         masked = region == mask_id
-        if config.remasking != "random":
-            probs = torch.softmax(_apply_processors(self.warpers, canvas, logits) if self.dream else logits, dim=-1)
+        if in_block is not None:
+            masked = masked & in_block
+        if config.remasking not in ("random", "left_to_right"):
+            scored = _apply_processors(self.warpers, canvas, logits) if self.warped_scores else logits
+            probs = torch.softmax(scored, dim=-1)
 
         # Proposals: never the mask token itself (the logits are this step's own: changed in place).
         logits[..., mask_id] = float("-inf")
@@ -1080,6 +1164,8 @@ class DiffusionSampler:
 
         if config.remasking == "random":
             score = counter_uniform(state.row_seeds, global_step, _STREAM_REMASK, gen_positions).float()
+        elif config.remasking == "left_to_right":  # equal scores: the stable sort below takes the leftmost first
+            score = torch.ones(region.shape, device=region.device)
         else:
             score = _scores(probs, x0, config.remasking, dream=self.dream)
         score = score.masked_fill(~masked, float("-inf"))
@@ -1090,12 +1176,18 @@ class DiffusionSampler:
             # Fast-dLLM's parallel decoding (arXiv 2505.22618), with at least enough to finish within the step
             # budget: every score that reaches the threshold, or the largest n with (n + 1)(1 - c_n) < factor for the
             # sorted scores c_1 >= c_2 >= ... (a product that grows with n, so the passing ranks are a prefix).
-            steps_left = steps - block_step
-            needed = (left + steps_left - 1) // steps_left
+            if config.schedule == "block":  # at least the step's share of the block (LLaDA2, SDAR)
+                block_length = state.block_length
+                needed = block_length // steps + (block_step < block_length % steps).long()
+            else:
+                steps_left = steps - block_step
+                needed = (left + steps_left - 1) // steps_left
             if config.factor is not None:
                 best = score.sort(dim=-1, descending=True).values
                 ranks = torch.arange(1, best.shape[1] + 1, device=best.device)
                 passing = ((ranks + 1) * (1 - best) < config.factor).sum(-1)
+            elif config.schedule == "block":  # those families keep scores strictly above the threshold
+                passing = (score > config.threshold).sum(-1)
             else:
                 passing = (score >= config.threshold).sum(-1)
             k = torch.minimum(torch.maximum(passing, needed), left)

@@ -187,13 +187,13 @@ class MDLMMLP(nn.Module):
 
 
 class MDLMSparseMoE(nn.Module):
-    """Token-choice mixture of SwiGLU experts: softmax router scores (float32), plus the expert bias when there is
-    one, pick the top-k experts of each token; their weighted outputs (weights renormalised with `norm_topk_prob`)
-    plus the shared expert's make the output."""
+    """Token-choice mixture of SwiGLU experts: router scores in float32 (softmax or sigmoid), plus the expert bias when
+    there is one, pick the top-k experts of each token (among its best groups with group-limited routing); their
+    weighted outputs plus the shared expert's make the output. See `MDLMConfig` for each option."""
 
     def __init__(self, config: MDLMConfig):
         super().__init__()
-        self.top_k, self.norm_topk_prob = config.num_experts_per_tok, config.norm_topk_prob
+        self.config = config
         self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
         self.experts = nn.ModuleList(MDLMMLP(config, config.moe_intermediate_size) for _ in range(config.num_experts))
         if config.expert_bias:  # a buffer: balancing updates it outside of gradient descent
@@ -203,15 +203,28 @@ class MDLMSparseMoE(nn.Module):
         self.shared_expert = (MDLMMLP(config, config.shared_expert_intermediate_size)
                               if config.shared_expert_intermediate_size else None)
 
+    def route(self, tokens):
+        """(weights, chosen experts), each (tokens, top_k)."""
+        config = self.config
+        logits = self.router(tokens).float()
+        scores = torch.sigmoid(logits) if config.router_score_function == "sigmoid" else torch.softmax(logits, dim=-1)
+        routing = scores if self.expert_bias is None else scores + self.expert_bias.float()
+        if config.router_groups > 1:
+            grouped = routing.view(routing.shape[0], config.router_groups, -1)
+            best_groups = grouped.topk(2, dim=-1).values.sum(-1).topk(config.router_topk_groups, dim=-1).indices
+            kept = torch.zeros_like(grouped[..., 0], dtype=torch.bool).scatter(1, best_groups, True)
+            routing = grouped.masked_fill(~kept[..., None], float("-inf")).view_as(routing)
+        weights, chosen = routing.topk(config.num_experts_per_tok, dim=-1)
+        if not config.expert_bias_in_weights:
+            weights = scores.gather(1, chosen)
+        if config.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return weights * config.routed_scaling_factor, chosen
+
     def forward(self, x):
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
-        scores = torch.softmax(self.router(tokens).float(), dim=-1)
-        if self.expert_bias is not None:
-            scores = scores + self.expert_bias.float()
-        weights, chosen = scores.topk(self.top_k, dim=-1)
-        if self.norm_topk_prob:
-            weights = weights / weights.sum(-1, keepdim=True)
+        weights, chosen = self.route(tokens)
         out = torch.zeros_like(tokens, dtype=torch.float32)
         for index, expert in enumerate(self.experts):
             rows, slot = (chosen == index).nonzero(as_tuple=True)

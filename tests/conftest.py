@@ -15,6 +15,7 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LLADA_TINY = FIXTURES / "llada-tiny"
+LLADA2_TINY, SDAR_TINY = FIXTURES / "llada2-tiny", FIXTURES / "sdar-tiny"
 DREAM_TINY, LLADA_MOE_TINY = FIXTURES / "dream-tiny", FIXTURES / "llada-moe-tiny"
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "hf_mdlm" / "data" / "bundled" / "tokenizer"
 MASK, SLACK, EOS, PAD = 95, 94, 93, 92  # the special ids of tiny_config
@@ -265,3 +266,32 @@ def hub_calls(monkeypatch):
     for name in ("create_repo", "create_commit", "upload_folder", "create_branch", "upload_file"):
         monkeypatch.setattr(HfApi, name, recorder(name))
     return calls
+
+
+# ---- the block-diffusion fixtures (LLaDA2, SDAR)
+
+
+def block_fixture_reference(folder):
+    """(reference tensors, generation cases) of a fixture made with its family's own code."""
+    import json
+
+    from safetensors.torch import load_file
+
+    return (load_file(str(folder / "reference_outputs.safetensors")),
+            json.loads((folder / "generation_cases.json").read_text()))
+
+
+def padded_rows_match_alone(model, prompts, pad, **settings):
+    """Generate a left-padded batch of `prompts`, then each prompt alone: the generated tokens must be equal (greedy
+    and sampled with per-row seeds)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    seeds = list(range(5, 5 + len(prompts)))
+    for sampled in (dict(temperature=0.0), dict(temperature=0.9, generator=seeds)):
+        batch = model.generate(ids, attention_mask=mask, **settings, **sampled)
+        assert batch.shape == (len(prompts), width + settings["max_new_tokens"])
+        for row, prompt in enumerate(prompts):
+            alone = dict(sampled, generator=[seeds[row]]) if "generator" in sampled else sampled
+            single = model.generate(torch.tensor([prompt]), **settings, **alone)
+            assert batch[row, width:].tolist() == single[0, len(prompt):].tolist(), (row, sampled)

@@ -165,12 +165,12 @@ def test_converter_config_errors_name_the_problem(tmp_path):
     qwen3 = {"model_type": "qwen3", "hidden_act": "silu", "layer_types": ["full_attention", "sliding_attention"]}
     with pytest.raises(ValueError, match=r"'layer_types' has \['sliding_attention'\] layers"):
         a2d_config_to_mdlm(qwen3, 10, 1, 2)
-    with pytest.raises(ValueError, match="no conversion for family 'mdlm'; converters: llada, llada-moe, dream, a2d"):
+    with pytest.raises(ValueError, match="no conversion for family 'mdlm'; converters: llada, llada-moe, dream, llada2, sdar, a2d"):
         convert_checkpoint(FIXTURES / "dream-tiny", tmp_path / "out", family="mdlm")
 
 
 def test_unknown_family_lists_the_supported_ones():
-    with pytest.raises(ValueError, match="supported: mdlm, llada, llada-moe, dream, a2d"):
+    with pytest.raises(ValueError, match="supported: mdlm, llada, llada-moe, dream, llada2, sdar, a2d"):
         detect_family({"model_type": "bert", "architectures": ["BertModel"]})
 
 

@@ -52,7 +52,7 @@ def _brute_force(model):
         experts = getattr(layer.mlp, "experts", None)
         if experts is not None:
             per_expert = sum(p.numel() for p in experts[0].parameters())
-            unused += (len(experts) - layer.mlp.top_k) * per_expert
+            unused += (len(experts) - layer.mlp.config.num_experts_per_tok) * per_expert
     embedding = model.model.embed_tokens.weight.numel()
     tied = model.lm_head.weight is model.model.embed_tokens.weight
     return {"total": total, "active": total - unused, "embedding": embedding,

@@ -1,6 +1,6 @@
 """Checkpoints of other families into hf_mdlm folders, one module per family.
 
-    python -m hf_mdlm.convert {llada,llada-moe,dream,a2d} SRC_DIR DST_DIR [--dtype bfloat16]
+    python -m hf_mdlm.convert {llada,llada-moe,dream,llada2,sdar,a2d} SRC_DIR DST_DIR [--dtype bfloat16]
 
 `detect_family(config_dict)` names a folder's family; `convert_checkpoint(src, dst)` detects and converts. Tensors
 are streamed one source shard at a time, so an 8B checkpoint needs about one shard of RAM, not twice the model.
@@ -23,11 +23,13 @@ from .llada import (
     llada_config_to_mdlm,
     llada_key_to_mdlm,
 )
+from .llada2 import convert_llada2_checkpoint, is_llada2_config, llada2_config_to_mdlm
 from .llada_moe import (
     convert_llada_moe_checkpoint,
     is_llada_moe_config,
     llada_moe_config_to_mdlm,
 )
+from .sdar import convert_sdar_checkpoint, is_sdar_config, sdar_config_to_mdlm
 
 __all__ = [
     "FAMILIES",
@@ -38,6 +40,12 @@ __all__ = [
     "convert_checkpoint",
     "convert_dream_checkpoint",
     "convert_llada_checkpoint",
+    "convert_llada2_checkpoint",
+    "convert_sdar_checkpoint",
+    "is_llada2_config",
+    "is_sdar_config",
+    "llada2_config_to_mdlm",
+    "sdar_config_to_mdlm",
     "convert_llada_moe_checkpoint",
     "copy_hub_code",
     "detect_family",

@@ -20,6 +20,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="family", required=True)
     helps = {"llada": "a LLaDA checkpoint folder (config.json + safetensors)",
              "llada-moe": "a LLaDA-MoE checkpoint folder", "dream": "a Dream checkpoint folder",
+             "llada2": "a LLaDA2.0 / 2.1 checkpoint folder (block diffusion, MoE)",
+             "sdar": "an SDAR checkpoint folder (block diffusion, Qwen3)",
              "a2d": "a local Llama / Qwen2 / Qwen3 causal LM folder (weights + tokenizer), adapted to diffusion"}
     for family in CONVERTERS:
         command = sub.add_parser(family, help=helps[family])
@@ -28,11 +30,11 @@ def main(argv=None):
         command.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
         add_bool_flag(command, "--overwrite",
                       help="replace an earlier conversion in dst_dir (a folder holding other files is refused)")
-        if family == "llada-moe":
+        if family in ("llada-moe", "llada2"):
             command.add_argument("--mask_token_id", type=int, default=None,
                                  help="the [MASK] id (the config names none; default: the real models' 156895)")
     args = parser.parse_args(argv)
-    extra = {"mask_token_id": args.mask_token_id} if args.family == "llada-moe" else {}
+    extra = {"mask_token_id": args.mask_token_id} if args.family in ("llada-moe", "llada2") else {}
     try:  # new or empty, locked while converting; --overwrite replaces an earlier conversion's files only
         output = OutputFolder(args.dst_dir, overwrite=args.overwrite, what="dst_dir", writes=CONVERTED_FILES,
                               flag="--overwrite")

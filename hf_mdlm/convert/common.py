@@ -2,7 +2,8 @@
 the shards one at a time into the new folder, and writing config, generation config, code and tokenizer files.
 
 A family module gives three things: its config mapped to an `MDLMConfig`, a key renamer (None drops a tensor the
-model recomputes, such as rotary frequency buffers) and the family's sampling defaults.
+model recomputes, such as rotary frequency buffers; a dict {new key: row slice} splits a fused tensor, such as a
+fused query/key/value projection) and the family's sampling defaults.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from ..hub.files import TOKENIZER_FILES, copy_hub_code
 
 logger = logging.getLogger(__name__)
 
-KeyRenamer = Callable[[str], "str | None"]
+KeyRenamer = Callable[[str], "str | dict[str, slice] | None"]
+
+
+def _renamed(rename: KeyRenamer, key: str) -> dict:
+    """{new key: rows taken (None: all)} of a source tensor."""
+    new = rename(key)
+    if new is None:
+        return {}
+    return dict(new) if isinstance(new, dict) else {new: None}
 
 
 def read_source_config(src: Path, family: str) -> dict:
@@ -67,8 +76,7 @@ def check_source_keys(shards, config: MDLMConfig, rename: KeyRenamer, family: st
     for shard in shards:
         with safe_open(str(shard), framework="pt") as reader:
             for key in reader.keys():
-                new_key = rename(key)
-                if new_key is not None:
+                for new_key in _renamed(rename, key):
                     seen[new_key] = key
     expected = expected_keys(config)
     missing = sorted(expected - set(seen))
@@ -104,13 +112,13 @@ def write_converted(src, dst, config: MDLMConfig, rename: KeyRenamer, generation
         tensors = {}
         with safe_open(str(shard), framework="pt") as reader:
             for key in reader.keys():
-                new_key = rename(key)
-                if new_key is None:
-                    continue
-                tensor = reader.get_tensor(key)
-                if transform is not None:
-                    tensor = transform(new_key, tensor)
-                tensors[new_key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                parts = _renamed(rename, key)
+                whole = reader.get_tensor(key) if parts else None
+                for new_key, rows in parts.items():
+                    tensor = whole if rows is None else whole[rows].clone()
+                    if transform is not None:
+                        tensor = transform(new_key, tensor)
+                    tensors[new_key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         save_file(tensors, str(dst / out_name), metadata={"format": "pt"})
         for key, tensor in tensors.items():
             weight_map[key] = out_name

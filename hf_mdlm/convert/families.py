@@ -16,7 +16,9 @@ from .a2d import convert_a2d_checkpoint, is_a2d_config
 from .common import read_source_config
 from .dream import convert_dream_checkpoint, is_dream_config
 from .llada import convert_llada_checkpoint, is_llada_config
+from .llada2 import convert_llada2_checkpoint, is_llada2_config
 from .llada_moe import convert_llada_moe_checkpoint, is_llada_moe_config
+from .sdar import convert_sdar_checkpoint, is_sdar_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +26,16 @@ CONVERTERS = {
     "llada": convert_llada_checkpoint,
     "llada-moe": convert_llada_moe_checkpoint,
     "dream": convert_dream_checkpoint,
+    "llada2": convert_llada2_checkpoint,
+    "sdar": convert_sdar_checkpoint,
     "a2d": convert_a2d_checkpoint,
 }
 FAMILIES = ("mdlm", *CONVERTERS)
 
 
 def detect_family(config: dict) -> str:
-    """"mdlm" (already ours), "llada", "llada-moe", "dream" or "a2d" (a Llama/Qwen2/Qwen3 causal LM); an unknown
-    config is an error listing them."""
+    """"mdlm" (already ours), "llada", "llada-moe", "dream", "llada2", "sdar" or "a2d" (a Llama/Qwen2/Qwen3 causal
+    LM); an unknown config is an error listing them."""
     if config.get("model_type") == "mdlm":
         return "mdlm"
     if is_llada_config(config):
@@ -40,6 +44,10 @@ def detect_family(config: dict) -> str:
         return "llada-moe"
     if is_dream_config(config):
         return "dream"
+    if is_llada2_config(config):
+        return "llada2"
+    if is_sdar_config(config):
+        return "sdar"
     if is_a2d_config(config):
         return "a2d"
     raise ValueError(

@@ -1,0 +1,79 @@
+"""SDAR (block diffusion, Qwen3): its tiny fixture, made with the family's own code (see its README), converted and
+compared with the family's logits under its block mask and its generations ("sequential" and "low_confidence_dynamic"
+remasking); then padded batches, each row getting what it gets alone."""
+
+import pytest
+import torch
+
+from conftest import SDAR_TINY as SDAR, block_fixture_reference, padded_rows_match_alone
+
+
+@pytest.fixture(scope="module")
+def sdar(tmp_path_factory):
+    from hf_mdlm import MDLMForMaskedLM
+    from hf_mdlm.convert import convert_checkpoint
+
+    out = tmp_path_factory.mktemp("sdar")
+    convert_checkpoint(SDAR, out)
+    return MDLMForMaskedLM.from_pretrained(out).eval()
+
+
+def _with_block_size(model, block_size):
+    """The fixtures sample one model with several block lengths: its attention blocks follow."""
+    model.config.block_size = block_size
+    return model
+
+
+def test_the_family_is_detected_and_its_sampling_defaults_written(sdar):
+    from hf_mdlm.convert.families import folder_family
+
+    assert folder_family(SDAR) == "sdar" and sdar.config.block_size == 4
+    assert sdar.config.prediction_alignment == "same_token" and sdar.config.qk_norm
+    generation = sdar.generation_config
+    assert (generation.block_alignment, generation.schedule, generation.block_length) == ("absolute", "block", 4)
+    assert (generation.threshold, generation.temperature) == (0.85, 1.0)
+
+
+@pytest.mark.parametrize("block", [4, 8])
+def test_sdar_logits_match_the_family_under_its_block_mask(sdar, block):
+    ref, _ = block_fixture_reference(SDAR)
+    model = _with_block_size(sdar, block)
+    with torch.no_grad():
+        ours = model(input_ids=ref["input_ids"]).logits
+    assert (ours - ref[f"logits_block{block}"]).abs().max() < 1e-4
+    model.config.block_size = 4
+
+
+def _sdar_settings(case):
+    blocks = -(-case["gen_length"] // case["block_length"])
+    dynamic = case["remasking_strategy"] == "low_confidence_dynamic"
+    return dict(max_new_tokens=case["gen_length"], block_length=case["block_length"], block_alignment="absolute",
+                schedule="block", steps=case["denoising_steps"] * blocks, temperature=0.0, top_k=case["top_k"],
+                remasking="low_confidence" if dynamic else "left_to_right",
+                threshold=case.get("confidence_threshold") if dynamic else None)
+
+
+@pytest.mark.parametrize("kv_cache", [None, "dual"])
+def test_sdar_generations_match_the_family_token_for_token(sdar, kv_cache):
+    ref, cases = block_fixture_reference(SDAR)
+    prompts = ref["gen_prompts"]
+    for case in cases:
+        model = _with_block_size(sdar, case["block_length"])
+        prompt = prompts[case["prompt_row"]][None]
+        out = model.generate(prompt, kv_cache=kv_cache, **_sdar_settings(case))
+        expected = ref[f"{case['name']}_output"][0]  # the whole canvas, rounded up to whole blocks
+        length = prompt.shape[1] + case["gen_length"]
+        assert torch.equal(out[0], expected[:length]), case
+    sdar.config.block_size = 4
+
+
+@pytest.mark.parametrize("kv_cache", [None, "dual"])
+def test_a_padded_batch_gives_each_row_what_it_gets_alone(sdar, kv_cache):
+    """The family's sampler takes one prompt; ours takes a left-padded batch whose rows have their own block
+    boundaries (prompt lengths 11, 6, 9 and 3 fall at different offsets in blocks of 4)."""
+    ref, _ = block_fixture_reference(SDAR)
+    base = ref["gen_prompts"].tolist()
+    prompts = [base[0], base[1][:6], base[2][:9], base[0][:3]]
+    padded_rows_match_alone(_with_block_size(sdar, 4), prompts, 317, max_new_tokens=10, block_length=4,
+                            block_alignment="absolute", schedule="block", steps=12, threshold=0.5, kv_cache=kv_cache)
+    sdar.config.block_size = 4
