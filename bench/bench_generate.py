@@ -29,8 +29,9 @@ steps x decoding (low-confidence, confidence threshold, Fast-dLLM's factor rule)
 calls, token positions run through the model, and the generated tokens that differ from the uncached run. With
 `--fast_dllm DIR` (the `llada/` folder of NVlabs/Fast-dLLM, fetched into a scratch folder, never part of this
 repository; its two CPU patches are in tests/fixtures/llada-tiny/README.md) the same weights also run through
-Fast-dLLM's own `generate_with_prefix_cache` / `generate_with_dual_cache`, batch 1 only, so a batch of B is its
-loop over the rows; without it that column is left out. `--compile` runs every `generate` with `compile=True`
+Fast-dLLM's own `generate` (LLaDA's uncached sampler, beside the "none" rows), `generate_with_prefix_cache` and
+`generate_with_dual_cache`, batch 1 only, so a batch of B is its loop over the rows; without it that column is left
+out. `--compile` runs every `generate` with `compile=True`
 (the compilations happen in the warm-up, outside the timings).
 """
 
@@ -157,7 +158,8 @@ def cache_table(args, model, prompts, device):
     """The KV-cache table (see the module docstring)."""
     mask_id = model.config.mask_token_id
     fast = fast_dllm_twin(model, args.fast_dllm) if args.fast_dllm else None
-    functions = {"prefix": "generate_with_prefix_cache", "dual": "generate_with_dual_cache"}
+    # "none" against Fast-dLLM's `generate`: LLaDA's own uncached sampler (its generate.py), with Fast-dLLM's threshold
+    functions = {None: "generate", "prefix": "generate_with_prefix_cache", "dual": "generate_with_dual_cache"}
     caches = {"none": {}, "prefix": {"kv_cache": "prefix"}, "dual": {"kv_cache": "dual"},
               f"dual, refresh {args.refresh}": {"kv_cache": "dual", "kv_cache_refresh": args.refresh}}
     decodings = {"low-confidence": {}, f"threshold {args.threshold}": {"threshold": args.threshold},
@@ -189,8 +191,8 @@ def cache_table(args, model, prompts, device):
                     differing = int((out.sequences != base[0]).sum())
                     row = [batch, length, mode, name, f"{tps:.0f}", out.num_model_calls, out.num_positions,
                            differing, f"{tps / base[1]:.2f}x"]
-                    fast_cache = cache.get("kv_cache") if len(cache) == 1 else None
-                    if fast and fast_cache and "factor" not in decoding:
+                    fast_cache = cache.get("kv_cache") if len(cache) <= 1 else "refreshed"
+                    if fast and fast_cache in functions and "factor" not in decoding:
                         run = getattr(fast[0], functions[fast_cache])
                         threshold = decoding.get("threshold")
 

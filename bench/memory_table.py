@@ -1,11 +1,13 @@
-"""Parameters and fine-tuning memory of LLaDA-8B, Dream-7B and LLaDA-MoE-7B-A1B, from their published configs, on
+"""Parameters and fine-tuning memory of LLaDA-8B, Dream-7B, LLaDA-MoE-7B-A1B, LLaDA2.0-mini and SDAR-4B, from their
+published configs, on
 no hardware at all (`hf_mdlm.memory`; every assumption is in that module's docstring).
 
     python bench/memory_table.py                       # canvas 1024, batch 1, bf16, LoRA r=16 (the README's table)
     python bench/memory_table.py --canvas_length 4096 --batch_size 4 --lora_r 64 --gpus 8
 
 Each config below is written in its family's own config.json format and mapped by the project's converter
-(`llada_config_to_mdlm`, `dream_config_to_mdlm`, `llada_moe_config_to_mdlm`), exactly as a conversion would.
+(`llada_config_to_mdlm`, `dream_config_to_mdlm`, `llada_moe_config_to_mdlm`, `llada2_config_to_mdlm`,
+`sdar_config_to_mdlm`), exactly as a conversion would.
 Only fields that change a parameter count or that the converters require are written out; where each value comes
 from is said next to it. `tests/test_memory.py` builds each model on the meta device and checks the counts
 against the published ones.
@@ -17,7 +19,9 @@ import argparse
 
 from hf_mdlm.convert.dream import dream_config_to_mdlm
 from hf_mdlm.convert.llada import llada_config_to_mdlm
+from hf_mdlm.convert.llada2 import llada2_config_to_mdlm
 from hf_mdlm.convert.llada_moe import llada_moe_config_to_mdlm
+from hf_mdlm.convert.sdar import sdar_config_to_mdlm
 from hf_mdlm.memory import GIB, count_parameters, estimate_finetune_memory
 
 # GSAI-ML/LLaDA-8B-Base. Values from the LLaDA-8B config.json as copied in github.com/yinj66/support_basis
@@ -67,10 +71,39 @@ LLADA_MOE_7B_A1B = {
     "tie_word_embeddings": False, "eos_token_id": 156892, "pad_token_id": 156892,
 }
 
+# inclusionAI/LLaDA2.0-mini. Its config.json values as quoted in a public inference engine's loader test (a
+# "llada2_moe" config: 20 layers, hidden 2048, 16 heads / 4 KV heads of 128, dense intermediate 5120 in the first
+# layer, 256 experts of 512 with 8 active and 1 shared, groups 8 / top 4, vocabulary 157184, untied); the model
+# card's counts: 16B total, 1.4B active.
+LLADA2_MINI = {
+    "model_type": "llada2_moe", "architectures": ["LLaDA2MoeModelLM"], "hidden_act": "silu", "hidden_size": 2048,
+    "intermediate_size": 5120, "num_hidden_layers": 20, "num_attention_heads": 16, "num_key_value_heads": 4,
+    "head_dim": 128, "moe_intermediate_size": 512, "num_experts": 256, "num_experts_per_tok": 8,
+    "num_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5,
+    "score_function": "sigmoid", "moe_router_enable_expert_bias": True, "use_qk_norm": True, "use_qkv_bias": False,
+    "use_bias": False, "partial_rotary_factor": 0.5, "rope_theta": 600000, "rms_norm_eps": 1e-06,
+    "max_position_embeddings": 32768, "vocab_size": 157184, "tie_word_embeddings": False, "pad_token_id": 156892,
+    "norm_head": False,
+}
+
+# JetAstra/SDAR-4B-Chat: its config.json in github.com/JetAstra/SDAR (training/model/SDAR-4B-Chat/config.json):
+# Qwen3-4B's shape (36 layers, hidden 2560, 32 / 8 heads of 128, intermediate 9728, vocabulary 151936) with an
+# untied LM head, block_size 4, mask_token_id 151669. Published: "4B"; Qwen3-4B's card gives 3.6B non-embedding.
+SDAR_4B = {
+    "model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_act": "silu", "hidden_size": 2560,
+    "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1000000,
+    "rope_scaling": None, "rms_norm_eps": 1e-06, "tie_word_embeddings": False, "use_sliding_window": False,
+    "attention_bias": False, "block_size": 4, "mask_token_id": 151669, "bos_token_id": 151643,
+    "eos_token_id": 151643,
+}
+
 MODELS = {
     "LLaDA-8B": (LLADA_8B, llada_config_to_mdlm),
     "Dream-7B": (DREAM_7B, dream_config_to_mdlm),
     "LLaDA-MoE-7B-A1B": (LLADA_MOE_7B_A1B, llada_moe_config_to_mdlm),
+    "LLaDA2.0-mini": (LLADA2_MINI, lambda source: llada2_config_to_mdlm(source, mask_token_id=156895)),
+    "SDAR-4B": (SDAR_4B, sdar_config_to_mdlm),
 }
 
 

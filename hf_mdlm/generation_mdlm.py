@@ -947,13 +947,14 @@ class DiffusionSampler:
         # from the first position still masked (the window shrinks as the block fills; the tokens are the same).
         # On an accelerator, or compiled, the window stays the block's, so that no step waits for the device.
         self.narrow = _host_reads_are_free(state.canvas) and not config.compile
+        self.stale_from = 0  # absolute blocks with a cache: the first column whose cached keys may be out of date
         self.step_fn = self.denoise_step
         if config.compile:
             self.step_fn = torch.compile(self.denoise_step, fullgraph=True)
 
     # ---------------------------------------------------------------------------------------------------- host loop
     def run(self, streamer, step_callback, progress):
-        state, canvas, P, L = self.state, self.state.canvas, self.state.prompt_length, self.state.block_length
+        state, canvas, P = self.state, self.state.canvas, self.state.prompt_length
         if streamer is not None:
             streamer.put(canvas[:, :P].to("cpu", copy=True))
         bar = None
@@ -1014,8 +1015,8 @@ class DiffusionSampler:
         skippable = plan is not None and not (self.dream and config.shift_rate > 0)
         active = plan.any(dim=0).tolist() if skippable else [True] * steps
         plan_device = None if plan is None else plan.to(device)
-        calls = {refresh: self._call_inputs(block, window, block_end, refresh)
-                 for refresh in ((True, False) if state.cache is not None else (True,))}
+        calls = {kind: self._call_inputs(block, window, block_end, kind)
+                 for kind in (("full", "first", "step") if state.cache is not None else ("full",))}
         step_inputs = self._window_inputs(window, block_end)  # the static window, or narrowed at every step
         block_step = torch.zeros((), dtype=torch.long, device=device)
         global_step = torch.zeros((), dtype=torch.long, device=device)
@@ -1030,9 +1031,9 @@ class DiffusionSampler:
                 if not bool(still.any()):
                     break  # the block is full: no later step would commit anything
                 step_inputs = self._window_inputs((window[0] + int(still.nonzero()[0]), block_end), block_end)
-            refresh = state.cache is None or not cache_filled or (
-                config.kv_cache_refresh is not None and step % config.kv_cache_refresh == 0)
-            fed, call = calls[refresh]
+            kind = "full" if state.cache is None else "first" if not cache_filled else "full" if (
+                config.kv_cache_refresh is not None and step % config.kv_cache_refresh == 0) else "step"
+            fed, call = calls[kind]
             start, region, gen_positions, window_positions = step_inputs
             kept = (window_positions - state.shift).clamp(min=0) - fed[0]
             block_step.fill_(step)
@@ -1059,6 +1060,8 @@ class DiffusionSampler:
                 left = canvas[:, window[0]:block_end] == self.mask_id
                 if not bool((left if eligible is None else left & eligible).any()):
                     break
+        if state.block_offsets is not None and cache_filled:  # this block's last commits are not in the cache yet
+            self.stale_from = self._block_start(block)
         if config.check_logits and not bool(finite.all()):
             row, column = (~finite).nonzero()[0].tolist()
             raise ValueError(f"the model returned a non-finite logit (NaN or inf) for row {row}, canvas position "
@@ -1087,22 +1090,37 @@ class DiffusionSampler:
             left -= plan[:, step]
         return plan
 
-    def _call_inputs(self, block, window, block_end, refresh):
-        """The canvas positions a call runs, and the model inputs that go with them: every position without a cache
-        or when (re)filling it; else from the window start (one earlier for a next-token model, whose outputs
-        predict the next position; with absolute blocks, from the block's start) to the canvas end ("prefix") or to
-        the block end ("dual"). Returns ((start,
-        stop), (attention mask, positions, cache positions))."""
+    def _block_start(self, block):
+        """The earliest canvas column of absolute block `block` over the rows."""
+        state = self.state
+        return max(0, min(state.prompt_length - offset + block * state.block_length for offset in state.block_offsets))
+
+    def _call_inputs(self, block, window, block_end, kind):
+        """The canvas positions a call runs, and the model inputs that go with them. "full" (no cache, or a refresh):
+        every position; "first" (a block's first call with a cache): the same, which fills the cache; "step" (later
+        calls with a cache): from the window start (one earlier for a next-token model, whose outputs predict the
+        next position) to the canvas end ("prefix") or to the block end ("dual").
+
+        A block-diffusion model (absolute blocks) never needs what follows the block (no earlier position sees it),
+        its cached blocks are exact, and the prompt's part of the current block attends to the rest of it: every
+        call stops at the block end, a block's first call starts at the last block that ran (whose last commits are
+        not cached yet), and later calls at the block's start. Returns ((start, stop), (attention mask, positions, cache
+        positions))."""
         state, device = self.state, self.state.canvas.device
         length = state.canvas.shape[1]
-        start, stop = 0, length
-        if not refresh:
+        absolute = state.block_offsets is not None
+        start, stop = 0, block_end if absolute else length
+        if kind == "first" and absolute:
+            start = self.stale_from
+        if kind == "step":
             start = max(window[0] - state.shift, 0)
-            if state.block_offsets is not None:  # a block model: the prompt's part of the block attends to the rest
-                start = min(start, max(0, min(state.prompt_length - offset + block * state.block_length
-                                              for offset in state.block_offsets)))
-            stop = length if self.config.kv_cache == "prefix" else block_end
-        mask = state.attention_mask  # with a cache the keys are the whole canvas; without one, so is the input
+            if absolute:
+                start = min(start, self._block_start(block))
+            elif self.config.kv_cache == "dual":
+                stop = block_end
+        mask = state.attention_mask  # with a cache the keys are the whole canvas; without one, the input
+        if mask is not None and state.cache is None:
+            mask = mask[:, start:stop]
         cache_position = torch.arange(start, stop, device=device) if state.cache is not None else None
         return (start, stop), (mask, state.position_ids[:, start:stop], cache_position)
 

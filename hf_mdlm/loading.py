@@ -44,6 +44,10 @@ class ModelArguments:
             Initialise weights the checkpoint lacks (e.g. a new masked-LM head) instead of failing.
         dtype (`str`, *optional*):
             Load the weights in this dtype, e.g. `"bfloat16"`.
+        block_size (`int`, *optional*):
+            Train as block diffusion (BD3LM): attention becomes bidirectional inside blocks of this many positions
+            and causal across them, each block is learnt from its noised self and the clean blocks before it, and
+            the saved generation config samples block by block. Default: the model's own (None: bidirectional).
 
         > A model from scratch
 
@@ -87,6 +91,10 @@ class ModelArguments:
         metadata={"help": "Initialise weights the checkpoint lacks (e.g. a new masked-LM head) instead of failing."},
     )
     dtype: str | None = field(default=None, metadata={"help": "Load the weights in this dtype, e.g. bfloat16."})
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Train as block diffusion with blocks of this many positions (default: the model's own)."},
+    )
     # A model from scratch
     hidden_size: int = field(default=192, metadata={"help": "From scratch: width."})
     num_hidden_layers: int = field(default=4, metadata={"help": "From scratch: number of blocks."})
@@ -120,7 +128,22 @@ def model_from_scratch(model_args: ModelArguments):
     )
     model = MDLMForMaskedLM(config)
     model.generation_config.block_length = 8  # semi-autoregressive blocks (docs/objective.md §6), fit on save
-    return model, tokenizer
+    return set_block_size(model, model_args.block_size), tokenizer
+
+
+def set_block_size(model, block_size: int | None):
+    """Make `model` a block-diffusion model with blocks of `block_size` (None: leave it as it is): block-causal
+    attention, and a generation config that samples those blocks."""
+    if block_size is None:
+        return model
+    if not hasattr(model.config, "block_size"):
+        raise ValueError(f"--block_size needs an hf_mdlm model; {type(model).__name__} has no block-causal attention")
+    model.config.block_size = block_size
+    model.config._check()
+    generation = model.generation_config
+    generation.block_length, generation.block_alignment, generation.schedule = block_size, "absolute", "block"
+    generation.steps = None  # one token per step of each block
+    return model
 
 
 def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
@@ -145,7 +168,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
     model = load_model(source, AutoModelForMaskedLM, trust_remote_code=trust,
                        init_missing_weights=model_args.init_missing_weights, dtype=dtype)
     add_diffusion_tokens(tokenizer, model)
-    return model, tokenizer
+    return set_block_size(model, model_args.block_size), tokenizer
 
 
 def load_for_inference(path, device="cpu", *, tokenizer=None, dtype=None, trust_remote_code: bool = False):

@@ -1,6 +1,6 @@
 """Tests of `hf_mdlm/convert/a2d.py` (A2D): Llama / Qwen2 / Qwen3 causal LMs converted into next-token-aligned
-MDLMs. With a causal 4D attention mask the converted model computes the source model's logits; the new [MASK] /
-<slack> rows are the mean rows."""
+MDLMs. With a causal 4D attention mask the converted model computes the source model's logits, and so does one
+converted with block_size 1 on its own; the new [MASK] / <slack> rows are the mean rows."""
 
 import json
 import logging
@@ -75,6 +75,32 @@ def test_converted_model_with_a_causal_mask_gives_the_source_logits(tmp_path, ki
         assert token >= known and torch.allclose(embed[token], old[:known].mean(0), atol=1e-6)
     if extra.get("tie_word_embeddings"):
         assert model.lm_head.weight.data_ptr() == embed.data_ptr()
+
+
+def test_block_size_makes_a_block_diffusion_model_that_at_1_is_the_causal_lm(tmp_path):
+    from hf_mdlm.convert.cli import main
+
+    source, folder = _source(tmp_path, "qwen3")
+    ids = torch.randint(3, 250, (2, 11), generator=torch.Generator().manual_seed(1))
+    for block_size in (1, 4):
+        out = tmp_path / f"block{block_size}"
+        main(["a2d", str(folder), str(out), "--block_size", str(block_size)])
+        model = MDLMForMaskedLM.from_pretrained(out).eval()
+        assert model.config.block_size == block_size
+        generation = model.generation_config
+        assert (generation.block_length, generation.block_alignment) == (block_size, "absolute")
+        with torch.no_grad():
+            got = model(ids).logits[..., :250]  # the model's own block-causal mask
+            expected = source(ids).logits[..., :250]
+        if block_size == 1:
+            assert (got - expected).abs().max() < 1e-4
+        else:  # inside a block a position sees the later ones; nothing sees a later block
+            assert (got - expected).abs().max() > 1e-3
+            changed = ids.clone()
+            changed[:, 4:8] = 3
+            with torch.no_grad():
+                moved = model(changed).logits[..., :250]
+            assert torch.equal(moved[:, :4], got[:, :4]) and (moved[:, 4:8] - got[:, 4:8]).abs().max() > 1e-3
 
 
 def test_a_tokenizer_with_a_mask_token_keeps_it(tmp_path, caplog):

@@ -1,5 +1,5 @@
-"""Scale without a GPU: the published LLaDA-8B, Dream-7B and LLaDA-MoE-7B-A1B configs, built on the meta device,
-have the published parameter counts; `hf_mdlm.memory` counts them exactly and estimates activations close to
+"""Scale without a GPU: the published LLaDA-8B, Dream-7B, LLaDA-MoE-7B-A1B, LLaDA2.0-mini and SDAR-4B configs, built
+on the meta device, have the published parameter counts; `hf_mdlm.memory` counts them exactly and estimates activations close to
 what autograd really keeps."""
 
 import importlib.util
@@ -37,10 +37,14 @@ TABLE = _memory_table()
 # - Dream-7B: Qwen2.5-7B's model card, 7.61B total and 6.53B non-embedding (Dream keeps Qwen2.5-7B's shape).
 # - LLaDA-MoE-7B-A1B: the paper's "7B" total (a whole-billion figure: +-0.5B) and "1.4B" active (+-0.05B), the
 #   active count taken without the input embedding, a lookup (with it: 1.72B).
+# - LLaDA2.0-mini: the model card's "16B" total (+-0.5B) and "1.4B" active (+-0.05B), here with the embedding.
+# - SDAR-4B: "4B" (+-0.5B; its untied LM head adds 0.39B to Qwen3-4B's 4.02B) and Qwen3-4B's 3.6B non-embedding.
 PUBLISHED = {
     "LLaDA-8B": {"total": (8.02e9, 0.01e9), "non_embedding": (6.98e9, 0.01e9)},
     "Dream-7B": {"total": (7.61e9, 0.01e9), "non_embedding": (6.53e9, 0.01e9)},
     "LLaDA-MoE-7B-A1B": {"total": (7e9, 0.5e9), "active_without_embedding": (1.4e9, 0.05e9)},
+    "LLaDA2.0-mini": {"total": (16e9, 0.5e9), "active": (1.4e9, 0.05e9)},
+    "SDAR-4B": {"total": (4e9, 0.5e9), "non_embedding": (3.6e9, 0.05e9)},
 }
 
 
@@ -68,7 +72,7 @@ def test_published_model_built_on_meta_has_the_published_parameter_count(name):
     analytic = count_parameters(config)
     assert counted == {"total": analytic.total, "active": analytic.active, "embedding": analytic.embedding,
                        "lm_head": analytic.lm_head}  # exact
-    values = {"total": analytic.total, "non_embedding": analytic.non_embedding,
+    values = {"total": analytic.total, "non_embedding": analytic.non_embedding, "active": analytic.active,
               "active_without_embedding": analytic.active - analytic.embedding}
     for key, (published, tolerance) in PUBLISHED[name].items():
         assert abs(values[key] - published) <= tolerance, (name, key, values[key], published)

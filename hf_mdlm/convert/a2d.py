@@ -4,7 +4,9 @@ The weights are the causal model's, unchanged: only the attention stops being ca
 prediction of token i + 1 (`prediction_alignment="next_token"`), as the causal model was trained. `[MASK]` and
 `<slack>` join the tokenizer (a tokenizer that has a mask token keeps it) and get embedding (and untied LM head)
 rows set to the mean of the existing rows, written while the shards stream through. Run with a causal 4D attention
-mask, the converted model computes the source model's logits (tests/test_convert_a2d.py).
+mask, the converted model computes the source model's logits (tests/test_convert_a2d.py). With `block_size=N` the
+model is a block-diffusion one instead (bidirectional inside blocks of N, causal across them; N = 1 is the causal
+LM itself), ready for block-diffusion fine-tuning.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ def a2d_config_to_mdlm(source: dict, vocab_size: int, mask_token_id: int, slack_
     )
 
 
-def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = None) -> MDLMConfig:
-    """Convert a local causal LM folder (weights + tokenizer) into a next-token-aligned hf_mdlm folder."""
+def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = None,
+                           block_size: int | None = None) -> MDLMConfig:
+    """Convert a local causal LM folder (weights + tokenizer) into a next-token-aligned hf_mdlm folder (a
+    block-diffusion one with `block_size`)."""
     from transformers import AutoTokenizer
 
     source = read_source_config(Path(src_dir), "causal LM")
@@ -78,6 +82,9 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
                     added["mask_token_id"])
     rows = max(source["vocab_size"], len(tokenizer))
     config = a2d_config_to_mdlm(source, rows, added["mask_token_id"], added["slack_token_id"])
+    if block_size is not None:
+        config.block_size = block_size
+        config._check()
     if config.pad_token_id is None and tokenizer.pad_token_id is not None:
         config.pad_token_id = tokenizer.pad_token_id
     new_ids = added["new_token_ids"]
@@ -92,6 +99,8 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
         return tensor
 
     generation = llada_generation_config(config)
+    if block_size is not None:  # sample the model's own blocks, one token per step
+        generation.update(block_length=block_size, block_alignment="absolute", schedule="block", steps=None)
     described = f"num_hidden_layers={config.num_hidden_layers}, tie_word_embeddings={config.tie_word_embeddings}"
     return write_converted(src_dir, dst_dir, config, lambda key: None if key.endswith("rotary_emb.inv_freq") else key,
                            generation, f"{source['model_type']} (A2D)", described, dtype, transform=grow,

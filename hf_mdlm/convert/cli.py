@@ -30,11 +30,16 @@ def main(argv=None):
         command.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
         add_bool_flag(command, "--overwrite",
                       help="replace an earlier conversion in dst_dir (a folder holding other files is refused)")
+        if family == "a2d":
+            command.add_argument("--block_size", type=int, default=None,
+                                 help="a block-diffusion model with blocks of this many positions (1: the causal LM)")
         if family in ("llada-moe", "llada2"):
             command.add_argument("--mask_token_id", type=int, default=None,
                                  help="the [MASK] id (the config names none; default: the real models' 156895)")
     args = parser.parse_args(argv)
     extra = {"mask_token_id": args.mask_token_id} if args.family in ("llada-moe", "llada2") else {}
+    if args.family == "a2d":
+        extra = {"block_size": args.block_size}
     try:  # new or empty, locked while converting; --overwrite replaces an earlier conversion's files only
         output = OutputFolder(args.dst_dir, overwrite=args.overwrite, what="dst_dir", writes=CONVERTED_FILES,
                               flag="--overwrite")

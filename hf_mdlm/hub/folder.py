@@ -56,17 +56,21 @@ def trained_generation_config(base, config, canvas: int, *, suppress_slack: bool
     block length...), resized to the training canvas, with the token ids of the trained config.
 
     The canvas becomes `max_new_tokens`; `steps` keeps the base's steps per token; a block length that does not
-    divide the canvas becomes their greatest common divisor (semi-autoregressive decoding kept, blocks made to fit).
+    divide the canvas becomes their greatest common divisor (semi-autoregressive decoding kept, blocks made to fit),
+    except a block-diffusion model's (absolute alignment), which is its attention's.
     """
     # another masked LM (a BERT) has no diffusion sampling defaults: ours then start from the class defaults
     generation = MDLMGenerationConfig.from_dict(base.to_dict()) if isinstance(base, MDLMGenerationConfig) else \
         MDLMGenerationConfig()
     per_token = (generation.steps / generation.max_new_tokens) if generation.steps and generation.max_new_tokens else 1
     block = generation.block_length
+    steps, block_length = max(1, round(canvas * per_token)), math.gcd(canvas, block) if block else None
+    if generation.block_alignment == "absolute":  # the model's own blocks: kept, whatever the canvas
+        steps, block_length = -(-canvas // block) * max(1, round(block * per_token)), block
     generation.update(
         mask_token_id=config.mask_token_id, slack_token_id=config.slack_token_id, eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id, max_new_tokens=canvas, steps=max(1, round(canvas * per_token)),
-        block_length=math.gcd(canvas, block) if block else None, suppress_slack=suppress_slack,
+        pad_token_id=config.pad_token_id, max_new_tokens=canvas, steps=steps, block_length=block_length,
+        suppress_slack=suppress_slack,
     )
     return generation
 

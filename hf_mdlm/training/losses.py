@@ -499,6 +499,38 @@ def _slack_ctc_and_ce(logits, input_ids, clean_ids, mask_id, slack_id, loss_mask
     return ctc, ce
 
 
+def _per_block(logits, input_ids, clean_ids, loss_mask, blocks, loss_fn):
+    """`loss_fn` run on every (example, block) as an example of its own (the block's canvas positions gathered in
+    order), the results summed per example: a lattice per block."""
+    _check_ids("blocks", blocks, logits.shape[:2], logits.device)
+    rows, columns = loss_mask.nonzero(as_tuple=True)  # row-major: each row's canvas positions in order
+    if rows.numel() == 0:
+        zero = logits.new_zeros(logits.shape[0], dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+        return zero, zero
+    span = int(blocks.max()) - int(blocks.min()) + 1
+    group_key = rows * span + (blocks[rows, columns] - blocks.min())
+    if values_are_free(group_key) and bool((group_key.diff() < 0).any()):
+        raise ValueError("blocks must not decrease along a row's canvas positions")
+    groups, group_of = torch.unique(group_key, return_inverse=True)
+    sizes = torch.bincount(group_of, minlength=len(groups))
+    slot = torch.arange(len(rows), device=rows.device) - (sizes.cumsum(0) - sizes)[group_of]  # rank in the group
+    width = int(sizes.max())
+    index = torch.zeros(len(groups), width, dtype=torch.long, device=rows.device)
+    index[group_of, slot] = columns
+    valid = torch.zeros(len(groups), width, dtype=torch.bool, device=rows.device)
+    valid[group_of, slot] = True
+    owner = groups // span  # the example of each block
+
+    def take(tensor):
+        return tensor[owner[:, None], index]
+
+    def per_example(values):
+        return None if values is None else values.new_zeros(logits.shape[0]).index_add(0, owner, values)
+
+    ctc, ce = loss_fn(take(logits), take(input_ids), take(clean_ids), valid)
+    return per_example(ctc), per_example(ce)
+
+
 def slack_ctc_loss(
     logits: torch.Tensor,
     input_ids: torch.Tensor,
@@ -603,6 +635,7 @@ def diffusion_loss(
     ctc_weight: float = 1.0,
     normalization: str = "canvas",
     collapse: str = "slack",
+    blocks: Optional[torch.Tensor] = None,
 ) -> DiffusionLoss:
     """The MDLM SFT loss, optionally with slack-CTC, per example.
 
@@ -620,6 +653,11 @@ def diffusion_loss(
     ``ctc_weight == 0`` the CTC is skipped and ``ctc`` is None (``mask_token_id``
     and ``slack_token_id`` may then be None).  When both are computed the CE
     reuses the CTC's log-sum-exp and gradient buffer.
+
+    ``blocks`` (B, S) integer block index of every position (block diffusion):
+    the slack-CTC then runs per block, each block's targets (the non-slack
+    tokens of its clean canvas) aligned within that block's canvas positions,
+    and an example's CTC is the sum over its blocks (docs/objective.md §4).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
@@ -649,10 +687,14 @@ def diffusion_loss(
         if collapse not in _COLLAPSES:
             raise ValueError(f"unknown collapse {collapse!r}; choose one of {_COLLAPSES}")
         _check_canvas_ids(clean_ids, loss_mask, vocab)
-        ctc, ce = _slack_ctc_and_ce(
-            logits, input_ids, clean_ids, mask_id, slack_id, loss_mask, collapse, "analytic",
-            want_ce=collapse == "slack",
-        )
+        if blocks is None:
+            ctc, ce = _slack_ctc_and_ce(
+                logits, input_ids, clean_ids, mask_id, slack_id, loss_mask, collapse, "analytic",
+                want_ce=collapse == "slack",
+            )
+        else:
+            ctc, ce = _per_block(logits, input_ids, clean_ids, loss_mask, blocks, lambda *parts: _slack_ctc_and_ce(
+                *parts[:3], mask_id, slack_id, parts[3], collapse, "analytic", want_ce=collapse == "slack"))
         if ce is None:
             ce = masked_cross_entropy(logits, clean_ids, masked)
     else:

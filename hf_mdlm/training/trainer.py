@@ -17,6 +17,7 @@ from ..data.collator import DiffusionCollator
 from ..generation_mdlm import logits_for_tokens, mix_seed
 from ..tokenization import diffusion_token_ids
 from .arguments import OBJECTIVE_FILE, MDLMTrainingArguments
+from .block_diffusion import block_diffusion_inputs, block_diffusion_predictions, block_positions
 from .canvas import build_canvases, get_schedule, low_discrepancy_times, mask_canvas
 from .losses import diffusion_loss
 
@@ -115,15 +116,26 @@ class MDLMTrainer(Trainer):
             clean_ids, t, canvas_mask, mask_token_id=self.mask_id, schedule=self.schedule, generator=generators
         )
         device = input_ids.device
-        logits = model(input_ids=noised_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        # The emission of canvas position i is the prediction of token i (self.model: DDP/FSDP wrappers have no config).
-        logits = logits_for_tokens(logits, getattr(self.model, "config", None))
+        config = getattr(self.model, "config", None)  # self.model: DDP/FSDP wrappers have no config
+        block_size = getattr(config, "block_size", None)
+        blocks = None
+        if block_size:  # block diffusion: each block from its noised self and the clean blocks before it
+            ids, block_mask, positions_2s = block_diffusion_inputs(noised_ids, clean_ids, attention_mask, block_size)
+            logits = model(input_ids=ids.to(device), attention_mask=block_mask.to(device),
+                           position_ids=positions_2s.to(device)).logits
+            logits = block_diffusion_predictions(logits, attention_mask.to(device), block_size,
+                                                 getattr(config, "prediction_shift", 0))
+            blocks = (block_positions(attention_mask) // block_size).to(device)  # slack-CTC runs per block
+        else:
+            logits = model(input_ids=noised_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            # The emission of canvas position i is the prediction of token i.
+            logits = logits_for_tokens(logits, config)
         result = diffusion_loss(
             logits, noised_ids.to(device), clean_ids.to(device),
             masked=masked.to(device), loss_mask=canvas_mask.to(device), t=t.to(device), schedule=self.schedule,
             mask_token_id=self.mask_id, slack_token_id=self.slack_id,
             ce_weight=args.ce_weight, ctc_weight=args.ctc_weight,
-            normalization=args.loss_normalization, collapse=args.ctc_collapse,
+            normalization=args.loss_normalization, collapse=args.ctc_collapse, blocks=blocks,
         )
         num_slack = ((clean_ids == self.slack_id) & canvas_mask).sum(1) if self.slack_id is not None else None
         # what `compute_metrics` scores: the logits, and the clean tokens where they were masked (-100 elsewhere)
