@@ -24,6 +24,9 @@ decoding to have an effect; use `--head_scale 1` for the raw random model.
 The default model (4 layers, hidden 128, vocab 4096) keeps the default grid within a few minutes on one CPU
 core; `--hidden 256` is the larger variant. On a shared machine, `--threads 1` avoids thread oversubscription.
 
+`--blocks` prints block diffusion (the same weights with `block_size = --block_length`, exact cache) against the
+bidirectional model (dual cache) on the same canvases (`--cache_lengths`) and batch sizes.
+
 `--caches` prints the KV-cache table instead: kv_cache None / "prefix" / "dual" / "dual" refreshed every `--refresh`
 steps x decoding (low-confidence, confidence threshold, Fast-dLLM's factor rule) x batch sizes x canvas lengths (`--cache_lengths`, one token per step, blocks of `--block_length`): tokens/s, model
 calls, token positions run through the model, and the generated tokens that differ from the uncached run. With
@@ -210,6 +213,31 @@ def cache_table(args, model, prompts, device):
                     print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
 
+def block_table(args, model, prompts, device):
+    """Block diffusion against the bidirectional model on the same weights and canvas: the model with
+    `block_size = --block_length` (block-causal attention, blocks aligned to absolute positions, its exact cache)
+    against itself without (Fast-dLLM's approximate dual cache). Different models, so the tokens differ."""
+    print("| batch | canvas | attention | kv_cache | tok/s | calls | positions | speed-up |")
+    print("|---:|---:|:---|:---|---:|---:|---:|---:|")
+    for length in args.cache_lengths:
+        block = min(args.block_length, length)
+        for batch in args.batch_sizes:
+            ids, base = prompts[:batch], None
+            for attention, block_size in (("bidirectional", None), (f"blocks of {block}", block)):
+                model.config.block_size = block_size
+                alignment = "absolute" if block_size else "canvas"
+                for cache in (None, "dual"):
+                    settings = dict(max_new_tokens=length, steps=length, block_length=block, kv_cache=cache,
+                                    block_alignment=alignment, return_dict_in_generate=True)
+                    model.generate(ids, **settings)  # warm-up
+                    out, seconds = timed(lambda: model.generate(ids, **settings), device)
+                    tps = batch * length / seconds
+                    base = base or tps
+                    print(f"| {batch} | {length} | {attention} | {cache or 'none'} | {tps:.0f} | {out.num_model_calls} | "
+                          f"{out.num_positions} | {tps / base:.2f}x |", flush=True)
+    model.config.block_size = None
+
+
 LLADA_8B_SHAPE = dict(layers=32, hidden=4096, heads=32, intermediate=12288, vocab=126464)
 
 
@@ -267,6 +295,8 @@ def main(argv=None):
     add_bool_flag(parser, "--no_reference", help="skip the reference loop")
     parser.add_argument("--seed", type=int, default=0)
     add_bool_flag(parser, "--caches", help="print the KV-cache table instead")
+    add_bool_flag(parser, "--blocks", help="print the block-diffusion table instead: the same weights block-causal "
+                                           "(exact cache) and bidirectional (dual cache)")
     parser.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")
     parser.add_argument("--cache_lengths", type=int, nargs="+", default=[256, 512], help="canvases of --caches")
     parser.add_argument("--fast_dllm", default=None,
@@ -301,6 +331,8 @@ def main(argv=None):
 
     if args.engine:
         return engine_table(args, model, prompts, device)
+    if args.blocks:
+        return block_table(args, model, prompts, device)
     if args.caches:
         return cache_table(args, model, prompts, device)
     header = ("| batch | canvas | steps | decoding | generate tok/s | generate calls | reference tok/s | "
