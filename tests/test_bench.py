@@ -48,10 +48,23 @@ def test_cache_table_runs_and_agrees_on_the_uncached_row(capsys):
             assert int(cells[6]) > dual[(cells[0], cells[2])], cells
 
 
+def test_block_table_runs_both_attentions_and_the_block_model_runs_fewer_positions(capsys):
+    _load("bench_generate").main(["--quick", "--blocks"])  # batches 1 and 4
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in rows[1:]]
+    assert [(c[0], c[2].split()[0], c[3]) for c in body] == [
+        (b, a, k) for b in ("1", "4") for a in ("bidirectional", "blocks") for k in ("none", "dual")]
+    for batch in ("1", "4"):
+        positions = {(c[2].split()[0], c[3]): int(c[6]) for c in body if c[0] == batch}
+        # without a cache a block model's calls stop at the block end; its cache is exact, and smaller still
+        assert positions["blocks", "none"] < positions["bidirectional", "none"]
+        assert positions["blocks", "dual"] < positions["blocks", "none"]
+
+
 TABLE = _load("memory_table")
 
 
-def test_memory_table_prints_the_three_models(capsys):
+def test_memory_table_prints_every_model(capsys):
     TABLE.main([])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [row.split("|")[1].strip() for row in rows[1:]] == list(TABLE.MODELS)
