@@ -281,6 +281,22 @@ def block_fixture_reference(folder):
             json.loads((folder / "generation_cases.json").read_text()))
 
 
+def converted(tmp_path_factory, folder, **kwargs):
+    """A fixture folder of another family converted (`hf_mdlm.convert.convert_checkpoint`), as a model in eval mode."""
+    from hf_mdlm import MDLMForMaskedLM
+    from hf_mdlm.convert import convert_checkpoint
+
+    out = tmp_path_factory.mktemp(folder.name)
+    convert_checkpoint(folder, out, **kwargs)
+    return MDLMForMaskedLM.from_pretrained(out).eval()
+
+
+def with_block_size(model, block_size):
+    """The block fixtures sample one model with several block lengths: its attention blocks follow."""
+    model.config.block_size = block_size
+    return model
+
+
 def padded_rows_match_alone(model, prompts, pad, **settings):
     """Generate a left-padded batch of `prompts`, then each prompt alone: the generated tokens must be equal (greedy
     and sampled with per-row seeds)."""

@@ -5,25 +5,20 @@ cannot do, padded batches, each row getting what it gets alone."""
 import pytest
 import torch
 
-from conftest import LLADA2_TINY as LLADA2, block_fixture_reference, padded_rows_match_alone
+from conftest import (
+    LLADA2_TINY as LLADA2,
+    block_fixture_reference,
+    converted,
+    padded_rows_match_alone,
+    with_block_size,
+)
 
 LLADA2_MASK, LLADA2_EOS, LLADA2_PAD = 319, 317, 318
 
 
 @pytest.fixture(scope="module")
 def llada2(tmp_path_factory):
-    from hf_mdlm import MDLMForMaskedLM
-    from hf_mdlm.convert import convert_checkpoint
-
-    out = tmp_path_factory.mktemp("llada2")
-    convert_checkpoint(LLADA2, out, mask_token_id=LLADA2_MASK)
-    return MDLMForMaskedLM.from_pretrained(out).eval()
-
-
-def _with_block_size(model, block_size):
-    """The fixtures sample one model with several block lengths: its attention blocks follow."""
-    model.config.block_size = block_size
-    return model
+    return converted(tmp_path_factory, LLADA2, mask_token_id=LLADA2_MASK)
 
 
 def test_the_family_is_detected_and_its_router_and_sampling_defaults_written(llada2):
@@ -41,7 +36,7 @@ def test_the_family_is_detected_and_its_router_and_sampling_defaults_written(lla
 @pytest.mark.parametrize("block", [4, 8])
 def test_llada2_logits_match_the_family_under_its_block_mask(llada2, block):
     ref, _ = block_fixture_reference(LLADA2)
-    model = _with_block_size(llada2, block)
+    model = with_block_size(llada2, block)
     ids = ref["input_ids"]
     with torch.no_grad():
         ours = model(input_ids=ids).logits  # the model's own block-causal mask (block_size)
@@ -71,7 +66,7 @@ def test_llada2_generations_match_the_family_token_for_token(llada2, kv_cache):
     ref, cases = block_fixture_reference(LLADA2)
     prompts = ref["gen_prompts"]
     for case in cases:
-        model = _with_block_size(llada2, case["block_length"])
+        model = with_block_size(llada2, case["block_length"])
         prompt = prompts[case["prompt_row"]][None]
         out = model.generate(prompt, kv_cache=kv_cache, **_llada2_settings(case))
         expected = ref[f"{case['name']}_output"][0].tolist()
@@ -86,7 +81,7 @@ def test_a_padded_batch_gives_each_row_what_it_gets_alone(llada2, kv_cache):
     ref, _ = block_fixture_reference(LLADA2)
     base = ref["gen_prompts"].tolist()
     prompts = [base[0], base[1][:6], base[2][:9], base[0][:3]]
-    padded_rows_match_alone(_with_block_size(llada2, 4), prompts, LLADA2_PAD, max_new_tokens=10, block_length=4,
+    padded_rows_match_alone(with_block_size(llada2, 4), prompts, LLADA2_PAD, max_new_tokens=10, block_length=4,
                             block_alignment="absolute", schedule="block", steps=12, threshold=0.5, kv_cache=kv_cache)
     llada2.config.block_size = 32
 

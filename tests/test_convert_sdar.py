@@ -5,23 +5,18 @@ remasking); then padded batches, each row getting what it gets alone."""
 import pytest
 import torch
 
-from conftest import SDAR_TINY as SDAR, block_fixture_reference, padded_rows_match_alone
+from conftest import (
+    SDAR_TINY as SDAR,
+    block_fixture_reference,
+    converted,
+    padded_rows_match_alone,
+    with_block_size,
+)
 
 
 @pytest.fixture(scope="module")
 def sdar(tmp_path_factory):
-    from hf_mdlm import MDLMForMaskedLM
-    from hf_mdlm.convert import convert_checkpoint
-
-    out = tmp_path_factory.mktemp("sdar")
-    convert_checkpoint(SDAR, out)
-    return MDLMForMaskedLM.from_pretrained(out).eval()
-
-
-def _with_block_size(model, block_size):
-    """The fixtures sample one model with several block lengths: its attention blocks follow."""
-    model.config.block_size = block_size
-    return model
+    return converted(tmp_path_factory, SDAR)
 
 
 def test_the_family_is_detected_and_its_sampling_defaults_written(sdar):
@@ -37,7 +32,7 @@ def test_the_family_is_detected_and_its_sampling_defaults_written(sdar):
 @pytest.mark.parametrize("block", [4, 8])
 def test_sdar_logits_match_the_family_under_its_block_mask(sdar, block):
     ref, _ = block_fixture_reference(SDAR)
-    model = _with_block_size(sdar, block)
+    model = with_block_size(sdar, block)
     with torch.no_grad():
         ours = model(input_ids=ref["input_ids"]).logits
     assert (ours - ref[f"logits_block{block}"]).abs().max() < 1e-4
@@ -58,7 +53,7 @@ def test_sdar_generations_match_the_family_token_for_token(sdar, kv_cache):
     ref, cases = block_fixture_reference(SDAR)
     prompts = ref["gen_prompts"]
     for case in cases:
-        model = _with_block_size(sdar, case["block_length"])
+        model = with_block_size(sdar, case["block_length"])
         prompt = prompts[case["prompt_row"]][None]
         out = model.generate(prompt, kv_cache=kv_cache, **_sdar_settings(case))
         expected = ref[f"{case['name']}_output"][0]  # the whole canvas, rounded up to whole blocks
@@ -74,6 +69,6 @@ def test_a_padded_batch_gives_each_row_what_it_gets_alone(sdar, kv_cache):
     ref, _ = block_fixture_reference(SDAR)
     base = ref["gen_prompts"].tolist()
     prompts = [base[0], base[1][:6], base[2][:9], base[0][:3]]
-    padded_rows_match_alone(_with_block_size(sdar, 4), prompts, 317, max_new_tokens=10, block_length=4,
+    padded_rows_match_alone(with_block_size(sdar, 4), prompts, 317, max_new_tokens=10, block_length=4,
                             block_alignment="absolute", schedule="block", steps=12, threshold=0.5, kv_cache=kv_cache)
     sdar.config.block_size = 4

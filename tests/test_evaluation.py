@@ -122,6 +122,22 @@ def rows(lengths, prompt_length=3, seed=0):
             for n in lengths]
 
 
+def test_a_block_model_is_scored_as_it_decodes_and_one_block_is_the_bidirectional_model():
+    """A block-diffusion model's ELBO predicts each block from its noised self and the clean blocks before it; with
+    one block spanning every position that is the bidirectional model's ELBO, noise for noise."""
+    from hf_mdlm import MDLMForMaskedLM
+
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config()).eval()
+    data = rows([6, 9, 4], prompt_length=5)
+    settings = dict(num_samples=3, mask_token_id=model.config.mask_token_id)
+    bidirectional = elbo_perplexity(model, data, **settings)["nll_per_token"]
+    model.config.block_size = 64  # one block: the whole sequence
+    assert elbo_perplexity(model, data, **settings)["nll_per_token"] == pytest.approx(bidirectional, rel=1e-6)
+    model.config.block_size = 4
+    assert abs(elbo_perplexity(model, data, **settings)["nll_per_token"] - bidirectional) > 1e-3
+
+
 def test_elbo_all_masked_is_exactly_log_v_per_position():
     data = rows([4, 7, 1])
     out = elbo_perplexity(UniformModel(), data, num_samples=3, schedule=AllMasked(), mask_token_id=MASK)
