@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(mode, "--quick", help="CI mode: <= 10 minutes on 2 CPU cores")
     add_bool_flag(mode, "--smoke", help="tiny everything: the test suite's run (about a minute)")
     p.add_argument("--scale", type=int, default=1, help="multiply width, depth and batch of both models (GPU)")
+    p.add_argument("--block_size", type=int, default=None,
+                   help="block diffusion: the base and every arm attend in blocks of this many positions (BD3LM "
+                        "training, slack-CTC per block; sampled block by block; needs --shift_rates 0)")
     p.add_argument("--task", choices=("text", "repeats"), default="text",
                    help="text: the bundled corpus or --dataset; repeats: the repeat-collapse experiment")
     p.add_argument("--dataset", default=None, help="training data (file, folder or Hub name; finetune.py's formats)")
@@ -138,7 +141,7 @@ def run(args, mode, preset, seeds):
             return run_replication(folder, preset, mode=mode, seed=seed, scale=args.scale,
                                    ctc_weights=args.ctc_weight, slack_probs=args.slack_prob, ablation=args.ablation,
                                    judge_folder=args.judge, device=args.device, dataset=args.dataset,
-                                   heldout=args.heldout)
+                                   heldout=args.heldout, block_size=args.block_size)
         except ReplicationDataError as err:  # the data checks: before any training
             raise SystemExit(f"replicate.py: {err}") from None
 
@@ -146,7 +149,7 @@ def run(args, mode, preset, seeds):
         return run_one(args.seed, args.output_dir)
     settings = repeats_settings(mode, preset) if args.task == "repeats" else run_settings(
         mode, preset, dataset=args.dataset, heldout=args.heldout, scale=args.scale, slack_probs=args.slack_prob,
-        ctc_weights=args.ctc_weight, ablation=args.ablation)
+        ctc_weights=args.ctc_weight, ablation=args.ablation, block_size=args.block_size)
     try:
         return run_seeds(run_one, seeds, args.output_dir, args.task, preset.num_bootstrap, settings)
     except SeedFolderError as err:

@@ -178,7 +178,7 @@ class MDLMGenerationConfig(GenerationConfig):
             greedy decoding of such a model otherwise commits `<slack>` almost everywhere.
         shift_rate (`float` in [0, 1)): positional-shift intervention: each token about to be committed at
             position i is committed, with this probability, at the adjacent still-masked position instead (i+1,
-            else i-1); position i stays masked. "Still masked" means masked before the step, not chosen for
+            else i-1; with absolute blocks, inside the row's block); position i stays masked. "Still masked" means masked before the step, not chosen for
             commitment in this step and not already the target of another shift.
 
     Speed:
@@ -250,9 +250,6 @@ class MDLMGenerationConfig(GenerationConfig):
             if g % self.block_length and not absolute:
                 raise ValueError(f"block_length={self.block_length} must divide max_new_tokens={g} (or use "
                                  "block_alignment='absolute')")
-        if absolute and self.shift_rate:
-            raise ValueError(f"shift_rate={self.shift_rate} moves commits across block boundaries, which "
-                             "block_alignment='absolute' keeps per row: use one or the other")
         num_blocks = self.num_blocks
         if self.steps is not None:
             if not _is_int(self.steps) or self.steps <= 0:
@@ -1008,7 +1005,8 @@ class DiffusionSampler:
         if eligible is not None:
             window = (begin + first, block_end)
             eligible = eligible[:, first:]
-        beyond = canvas[:, window[1]:window[1] + 1]
+        # A shift may move a commit one position past the window, except with absolute blocks (each row's own block).
+        beyond = canvas[:, window[1]:window[1] + (1 if eligible is None else 0)]
         # Steps at which no row commits are skipped (no model call). The commit counts are known ahead for the
         # fixed schedules, unless a shift moves commits out of the block (Dream's counts then change).
         plan = None if config.threshold is not None or config.factor is not None else self._commit_plan(masked.sum(-1))

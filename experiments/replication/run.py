@@ -92,9 +92,9 @@ def arms(ctc_weights, slack_probs, ablation=False) -> dict:
 
 
 def run_settings(mode: str, preset: Preset, *, dataset=None, heldout=None, scale: int = 1, slack_probs=(0.1,),
-                 ctc_weights=(1.0,), ablation: bool = False) -> dict:
+                 ctc_weights=(1.0,), ablation: bool = False, block_size=None) -> dict:
     """What defines a run, as its results.json saves it: `--seeds` reuses a finished seed only when these agree."""
-    return {"mode": mode, "dataset": dataset or "bundled",
+    return {"mode": mode, "dataset": dataset or "bundled", **({"block_size": block_size} if block_size else {}),
             "heldout": heldout or ("bundled" if dataset is None else "validation split"), "scale": scale,
             "slack_prob": list(slack_probs), "ctc_weight": list(ctc_weights), "ablation": ablation,
             "preset": vars(preset)}
@@ -135,11 +135,12 @@ def check_replication_data(data_args: DataArguments, tokenizer, num_prompts: int
 
 def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, scale: int = 1,
                     ctc_weights=(1.0,), slack_probs=(0.1,), ablation: bool = False, judge_folder=None,
-                    device: str = "cpu", dataset=None, heldout=None) -> dict:
+                    device: str = "cpu", dataset=None, heldout=None, block_size=None) -> dict:
     """Run the whole comparison into `output_dir`; returns the results (also written as results.json/.md, plots and a
     model folder per arm). `judge_folder` reuses the judge of an earlier run with the same preset and seed.
     `dataset` / `heldout`: the user's corpus (see `replication_data_args`); the judge, the base and the arms train
-    on `dataset`, every metric is computed on `heldout`."""
+    on `dataset`, every metric is computed on `heldout`. `block_size`: the base and the arms are block-diffusion
+    models (BD3LM training, slack-CTC per block)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = Stopwatch(logger)
@@ -153,7 +154,8 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
 
     set_seed(seed)
     model_args = ModelArguments(hidden_size=preset.width, num_hidden_layers=preset.layers,
-                                num_attention_heads=preset.heads, intermediate_size=preset.intermediate)
+                                num_attention_heads=preset.heads, intermediate_size=preset.intermediate,
+                                block_size=block_size)
     init_model, tokenizer = model_from_scratch(model_args)
     try:
         data_args = replication_data_args(preset, dataset, heldout)
@@ -238,7 +240,8 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
             "\n".join(head_to_head)}
     clock.stop()
     results["settings"] = {**run_settings(mode, preset, dataset=dataset, heldout=data_args.eval_split, scale=scale,
-                                          slack_probs=slack_probs, ctc_weights=ctc_weights, ablation=ablation),
+                                          slack_probs=slack_probs, ctc_weights=ctc_weights, ablation=ablation,
+                                          block_size=block_size),
                            "seed": seed, "device": device, "samplers": samplers, "num_train_examples": len(train_ds),
                            "num_heldout_examples": len(heldout),
                            "torch_threads": torch.get_num_threads(), "timings_seconds": timings}
@@ -248,7 +251,8 @@ def run_replication(output_dir, preset: Preset, *, mode: str, seed: int = 0, sca
     paths = write_report(results, out)
     plot_training({k: tuple(zip(*v)) for k, v in curves.items() if v}, out / "training_curves.png")
     md = Path(paths["markdown"]).read_text()
-    header = (f"## slack-CTC in miniature ({mode} mode, seed {seed}, scale {scale}; data: "
+    blocks = f", block diffusion in blocks of {block_size}" if block_size else ""
+    header = (f"## slack-CTC in miniature ({mode} mode{blocks}, seed {seed}, scale {scale}; data: "
               f"{results['settings']['dataset']}, held out: {results['settings']['heldout']})\n\n"
               f"Wall time {timings['total'] / 60:.1f} min on {device} ({torch.get_num_threads()} threads); "
               f"{len(train_ds)} training windows, {len(heldout)} held-out windows; judge: GPT-2 with "

@@ -99,6 +99,8 @@ def _samples(model, tokenizer, heldout, canvas_length, judge, judge_tokenizer, n
     for name, sampler in (samplers or {"ancestral": SAMPLERS["ancestral"]}).items():
         t0 = time.time()
         gen = generation_settings(canvas_length, steps, block_length, **sampler, **fast)
+        if getattr(model.config, "block_size", None):  # a block-diffusion model samples its own blocks
+            gen.update(block_length=model.config.block_size, block_alignment="absolute")
         curve = shift_robustness(
             model, tokenizer, prompts, shift_rates=shift_rates, judge_model=judge, judge_tokenizer=judge_tokenizer,
             generation_kwargs=gen, seed=seed, batch_size=batch_size, num_bootstrap=num_bootstrap,
