@@ -404,3 +404,24 @@ def test_replicate_and_a2d_lock_their_folder_and_overwrite_only_their_files(tmp_
         a2d.main(["--smoke", "--output_dir", str(earlier)])
     with pytest.raises(Started):
         a2d.main(["--smoke", "--output_dir", str(earlier), "--overwrite_output_dir"])
+
+
+def test_block_diffusion_replication_and_block_study(tmp_path, capsys):
+    """`replicate.py --block_size` trains and samples block models (its settings say so), and block_study.py judges
+    them against the bidirectional run of the same seed with the one judge both runs trained."""
+    runs = {}
+    for name, extra in (("blocks", ["--block_size", "4"]), ("bidirectional", [])):
+        runs[name] = tmp_path / name
+        _script().main(["--smoke", "--seeds", "0", "--output_dir", str(runs[name]), "--threads", "1", *extra])
+    results = json.loads((runs["blocks"] / "seed_0" / "results.json").read_text())
+    assert results["settings"]["block_size"] == 4 and "block_size" not in json.loads(
+        (runs["bidirectional"] / "seed_0" / "results.json").read_text())["settings"]
+    generation = results["models"]["ce+slack_ctc"]["samplers"]["ancestral"]["generation_kwargs"]
+    assert (generation["block_length"], generation["block_alignment"]) == (4, "absolute")
+    study = _load("block_study", ROOT / "experiments" / "block_study.py")
+    capsys.readouterr()
+    study.main(["--blocks", str(runs["blocks"]), "--bidirectional", str(runs["bidirectional"]), "--num_bootstrap", "50",
+                "--output", str(tmp_path / "study.md")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [row.split("|")[1].strip() for row in rows] == ["`ce`", "`ce+slack_ctc`"]
+    assert "Blocks of 4 against the bidirectional model" in (tmp_path / "study.md").read_text()

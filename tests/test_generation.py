@@ -1106,3 +1106,25 @@ def test_a_kv_cache_is_exact_for_a_block_causal_model():
         assert differing_runs(make_model(block_size=4), mode) == 0, mode
     # The same weights without blocks: there the dual cache is an approximation, and it shows.
     assert differing_runs(make_model(), "dual") > 0
+
+
+def test_shifts_stay_inside_each_rows_block_with_absolute_blocks():
+    """With absolute blocks a shifted commit lands in the row's own block, and a ragged batch still gives each row
+    what it gets alone."""
+    model = make_model(block_size=4)
+    prompts = [PROMPTS[0][:5], PROMPTS[1][:2], PROMPTS[2][:7]]
+    ids, mask = left_pad(prompts)
+    common = dict(max_new_tokens=12, steps=12, temperature=0.9, shift_rate=0.5, return_dict_in_generate=True,
+                  output_history=True)
+    out = model.generate(ids, attention_mask=mask, generator=[1, 2, 3], **common)
+    width = ids.shape[1]
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(torch.tensor([prompt]), generator=[row + 1], **common)
+        assert out.sequences[row, width:].tolist() == alone.sequences[0, len(prompt):].tolist()
+        # every step commits inside one block of the row's own positions
+        previous = alone.history[0].new_full(alone.history[0].shape, MASK)
+        previous[0, :len(prompt)] = torch.tensor(prompt)
+        for canvas in alone.history:
+            changed = (canvas[0] != previous[0]).nonzero().flatten()
+            assert changed.numel() and len({int(p) // 4 for p in changed}) == 1, changed.tolist()
+            previous = canvas
