@@ -222,6 +222,36 @@ def test_finetune_checks_every_output_before_the_work(tmp_path, monkeypatch):
         script.main(TINY + ["--output_dir", str(tmp_path / "run4"), "--resume_from_checkpoint", "true"])
 
 
+def test_finetune_finds_a_read_only_output_folder_before_the_work(tmp_path, monkeypatch):
+    """A read-only folder: made so with its mode where that binds (not root), else with the error a read-only
+    filesystem gives (root writes through modes; this sandbox runs as root)."""
+    import errno
+    import pathlib
+
+    from hf_mdlm.hub import OutputFolderError
+
+    script = no_work(monkeypatch, example("finetune"))
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+    else:
+        write_bytes = pathlib.Path.write_bytes
+
+        def read_only(path, data):
+            if path.parent == folder:
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return write_bytes(path, data)
+
+        monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
+    try:
+        with pytest.raises(OutputFolderError, match="read-only cannot be written"):
+            script.main(TINY + ["--output_dir", str(folder)])
+    finally:
+        folder.chmod(0o755)
+    assert list(folder.iterdir()) == []
+
+
 
 def test_finetune_never_writes_over_or_around_what_it_reads(tmp_path, monkeypatch):
     """`--output_dir M --overwrite_output_dir` with `--model_name_or_path M` used to empty the model folder before
