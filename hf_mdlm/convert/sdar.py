@@ -33,7 +33,7 @@ def sdar_config_to_mdlm(source: dict) -> MDLMConfig:
     return config
 
 
-def sdar_generation_config(config: MDLMGenerationConfig) -> MDLMGenerationConfig:
+def sdar_generation_config(config: MDLMConfig) -> MDLMGenerationConfig:
     """SDAR's `generate.py` defaults: blocks of `block_size` aligned to absolute positions, as many steps, sampling
     at temperature 1, every token above confidence 0.85 (of the sampling distribution) committed at once."""
     return MDLMGenerationConfig(
