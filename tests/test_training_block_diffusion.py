@@ -101,3 +101,22 @@ def test_slack_ctc_per_block_is_the_sum_of_each_blocks_lattice():
     grad, = torch.autograd.grad(result.ctc.sum(), logits)
     brute_grad, = torch.autograd.grad(expected.sum(), logits)
     assert torch.allclose(grad, brute_grad, atol=1e-8)
+
+
+def test_lora_on_a_block_model_trains_through_the_block_path(tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from test_training_trainer import make_trainer
+
+    import hf_mdlm.training.trainer as trainer_module
+
+    calls = []
+    original = trainer_module.block_diffusion_inputs
+    monkeypatch.setattr(trainer_module, "block_diffusion_inputs", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    model = get_peft_model(MDLMForMaskedLM(tiny_config(block_size=4)), lora)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer = make_trainer(tmp_path, model)
+    trainer.train()
+    assert calls and all(math.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
