@@ -42,8 +42,8 @@ def test_one_forward_equals_one_run_per_block(alignment, block_size):
 
 def test_the_mask_has_three_parts():
     """x_t sees its own block and the clean blocks before it; x_0 sees clean blocks up to its own; x_0 never x_t."""
-    ids, mask, positions = block_diffusion_inputs(torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 6, dtype=torch.long),
-                                                  None, 2)
+    noised, clean = torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)
+    ids, mask, positions = block_diffusion_inputs(noised, clean, None, 2)
     assert ids.tolist() == [[0] * 6 + [1] * 6] and positions.tolist() == [list(range(6)) * 2]
     block = torch.tensor([0, 0, 1, 1, 2, 2])
     q, k = block[:, None], block[None, :]
