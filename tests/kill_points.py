@@ -1,13 +1,15 @@
 """Test helper: run an operation in forked children and kill each with SIGKILL at a random moment of its run, as a
 crash or an out-of-memory kill would (no `finally`, no cleanup), so that a test can look at what it left."""
 
+import json
 import os
 import random
 import signal
+import tempfile
 import time
 
 
-def _forked(operation, *args):
+def _forked(operation, *args, record_calls_of=None, record_to=None):
     pid = os.fork()
     if pid == 0:  # the child: run, then leave at once (pytest's own exit handlers must not run twice)
         code = 1
@@ -15,6 +17,8 @@ def _forked(operation, *args):
             import torch
 
             torch.set_num_threads(1)  # OpenMP thread pools do not survive a fork
+            if record_calls_of is not None:
+                _record_calls(*record_calls_of, record_to)
             operation(*args)
             code = 0
         finally:
@@ -22,17 +26,42 @@ def _forked(operation, *args):
     return pid
 
 
-def killed_runs(operation, targets, *, seed=0):
+def _record_calls(owner, name, path):
+    """Append (start, end) monotonic times of every call of `owner.name` to the JSON-lines file `path`."""
+    method = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            with open(path, "a") as handle:
+                handle.write(json.dumps([start, time.monotonic()]) + "\n")
+
+    setattr(owner, name, timed)
+
+
+def killed_runs(operation, targets, *, seed=0, during=None):
     """Run `operation(target)` to the end once (on `targets[0]`, to time it), then once per other target, killed at a
-    random moment between its start and 1.2 times that duration. Yields each killed target."""
-    start = time.monotonic()
-    _, status = os.waitpid(_forked(operation, targets[0]), 0)
-    assert status == 0, "the operation fails even when nobody kills it"
-    duration = time.monotonic() - start
+    random moment between its start and 1.2 times that duration. `during=(owner, method name)`: the moments are drawn
+    instead inside the calls of that method in the timed run (e.g. the checkpoint saves of a training run), so that
+    every kill lands while it writes. Yields each killed target."""
+    with tempfile.TemporaryDirectory() as scratch:
+        record = os.path.join(scratch, "calls.jsonl")
+        start = time.monotonic()
+        _, status = os.waitpid(_forked(operation, targets[0], record_calls_of=during, record_to=record), 0)
+        assert status == 0, "the operation fails even when nobody kills it"
+        duration = time.monotonic() - start
+        windows = [(0.0, 1.2 * duration)]
+        if during is not None:
+            with open(record) as handle:
+                windows = [(a - start, b - start) for a, b in (json.loads(line) for line in handle)]
+            assert windows, f"the timed run never called {during[1]}"
     rng = random.Random(seed)
     for target in targets[1:]:
+        low, high = rng.choices(windows, weights=[b - a for a, b in windows])[0]
         pid = _forked(operation, target)
-        time.sleep(rng.uniform(0, 1.2 * duration))
+        time.sleep(rng.uniform(low, high))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         yield target

@@ -428,12 +428,14 @@ def test_resume_true_means_the_last_checkpoint(tmp_path, caplog):
 
     for step in (2, 10, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     (tmp_path / "checkpoint-12").mkdir()  # a save killed before its trainer_state.json: passed over, said so
     (tmp_path / "checkpoint-12" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / "checkpoint-11").mkdir()  # killed while writing trainer_state.json: passed over too
+    (tmp_path / "checkpoint-11" / "trainer_state.json").write_text('{"global_step": 1')
     with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
         assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-10")
-    assert "checkpoint-12: its save did not finish" in caplog.text
+    assert "checkpoint-12: its save did not finish" in caplog.text and "checkpoint-11: its save" in caplog.text
     with pytest.raises(OutputFolderError, match="checkpoint-12: not a complete checkpoint"):
         resolve_resume(str(tmp_path / "checkpoint-12"), tmp_path)
     assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-10")

@@ -259,9 +259,10 @@ def test_evaluation_follows_trainers_contract_for_compute_metrics(tmp_path):
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_a_run_killed_while_checkpointing_resumes_from_a_complete_checkpoint(tmp_path, caplog):
-    """Training with a checkpoint every step, SIGKILLed at 10 random moments: `--resume_from_checkpoint true` always
-    finds a complete checkpoint (its weights and trainer_state.json readable) or says there is none; a checkpoint
-    whose save was cut short is passed over, with a warning."""
+    """Training with a checkpoint every step, SIGKILLed at 10 random moments inside its checkpoint saves (timed in an
+    unkilled run): `--resume_from_checkpoint true` always finds a complete checkpoint (its weights and
+    trainer_state.json readable) or says there is none; a checkpoint whose save was cut short is passed over, with a
+    warning."""
     import json
     import logging
 
@@ -276,7 +277,10 @@ def test_a_run_killed_while_checkpointing_resumes_from_a_complete_checkpoint(tmp
     def train(folder):
         trainers[folder].train()
 
-    for folder in killed_runs(train, folders, seed=4):
+    from transformers import Trainer
+
+    cut_short = 0
+    for folder in killed_runs(train, folders, seed=4, during=(Trainer, "_save_checkpoint")):  # every kill mid-save
         try:
             with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
                 checkpoint = resolve_resume("true", folder)
@@ -285,6 +289,12 @@ def test_a_run_killed_while_checkpointing_resumes_from_a_complete_checkpoint(tmp
             continue
         check_folder_files(checkpoint)
         assert json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] >= 1
+    # The kills did land inside saves: runs left a checkpoint cut short, or one more than save_total_limit (killed
+    # between writing the new checkpoint and deleting the oldest).
+    for folder in folders[1:]:
+        checkpoints = list(folder.glob("checkpoint-*"))
+        cut_short += len(checkpoints) > 3 or any(not (c / "trainer_state.json").exists() for c in checkpoints)
+    assert cut_short >= 3, cut_short
 
 
 def test_every_checkpoint_records_the_objective_and_another_objective_cannot_resume_it(tmp_path):

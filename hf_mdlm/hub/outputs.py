@@ -69,7 +69,8 @@ def resolve_resume(value, output_dir) -> str | None:
     """`--resume_from_checkpoint` as Trainer users expect: None/'false' start afresh, True/'true'/'last' resume from
     the last complete `checkpoint-*` of `output_dir` (an error when there is none), anything else must be a complete
     checkpoint folder. A checkpoint is complete once Trainer wrote its `trainer_state.json`, the last file of a
-    save: one killed while saving is passed over, with a warning."""
+    save, whole (a save killed while writing it leaves it empty or cut short): one killed while saving is passed
+    over, with a warning."""
     if value is None or value is False:
         return None
     text = str(value).strip()
@@ -77,19 +78,27 @@ def resolve_resume(value, output_dir) -> str | None:
         found = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
                        key=lambda p: int(p.name[11:]), reverse=True) if Path(output_dir).is_dir() else []
         for checkpoint in found:
-            if (checkpoint / "trainer_state.json").is_file():
+            if _finished_state(checkpoint):
                 return str(checkpoint)
-            logger.warning("passing over %s: its save did not finish (no trainer_state.json)", checkpoint)
+            logger.warning("passing over %s: its save did not finish (no complete trainer_state.json)", checkpoint)
         raise OutputFolderError(f"--resume_from_checkpoint {text}: {output_dir} holds no complete checkpoint-* folder "
                                 "to resume from")
     if text.lower() in _RESUME_NONE:
         return None
     if not Path(text).is_dir():
         raise OutputFolderError(f"--resume_from_checkpoint {text}: no such checkpoint folder")
-    if not (Path(text) / "trainer_state.json").is_file():
-        raise OutputFolderError(f"--resume_from_checkpoint {text}: not a complete checkpoint (no trainer_state.json; "
-                                "was its save interrupted?)")
+    if not _finished_state(Path(text)):
+        raise OutputFolderError(f"--resume_from_checkpoint {text}: not a complete checkpoint (no complete "
+                                "trainer_state.json; was its save interrupted?)")
     return text
+
+
+def _finished_state(checkpoint: Path) -> bool:
+    """Whether `checkpoint` holds a whole `trainer_state.json` (written last by Trainer's save)."""
+    try:
+        return "global_step" in json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 class OutputFolder:
