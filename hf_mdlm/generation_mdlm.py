@@ -224,8 +224,8 @@ class MDLMGenerationConfig(GenerationConfig):
         """The default generation config of a model: our defaults plus the model config's special token ids."""
         values = model_config if isinstance(model_config, dict) else model_config.to_dict()
         settings = {name: values[name] for name in _MODEL_TOKEN_FIELDS if values.get(name) is not None}
-        if values.get("block_size"):  # a block-diffusion model samples its own blocks
-            settings.update(block_length=values["block_size"], block_alignment="absolute", schedule="block")
+        if values.get("block_size"):
+            settings.update(block_sampling(values["block_size"]))
         config = cls(**settings)
         config._original_object_hash = hash(config)
         return config
@@ -320,6 +320,11 @@ class MDLMGenerationConfig(GenerationConfig):
         if self.steps is not None:
             return self.steps
         return self.num_blocks * self.block_length if self.block_alignment == "absolute" else self.max_new_tokens
+
+
+def block_sampling(block_size: int) -> dict:
+    """The generation settings with which a block-diffusion model (`config.block_size`) samples its own blocks."""
+    return {"block_length": block_size, "block_alignment": "absolute", "schedule": "block"}
 
 
 @dataclass
@@ -943,7 +948,7 @@ class DiffusionSampler:
         # On the CPU reading a value costs nothing, so each step runs the vocabulary projection and the choice only
         # from the first position still masked (the window shrinks as the block fills; the tokens are the same).
         # On an accelerator, or compiled, the window stays the block's, so that no step waits for the device.
-        self.narrow = _host_reads_are_free(state.canvas) and not config.compile
+        self.narrow = values_are_free(state.canvas) and not config.compile
         self.stale_from = 0  # absolute blocks with a cache: the first column whose cached keys may be out of date
         self.step_fn = self.denoise_step
         if config.compile:
@@ -983,8 +988,9 @@ class DiffusionSampler:
         state, P, L = self.state, self.state.prompt_length, self.state.block_length
         if state.block_offsets is None:
             return P, P + (block + 1) * L, None
-        starts = [max(P, P - offset + block * L) for offset in state.block_offsets]
-        ends = [P - offset + (block + 1) * L for offset in state.block_offsets]
+        starts = self._row_block_starts(block)
+        ends = [start + L for start in starts]
+        starts = [max(P, start) for start in starts]  # the prompt's part of a block is not committed
         begin, end = min(starts), max(ends)
         columns = torch.arange(begin, end)
         eligible = (columns >= torch.tensor(starts)[:, None]) & (columns < torch.tensor(ends)[:, None])
@@ -1001,10 +1007,11 @@ class DiffusionSampler:
         if not any(columns):
             return
         first = columns.index(True)
-        window = (min(begin + first, block_end - state.block_length), block_end)  # the positions that can change
-        if eligible is not None:
-            window = (begin + first, block_end)
-            eligible = eligible[:, first:]
+        # The positions that can change: from the first one masked (canvas alignment: at most a block back).
+        if eligible is None:
+            window = (min(begin + first, block_end - state.block_length), block_end)
+        else:
+            window, eligible = (begin + first, block_end), eligible[:, first:]
         # A shift may move a commit one position past the window, except with absolute blocks (each row's own block).
         beyond = canvas[:, window[1]:window[1] + (1 if eligible is None else 0)]
         # Steps at which no row commits are skipped (no model call). The commit counts are known ahead for the
@@ -1088,10 +1095,15 @@ class DiffusionSampler:
             left -= plan[:, step]
         return plan
 
-    def _block_start(self, block):
-        """The earliest canvas column of absolute block `block` over the rows."""
+    def _row_block_starts(self, block):
+        """Each row's canvas column where its block `block` starts (with absolute blocks, possibly in the prompt)."""
         state = self.state
-        return max(0, min(state.prompt_length - offset + block * state.block_length for offset in state.block_offsets))
+        offsets = state.block_offsets or [0] * state.canvas.shape[0]
+        return [state.prompt_length - offset + block * state.block_length for offset in offsets]
+
+    def _block_start(self, block):
+        """The earliest canvas column of block `block` over the rows."""
+        return max(0, min(self._row_block_starts(block)))
 
     def _call_inputs(self, block, window, block_end, kind):
         """The canvas positions a call runs, and the model inputs that go with them. "full" (no cache, or a refresh):
@@ -1126,11 +1138,10 @@ class DiffusionSampler:
         """Send every block that is now final (no mask token left) to the streamer; return how many were sent."""
         if streamer is None:
             return streamed
-        state, canvas, P, L = self.state, self.state.canvas, self.state.prompt_length, self.state.block_length
-        offset = 0 if state.block_offsets is None else state.block_offsets[0]
+        state, canvas, P = self.state, self.state.canvas, self.state.prompt_length
         while streamed < state.num_blocks:
-            start = max(P, P - offset + streamed * L)
-            block = canvas[0, start:min(P - offset + (streamed + 1) * L, P + state.gen_length)]
+            start = self._row_block_starts(streamed)[0]  # one row
+            block = canvas[0, max(P, start):min(start + state.block_length, P + state.gen_length)]
             if bool((block == self.mask_id).any()):
                 break
             if block.numel():
@@ -1248,9 +1259,10 @@ class DiffusionSampler:
         return logits.float()
 
 
-def _host_reads_are_free(tensor) -> bool:
-    """Whether reading a value of `tensor` on the host costs nothing (the CPU) rather than a device round trip."""
-    return tensor.device.type == "cpu"
+def values_are_free(tensor) -> bool:
+    """Checks that read tensor values cost nothing on the CPU; on an accelerator (or while compiling) they would
+    stall the device, so there the entry points (`generate`, the data pipeline) check values instead."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _finish_rows_at_eos(gen: torch.Tensor, eos_ids: torch.Tensor, mask_id):
@@ -1292,4 +1304,4 @@ def shift_commits(region, beyond, x0, chosen, masked, moving, mask_id):
 
 __all__ = ["MDLMGenerationConfig", "MDLMGenerationMixin", "MDLMGenerateOutput", "CanvasCache", "DiffusionSampler",
            "SamplerState", "strip_generation", "counter_uniform", "GENERATION_FIELDS", "REMASKING_STRATEGIES",
-           "logits_for_tokens", "mix_seed"]
+           "logits_for_tokens", "mix_seed", "block_sampling", "values_are_free"]

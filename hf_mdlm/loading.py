@@ -15,6 +15,7 @@ import torch
 from .configuration_mdlm import MDLMConfig
 from .convert.families import native_folder
 from .data.loading import bundled_corpus_files
+from .generation_mdlm import block_sampling
 from .hub.remote_code import load_model, load_tokenizer
 from .modeling_mdlm import MDLMForMaskedLM
 from .tokenization import SLACK_TOKEN, add_diffusion_tokens
@@ -140,9 +141,7 @@ def set_block_size(model, block_size: int | None):
         raise ValueError(f"--block_size needs an hf_mdlm model; {type(model).__name__} has no block-causal attention")
     model.config.block_size = block_size
     model.config._check()
-    generation = model.generation_config
-    generation.block_length, generation.block_alignment, generation.schedule = block_size, "absolute", "block"
-    generation.steps = None  # one token per step of each block
+    model.generation_config.update(**block_sampling(block_size), steps=None)  # one token per step of each block
     return model
 
 

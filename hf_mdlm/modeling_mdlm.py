@@ -31,15 +31,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_mdlm import MDLMConfig
-from .generation_mdlm import CanvasCache, MDLMGenerationMixin
+from .generation_mdlm import CanvasCache, MDLMGenerationMixin, values_are_free
 
 logger = logging.get_logger(__name__)
-
-
-def values_are_free(tensor) -> bool:
-    """Checks that read tensor values cost nothing on the CPU; on an accelerator (or while compiling) they would
-    stall the device, so there the entry points (`generate`, the data pipeline) check values instead."""
-    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _cache_argument(cache, kwargs):

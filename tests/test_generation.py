@@ -978,7 +978,7 @@ def test_the_narrowed_cpu_window_gives_the_tokens_of_the_static_one(settings, mo
     ids, mask = left_pad(PROMPTS)
     common = dict(attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, generator=5, **settings)
     narrowed = model.generate(ids, **common)
-    monkeypatch.setattr("hf_mdlm.generation_mdlm._host_reads_are_free", lambda tensor: False)
+    monkeypatch.setattr("hf_mdlm.generation_mdlm.values_are_free", lambda tensor: False)
     assert torch.equal(narrowed, model.generate(ids, **common))
 
 
@@ -995,7 +995,7 @@ def _host_reads(fn):
 def test_host_reads_happen_per_block_not_per_step(monkeypatch):
     # The model's input checks read values only where that is free (the CPU); do as on an accelerator.
     monkeypatch.setattr("hf_mdlm.modeling_mdlm.values_are_free", lambda tensor: False)
-    monkeypatch.setattr("hf_mdlm.generation_mdlm._host_reads_are_free", lambda tensor: False)
+    monkeypatch.setattr("hf_mdlm.generation_mdlm.values_are_free", lambda tensor: False)
     model = confident_model(60.0)
     ids, mask = left_pad(PROMPTS[:2])
 
@@ -1013,7 +1013,7 @@ def test_host_reads_happen_per_block_not_per_step(monkeypatch):
 
 def test_sync_interval_changes_the_number_of_calls_not_the_tokens(monkeypatch):
     # On the CPU the window narrows at every step and a full block ends at once; do as on an accelerator.
-    monkeypatch.setattr("hf_mdlm.generation_mdlm._host_reads_are_free", lambda tensor: False)
+    monkeypatch.setattr("hf_mdlm.generation_mdlm.values_are_free", lambda tensor: False)
     model = confident_model(60.0)
     ids, mask = left_pad(PROMPTS)
     common = dict(attention_mask=mask, max_new_tokens=16, steps=16, block_length=8, threshold=0.5,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_mdlm import MDLMConfig
+from ..generation_mdlm import block_sampling
 from ..tokenization import add_diffusion_tokens
 from .common import llada_generation_config, read_source_config, refuse, write_converted
 
@@ -100,7 +101,7 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
 
     generation = llada_generation_config(config)
     if block_size is not None:  # sample the model's own blocks, one token per step
-        generation.update(block_length=block_size, block_alignment="absolute", schedule="block", steps=None)
+        generation.update(**block_sampling(block_size), steps=None)
     described = f"num_hidden_layers={config.num_hidden_layers}, tie_word_embeddings={config.tie_word_embeddings}"
     return write_converted(src_dir, dst_dir, config, lambda key: None if key.endswith("rotary_emb.inv_freq") else key,
                            generation, f"{source['model_type']} (A2D)", described, dtype, transform=grow,

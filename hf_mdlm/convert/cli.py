@@ -37,9 +37,8 @@ def main(argv=None):
             command.add_argument("--mask_token_id", type=int, default=None,
                                  help="the [MASK] id (the config names none; default: the real models' 156895)")
     args = parser.parse_args(argv)
-    extra = {"mask_token_id": args.mask_token_id} if args.family in ("llada-moe", "llada2") else {}
-    if args.family == "a2d":
-        extra = {"block_size": args.block_size}
+    # the family's own options, as parsed
+    extra = {name: getattr(args, name) for name in ("mask_token_id", "block_size") if hasattr(args, name)}
     try:  # new or empty, locked while converting; --overwrite replaces an earlier conversion's files only
         output = OutputFolder(args.dst_dir, overwrite=args.overwrite, what="dst_dir", writes=CONVERTED_FILES,
                               flag="--overwrite")

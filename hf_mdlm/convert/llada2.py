@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_mdlm import MDLMConfig
-from ..generation_mdlm import MDLMGenerationConfig
+from ..generation_mdlm import MDLMGenerationConfig, block_sampling
 from .common import read_source_config, refuse, write_converted
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ def llada2_generation_config(config: MDLMConfig) -> MDLMGenerationConfig:
     steps, greedy, every token above confidence 0.95 committed at once."""
     return MDLMGenerationConfig(
         mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        max_new_tokens=128, block_length=config.block_size, block_alignment="absolute", schedule="block",
-        temperature=0.0, threshold=0.95, remasking="low_confidence", stop_at_eos=True,
+        max_new_tokens=128, **block_sampling(config.block_size), temperature=0.0, threshold=0.95,
+        remasking="low_confidence", stop_at_eos=True,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_mdlm import MDLMConfig
-from ..generation_mdlm import MDLMGenerationConfig
+from ..generation_mdlm import MDLMGenerationConfig, block_sampling
 from .a2d import a2d_config_to_mdlm
 from .common import read_source_config, write_converted
 
@@ -38,8 +38,8 @@ def sdar_generation_config(config: MDLMConfig) -> MDLMGenerationConfig:
     at temperature 1, every token above confidence 0.85 (of the sampling distribution) committed at once."""
     return MDLMGenerationConfig(
         mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        max_new_tokens=128, block_length=config.block_size, block_alignment="absolute", schedule="block",
-        temperature=1.0, threshold=0.85, remasking="low_confidence",
+        max_new_tokens=128, **block_sampling(config.block_size), temperature=1.0, threshold=0.85,
+        remasking="low_confidence",
     )
 
 

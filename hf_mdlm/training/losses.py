@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..configuration_mdlm import check_token_id
-from ..modeling_mdlm import values_are_free
+from ..generation_mdlm import values_are_free
 from . import lattice_kernels
 from .canvas import NoiseSchedule
 
