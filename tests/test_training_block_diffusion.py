@@ -55,11 +55,11 @@ def test_the_mask_has_three_parts():
 def test_the_trainer_trains_a_block_model(tmp_path, monkeypatch, ctc_weight):
     from test_training_trainer import make_trainer
 
-    import hf_mdlm.training.trainer as trainer_module
+    import hf_mdlm.training.block_diffusion as block_module
 
     calls = []
-    original = trainer_module.block_diffusion_inputs
-    monkeypatch.setattr(trainer_module, "block_diffusion_inputs", lambda *a: calls.append(1) or original(*a))
+    original = block_module.block_diffusion_inputs
+    monkeypatch.setattr(block_module, "block_diffusion_inputs", lambda *a: calls.append(1) or original(*a))
     torch.manual_seed(0)
     model = MDLMForMaskedLM(tiny_config(block_size=4))
     before = [p.detach().clone() for p in model.parameters()]
@@ -107,11 +107,11 @@ def test_lora_on_a_block_model_trains_through_the_block_path(tmp_path, monkeypat
     from peft import LoraConfig, get_peft_model
     from test_training_trainer import make_trainer
 
-    import hf_mdlm.training.trainer as trainer_module
+    import hf_mdlm.training.block_diffusion as block_module
 
     calls = []
-    original = trainer_module.block_diffusion_inputs
-    monkeypatch.setattr(trainer_module, "block_diffusion_inputs", lambda *a: calls.append(1) or original(*a))
+    original = block_module.block_diffusion_inputs
+    monkeypatch.setattr(block_module, "block_diffusion_inputs", lambda *a: calls.append(1) or original(*a))
     torch.manual_seed(0)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     model = get_peft_model(MDLMForMaskedLM(tiny_config(block_size=4)), lora)

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..generation_mdlm import logits_for_tokens
-from ..training.block_diffusion import block_diffusion_inputs, block_diffusion_predictions
+from ..training.block_diffusion import token_logits
 from ..training.canvas import NoiseSchedule, draw_slack_gaps, get_schedule, mask_canvas, slack_gaps_log_prob
 from ..training.losses import masked_cross_entropy
 from .utils import (
@@ -76,19 +75,6 @@ def _canvas_settings(model, mask_token_id, canvas_length, fill_token_id):
         if fill_token_id is None:
             raise ValueError("canvas_length is set but there is no fill_token_id (and no EOS in the model config)")
     return mask_token_id, canvas_length, fill_token_id
-
-
-def _token_logits(model, noised, clean, attention, device):
-    """The logits predicting every token of `noised`. A block-diffusion model (`config.block_size`) predicts each
-    block from its noised self and the clean blocks before it, as it was trained and as it decodes (BD3LM's bound:
-    the sum over blocks of each block's diffusion ELBO)."""
-    block_size = getattr(model.config, "block_size", None)
-    if not block_size:
-        return logits_for_tokens(model(input_ids=noised.to(device), attention_mask=attention.to(device)).logits,
-                                 model.config)
-    ids, mask, positions = block_diffusion_inputs(noised, clean, attention, block_size)
-    outputs = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)).logits
-    return block_diffusion_predictions(outputs, attention.to(device), block_size, model.config.prediction_shift)
 
 
 def _resolve_schedule(schedule, time_eps) -> NoiseSchedule:
@@ -215,7 +201,7 @@ def elbo_perplexity(
             noised, masked = mask_canvas(
                 clean, times, maskable, mask_token_id=int(mask_token_id), schedule=schedule, generator=generators
             )
-            logits = _token_logits(model, noised, clean, attention, device)
+            logits = token_logits(model, noised.to(device), clean.to(device), attention.to(device), model.config)
             ce = masked_cross_entropy(logits, clean.to(device), masked.to(device)).double().cpu()
             weighted = schedule.weight(times).double() * ce
             for b, (e, r) in enumerate(batch):
@@ -321,7 +307,8 @@ def conditional_log_likelihood(
                 counts.append(count)
             rows = clean.expand(len(batch), -1)
             noised = rows.masked_fill(masked, int(mask_token_id))
-            logits = _token_logits(model, noised, rows, torch.ones_like(noised), device)
+            logits = token_logits(model, noised.to(device), rows.to(device), torch.ones_like(noised).to(device),
+                                  model.config)
             ce = masked_cross_entropy(logits, rows.to(device), masked.to(device)).double().cpu()
             for b, j in enumerate(batch):
                 values[j] = -(m / counts[b]) * float(ce[b])

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..generation_mdlm import logits_for_tokens
+
 
 def block_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, S) rotary positions counted over real tokens (left padding gets 0), as the model counts them."""
@@ -42,6 +44,18 @@ def block_diffusion_inputs(noised_ids, clean_ids, attention_mask, block_size: in
     bottom = torch.cat([torch.zeros_like(clean_sees_clean), clean_sees_clean], dim=2)
     mask = torch.cat([top, bottom], dim=1)[:, None]
     return (torch.cat([noised_ids, clean_ids], dim=1), mask, torch.cat([positions, positions], dim=1))
+
+
+def token_logits(model, noised_ids, clean_ids, attention_mask, config):
+    """(B, S, V) the logits predicting each token of `noised_ids`, as `config`'s model is trained and scored: a
+    block-diffusion model's from the [x_t; x_0] input, any other's from `noised_ids` (one position earlier for a
+    next-token model). All tensors on the model's device; `config` is the model's (a DDP wrapper has none)."""
+    block_size = getattr(config, "block_size", None)
+    if not block_size:
+        return logits_for_tokens(model(input_ids=noised_ids, attention_mask=attention_mask).logits, config)
+    ids, mask, positions = block_diffusion_inputs(noised_ids, clean_ids, attention_mask, block_size)
+    outputs = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    return block_diffusion_predictions(outputs, attention_mask, block_size, getattr(config, "prediction_shift", 0))
 
 
 def block_diffusion_predictions(logits, attention_mask, block_size: int, prediction_shift: int = 0):

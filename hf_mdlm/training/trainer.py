@@ -14,10 +14,10 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..data.collator import DiffusionCollator
-from ..generation_mdlm import logits_for_tokens, mix_seed
+from ..generation_mdlm import mix_seed
 from ..tokenization import diffusion_token_ids
 from .arguments import OBJECTIVE_FILE, MDLMTrainingArguments
-from .block_diffusion import block_diffusion_inputs, block_diffusion_predictions, block_positions
+from .block_diffusion import block_positions, token_logits
 from .canvas import build_canvases, get_schedule, low_discrepancy_times, mask_canvas
 from .losses import diffusion_loss
 
@@ -117,19 +117,10 @@ class MDLMTrainer(Trainer):
         )
         device = input_ids.device
         config = getattr(self.model, "config", None)  # self.model: DDP/FSDP wrappers have no config
+        # The emission of canvas position i is the prediction of token i (block models: given the clean blocks before).
+        logits = token_logits(model, noised_ids.to(device), clean_ids.to(device), attention_mask.to(device), config)
         block_size = getattr(config, "block_size", None)
-        blocks = None
-        if block_size:  # block diffusion: each block from its noised self and the clean blocks before it
-            ids, block_mask, positions_2s = block_diffusion_inputs(noised_ids, clean_ids, attention_mask, block_size)
-            logits = model(input_ids=ids.to(device), attention_mask=block_mask.to(device),
-                           position_ids=positions_2s.to(device)).logits
-            logits = block_diffusion_predictions(logits, attention_mask.to(device), block_size,
-                                                 getattr(config, "prediction_shift", 0))
-            blocks = (block_positions(attention_mask) // block_size).to(device)  # slack-CTC runs per block
-        else:
-            logits = model(input_ids=noised_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            # The emission of canvas position i is the prediction of token i.
-            logits = logits_for_tokens(logits, config)
+        blocks = (block_positions(attention_mask) // block_size).to(device) if block_size else None  # CTC per block
         result = diffusion_loss(
             logits, noised_ids.to(device), clean_ids.to(device),
             masked=masked.to(device), loss_mask=canvas_mask.to(device), t=t.to(device), schedule=self.schedule,
