@@ -41,6 +41,13 @@ def test_config_round_trip(tmp_path):
     (dict(num_experts=4), "moe_intermediate_size must be a positive integer with num_experts > 0"),
     (dict(num_experts=4, moe_intermediate_size=8, moe_layers=[0, 9]), r"moe_layers holds \[9\], not layer indices"),
     (dict(num_experts=-1), "num_experts must be 0 or a positive integer"),
+    (dict(num_experts=4, moe_intermediate_size=8, router_score_function="tanh"),
+     "router_score_function must be 'softmax' or 'sigmoid'"),
+    (dict(num_experts=4, moe_intermediate_size=8, router_groups=3), "router_groups=3 must divide num_experts=4"),
+    (dict(num_experts=4, moe_intermediate_size=8, router_groups=4), "into groups of at least two experts"),
+    (dict(num_experts=4, moe_intermediate_size=8, num_experts_per_tok=3, router_groups=2, router_topk_groups=1),
+     r"router_topk_groups=1 must be in \[1, router_groups=2\] and hold at least num_experts_per_tok=3"),
+    (dict(block_size=0), "block_size must be a positive integer or None"),
 ])
 def test_config_fields_are_checked_by_name(overrides, message):
     values = {**tiny_config().to_dict(), **overrides}

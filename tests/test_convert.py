@@ -21,9 +21,11 @@ from hf_mdlm.convert import (
     convert_checkpoint,
     detect_family,
     dream_config_to_mdlm,
+    llada2_config_to_mdlm,
     llada_config_to_mdlm,
     llada_moe_config_to_mdlm,
     main,
+    sdar_config_to_mdlm,
 )
 from hf_mdlm.data import DataArguments, DiffusionCollator
 from hf_mdlm.evaluation import elbo_perplexity
@@ -160,6 +162,14 @@ def test_converter_config_errors_name_the_problem(tmp_path):
     dream = json.loads((FIXTURES / "dream-tiny" / "config.json").read_text())
     with pytest.raises(ValueError, match="Dream config has no mask_token_id"):
         dream_config_to_mdlm({**dream, "mask_token_id": None})
+    llada2 = json.loads((FIXTURES / "llada2-tiny" / "config.json").read_text())
+    with pytest.raises(ValueError, match="LLaDA2's config names no mask token .* pass mask_token_id"):
+        llada2_config_to_mdlm(llada2)
+    with pytest.raises(ValueError, match="score_function"):
+        llada2_config_to_mdlm({**llada2, "score_function": "softmax"}, mask_token_id=319)
+    sdar = json.loads((FIXTURES / "sdar-tiny" / "config.json").read_text())
+    with pytest.raises(ValueError, match="SDAR config field 'block_size'=None: an SDAR checkpoint names its block size"):
+        sdar_config_to_mdlm({**sdar, "block_size": None})
     with pytest.raises(ValueError, match="A2D converts llama, qwen2, qwen3 causal LMs, not model_type='gpt2'"):
         a2d_config_to_mdlm({"model_type": "gpt2"}, 10, 1, 2)
     qwen3 = {"model_type": "qwen3", "hidden_act": "silu", "layer_types": ["full_attention", "sliding_attention"]}

@@ -425,3 +425,28 @@ def test_block_diffusion_replication_and_block_study(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
     assert [row.split("|")[1].strip() for row in rows] == ["`ce`", "`ce+slack_ctc`"]
     assert "Blocks of 4 against the bidirectional model" in (tmp_path / "study.md").read_text()
+    with pytest.raises(SystemExit, match="holds no seed_\\*/results.json"):
+        study.main(["--blocks", str(tmp_path), "--bidirectional", str(runs["bidirectional"])])
+    other = tmp_path / "other" / "seed_5"
+    other.mkdir(parents=True)
+    (other / "results.json").write_text(json.dumps({"settings": {"seed": 5}, "models": {}}))
+    with pytest.raises(SystemExit, match="the two runs share no seed"):
+        study.main(["--blocks", str(other.parent), "--bidirectional", str(runs["bidirectional"])])
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(runs["bidirectional"] / "seed_0", copy / "seed_0")
+    results_file = copy / "seed_0" / "results.json"
+    results = json.loads(results_file.read_text())
+    results["models"]["ce"]["samplers"]["ancestral"]["prompts"][0] += " (another prompt)"
+    results_file.write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="seed 0: the two runs sampled different prompts"):
+        study.main(["--blocks", str(runs["blocks"]), "--bidirectional", str(copy)])
+    from hf_mdlm.evaluation import load_judge
+
+    judge, _ = load_judge(copy / "seed_0" / "judge")
+    with torch.no_grad():
+        next(judge.parameters()).add_(1.0)
+    judge.save_pretrained(copy / "seed_0" / "judge")
+    with pytest.raises(SystemExit, match="the judges of .* differ: the runs did not train the same judge"):
+        study.main(["--blocks", str(runs["blocks"]), "--bidirectional", str(copy)])

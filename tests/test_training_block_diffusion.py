@@ -120,3 +120,25 @@ def test_lora_on_a_block_model_trains_through_the_block_path(tmp_path, monkeypat
     trainer.train()
     assert calls and all(math.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+def test_bad_block_inputs_are_named():
+    from hf_mdlm.training.canvas import get_schedule
+    from hf_mdlm.training.losses import diffusion_loss
+
+    with pytest.raises(ValueError, match=r"noised_ids \(1, 4\) and clean_ids \(1, 5\) differ in shape"):
+        block_diffusion_inputs(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long), None, 2)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match="blocks must not decrease along a row's canvas positions"):
+        diffusion_loss(torch.zeros(1, 4, 12), ids, ids, masked=torch.zeros(1, 4, dtype=torch.bool),
+                       loss_mask=torch.ones(1, 4, dtype=torch.bool), t=0.5, schedule=get_schedule("linear"),
+                       mask_token_id=11, slack_token_id=10, blocks=torch.tensor([[1, 1, 0, 0]]))
+
+
+def test_block_size_needs_an_hf_mdlm_model():
+    from types import SimpleNamespace
+
+    from hf_mdlm.loading import set_block_size
+
+    with pytest.raises(ValueError, match="--block_size needs an hf_mdlm model; SimpleNamespace has no block-causal"):
+        set_block_size(SimpleNamespace(config=SimpleNamespace()), 4)
