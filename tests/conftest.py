@@ -2,6 +2,7 @@
 of its ids, the converted LLaDA / Dream / LLaDA-MoE fixtures, the bundled tokenizer with a tiny model sized to it,
 and a trained-looking model exported as a Hub folder and as a LoRA adapter."""
 
+import contextlib
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -291,10 +292,25 @@ def converted(tmp_path_factory, folder, **kwargs):
     return MDLMForMaskedLM.from_pretrained(out).eval()
 
 
-def with_block_size(model, block_size):
-    """The block fixtures sample one model with several block lengths: its attention blocks follow."""
-    model.config.block_size = block_size
-    return model
+@contextlib.contextmanager
+def block_size_set(model, block_size):
+    """The block fixtures sample one model with several block lengths: its attention blocks follow inside the
+    `with`, and are restored after it (the converted model is shared by a test module)."""
+    saved, model.config.block_size = model.config.block_size, block_size
+    try:
+        yield model
+    finally:
+        model.config.block_size = saved
+
+
+def padded_fixture_rows_match_alone(model, folder, pad, **settings):
+    """`padded_rows_match_alone` on a block fixture's prompts cut to several lengths (whole, 6, 9, 3: different
+    offsets in blocks of 4), with blocks of 4."""
+    base = block_fixture_reference(folder)[0]["gen_prompts"].tolist()
+    prompts = [base[0], base[1][:6], base[2][:9], base[0][:3]]
+    with block_size_set(model, 4):
+        padded_rows_match_alone(model, prompts, pad, max_new_tokens=10, block_length=4, block_alignment="absolute",
+                                schedule="block", steps=12, threshold=0.5, **settings)
 
 
 def padded_rows_match_alone(model, prompts, pad, **settings):

@@ -9,8 +9,8 @@ from conftest import (
     LLADA2_TINY as LLADA2,
     block_fixture_reference,
     converted,
-    padded_rows_match_alone,
-    with_block_size,
+    block_size_set,
+    padded_fixture_rows_match_alone,
 )
 
 LLADA2_MASK, LLADA2_EOS, LLADA2_PAD = 319, 317, 318
@@ -36,15 +36,13 @@ def test_the_family_is_detected_and_its_router_and_sampling_defaults_written(lla
 @pytest.mark.parametrize("block", [4, 8])
 def test_llada2_logits_match_the_family_under_its_block_mask(llada2, block):
     ref, _ = block_fixture_reference(LLADA2)
-    model = with_block_size(llada2, block)
     ids = ref["input_ids"]
-    with torch.no_grad():
+    with block_size_set(llada2, block) as model, torch.no_grad():
         ours = model(input_ids=ids).logits  # the model's own block-causal mask (block_size)
         bidirectional = model(input_ids=ids, attention_mask=torch.ones(1, 1, 16, 16, dtype=torch.bool).expand(
             2, 1, 16, 16)).logits
     assert (ours - ref[f"logits_block{block}"]).abs().max() < 1e-4
     assert (bidirectional - ref["logits_bidirectional"]).abs().max() < 1e-4
-    model.config.block_size = 32
 
 
 def _llada2_settings(case):
@@ -66,24 +64,18 @@ def test_llada2_generations_match_the_family_token_for_token(llada2, kv_cache):
     ref, cases = block_fixture_reference(LLADA2)
     prompts = ref["gen_prompts"]
     for case in cases:
-        model = with_block_size(llada2, case["block_length"])
         prompt = prompts[case["prompt_row"]][None]
-        out = model.generate(prompt, kv_cache=kv_cache, **_llada2_settings(case))
+        with block_size_set(llada2, case["block_length"]) as model:
+            out = model.generate(prompt, kv_cache=kv_cache, **_llada2_settings(case))
         expected = ref[f"{case['name']}_output"][0].tolist()
         assert _until_eos(out[0, prompt.shape[1]:], LLADA2_EOS) == expected, case
-    llada2.config.block_size = 32
 
 
 @pytest.mark.parametrize("kv_cache", [None, "dual"])
 def test_a_padded_batch_gives_each_row_what_it_gets_alone(llada2, kv_cache):
     """The family's sampler takes one prompt; ours takes a left-padded batch whose rows have their own block
     boundaries (prompt lengths 11, 6, 9 and 3 fall at different offsets in blocks of 4)."""
-    ref, _ = block_fixture_reference(LLADA2)
-    base = ref["gen_prompts"].tolist()
-    prompts = [base[0], base[1][:6], base[2][:9], base[0][:3]]
-    padded_rows_match_alone(with_block_size(llada2, 4), prompts, LLADA2_PAD, max_new_tokens=10, block_length=4,
-                            block_alignment="absolute", schedule="block", steps=12, threshold=0.5, kv_cache=kv_cache)
-    llada2.config.block_size = 32
+    padded_fixture_rows_match_alone(llada2, LLADA2, LLADA2_PAD, kv_cache=kv_cache)
 
 
 def test_a_block_model_refuses_other_blocks_and_the_cache_is_exact(llada2):

@@ -9,8 +9,8 @@ from conftest import (
     SDAR_TINY as SDAR,
     block_fixture_reference,
     converted,
-    padded_rows_match_alone,
-    with_block_size,
+    block_size_set,
+    padded_fixture_rows_match_alone,
 )
 
 
@@ -32,11 +32,9 @@ def test_the_family_is_detected_and_its_sampling_defaults_written(sdar):
 @pytest.mark.parametrize("block", [4, 8])
 def test_sdar_logits_match_the_family_under_its_block_mask(sdar, block):
     ref, _ = block_fixture_reference(SDAR)
-    model = with_block_size(sdar, block)
-    with torch.no_grad():
+    with block_size_set(sdar, block) as model, torch.no_grad():
         ours = model(input_ids=ref["input_ids"]).logits
     assert (ours - ref[f"logits_block{block}"]).abs().max() < 1e-4
-    model.config.block_size = 4
 
 
 def _sdar_settings(case):
@@ -53,22 +51,16 @@ def test_sdar_generations_match_the_family_token_for_token(sdar, kv_cache):
     ref, cases = block_fixture_reference(SDAR)
     prompts = ref["gen_prompts"]
     for case in cases:
-        model = with_block_size(sdar, case["block_length"])
         prompt = prompts[case["prompt_row"]][None]
-        out = model.generate(prompt, kv_cache=kv_cache, **_sdar_settings(case))
+        with block_size_set(sdar, case["block_length"]) as model:
+            out = model.generate(prompt, kv_cache=kv_cache, **_sdar_settings(case))
         expected = ref[f"{case['name']}_output"][0]  # the whole canvas, rounded up to whole blocks
         length = prompt.shape[1] + case["gen_length"]
         assert torch.equal(out[0], expected[:length]), case
-    sdar.config.block_size = 4
 
 
 @pytest.mark.parametrize("kv_cache", [None, "dual"])
 def test_a_padded_batch_gives_each_row_what_it_gets_alone(sdar, kv_cache):
     """The family's sampler takes one prompt; ours takes a left-padded batch whose rows have their own block
-    boundaries (prompt lengths 11, 6, 9 and 3 fall at different offsets in blocks of 4)."""
-    ref, _ = block_fixture_reference(SDAR)
-    base = ref["gen_prompts"].tolist()
-    prompts = [base[0], base[1][:6], base[2][:9], base[0][:3]]
-    padded_rows_match_alone(with_block_size(sdar, 4), prompts, 317, max_new_tokens=10, block_length=4,
-                            block_alignment="absolute", schedule="block", steps=12, threshold=0.5, kv_cache=kv_cache)
-    sdar.config.block_size = 4
+    boundaries (prompt lengths 10, 6, 9 and 3 fall at different offsets in blocks of 4)."""
+    padded_fixture_rows_match_alone(sdar, SDAR, 317, kv_cache=kv_cache)
