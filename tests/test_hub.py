@@ -372,6 +372,20 @@ def test_a_non_empty_output_folder_is_refused_unless_resuming_or_overwriting(tmp
     assert (out / "thesis.tex").exists() and (out / "config.json").exists()
 
 
+def test_a_writability_probe_left_by_a_killed_run_does_not_block_the_next(tmp_path, caplog):
+    """A process killed between writing and removing its probe file leaves it behind (CI found this through the
+    kill-at-any-moment conversion test): the next run removes it, without a warning, and finds the folder empty."""
+    from hf_mdlm.hub import OutputFolder
+    from hf_mdlm.hub.outputs import PROBE_PREFIX
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f"{PROBE_PREFIX}0123abcd").write_bytes(b"")
+    with caplog.at_level("WARNING"), OutputFolder(out):
+        assert sorted(p.name for p in out.iterdir()) == [".hf_mdlm.lock"]
+    assert not caplog.records
+
+
 def test_a_second_run_into_the_same_folder_fails_at_once(tmp_path):
     from hf_mdlm.hub import OutputFolder, OutputFolderError
 

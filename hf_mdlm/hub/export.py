@@ -21,7 +21,7 @@ from .checks import (
     hub_files,
 )
 from .files import ADAPTER_FILES, HUB_CODE_FILES, RUN_FILES, TOKENIZER_FILES
-from .outputs import STAGING_NAME, check_apart, publish_staged, staging_folder
+from .outputs import PROBE_PREFIX, STAGING_NAME, check_apart, publish_staged, staging_folder
 from .records import _args_dict, _blank_secrets, _jsonable, _run_info_from_args
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def export_for_hub(
         raise FileNotFoundError(f"{source} is not a folder")
     if source is not None:
         check_apart(out, source, "out_dir")  # the export never writes into, over or around its source
-    if out.exists() and any(p.name != STAGING_NAME for p in out.iterdir()):
+    if out.exists() and any(p.name != STAGING_NAME and not p.name.startswith(PROBE_PREFIX) for p in out.iterdir()):
         raise FileExistsError(f"{out} is not empty: export into a new or empty folder (stale files would be uploaded)")
     out.mkdir(parents=True, exist_ok=True)
     # Written whole into a hidden folder, then moved into place with config.json last: a killed export leaves

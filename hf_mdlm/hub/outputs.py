@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".hf_mdlm.lock"
 STAGING_NAME = ".hf_mdlm-saving"  # the final model is written here, then moved into place
+PROBE_PREFIX = ".hf_mdlm-probe-"  # written and removed at once to test that a folder is writable
 
 # Everything a run (ours or Trainer's) writes into its output folder; `overwrite` removes exactly these.
 RUN_OUTPUT_PATTERNS = (
@@ -57,9 +58,9 @@ def check_writable_dir(path, what: str = "output folder") -> Path:
         raise OutputFolderError(f"{what} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".hf_mdlm-probe-{uuid.uuid4().hex}"
+        probe = path / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)  # a run holding the folder's lock may have removed it as a leftover
     except OSError as error:
         raise OutputFolderError(f"{what} {path} cannot be written: {error.strerror or error}") from None
     return path
@@ -163,14 +164,19 @@ class OutputFolder:
             logger.warning("removing %s (%.1f MB): the unfinished final save of a run that was killed", staging,
                            size / 1e6)
             shutil.rmtree(staging)
+        for probe in self.path.glob(PROBE_PREFIX + "*"):  # left by a process killed between writing and removing it
+            probe.unlink(missing_ok=True)
         hidden = [p.name for p in self.path.iterdir()
-                  if p.name.startswith(".") and p.name != LOCK_NAME and not is_run_output(p.name)]
+                  if p.name.startswith(".") and p.name != LOCK_NAME and not is_run_output(p.name)
+                  and not p.name.startswith(PROBE_PREFIX)]
         if hidden:
             logger.warning("%s holds hidden files no hf_mdlm run writes (left by another tool?): %s", self.path,
                            ", ".join(sorted(hidden)))
 
     def _check_contents(self, resume, overwrite: bool, what: str) -> None:
-        entries = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+        # another process's writability probe may come and go at any moment: it is never part of a run
+        entries = sorted(p.name for p in self.path.iterdir()
+                         if p.name != LOCK_NAME and not p.name.startswith(PROBE_PREFIX))
         # resuming continues this folder's own run: a checkpoint elsewhere leaves this folder to the usual checks
         if not entries or (resume and self.path.resolve() in Path(resume).resolve().parents):
             return
