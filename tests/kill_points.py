@@ -9,7 +9,7 @@ import tempfile
 import time
 
 
-def _forked(operation, *args, record_calls_of=None, record_to=None):
+def _forked(operation, *args, record_calls_of=None, record_to=None, kill_inside=None):
     pid = os.fork()
     if pid == 0:  # the child: run, then leave at once (pytest's own exit handlers must not run twice)
         code = 1
@@ -19,6 +19,8 @@ def _forked(operation, *args, record_calls_of=None, record_to=None):
             torch.set_num_threads(1)  # OpenMP thread pools do not survive a fork
             if record_calls_of is not None:
                 _record_calls(*record_calls_of, record_to)
+            if kill_inside is not None:
+                _kill_inside(*kill_inside)
             operation(*args)
             code = 0
         finally:
@@ -41,11 +43,28 @@ def _record_calls(owner, name, path):
     setattr(owner, name, timed)
 
 
+def _kill_inside(owner, name, call, delay):
+    """SIGKILL this process `delay` seconds into its `call`-th call (from 0) of `owner.name`: timed from the call's
+    own start, so that the kill lands inside it however loaded the machine is."""
+    import threading
+
+    method, calls = getattr(owner, name), [0]
+
+    def armed(*args, **kwargs):
+        if calls[0] == call:
+            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        calls[0] += 1
+        return method(*args, **kwargs)
+
+    setattr(owner, name, armed)
+
+
 def killed_runs(operation, targets, *, seed=0, during=None):
     """Run `operation(target)` to the end once (on `targets[0]`, to time it), then once per other target, killed at a
-    random moment between its start and 1.2 times that duration. `during=(owner, method name)`: the moments are drawn
-    instead inside the calls of that method in the timed run (e.g. the checkpoint saves of a training run), so that
-    every kill lands while it writes. Yields each killed target."""
+    random moment between its start and 1.2 times that duration. `during=(owner, method name)`: each run is killed
+    instead inside one of that method's calls (e.g. the checkpoint saves of a training run), a random fraction of that
+    call's duration in the timed run after the call starts, so that every kill lands while it writes. Yields each
+    killed target."""
     with tempfile.TemporaryDirectory() as scratch:
         record = os.path.join(scratch, "calls.jsonl")
         start = time.monotonic()
@@ -59,9 +78,13 @@ def killed_runs(operation, targets, *, seed=0, during=None):
             assert windows, f"the timed run never called {during[1]}"
     rng = random.Random(seed)
     for target in targets[1:]:
-        low, high = rng.choices(windows, weights=[b - a for a, b in windows])[0]
-        pid = _forked(operation, target)
-        time.sleep(rng.uniform(low, high))
-        os.kill(pid, signal.SIGKILL)
+        if during is None:
+            pid = _forked(operation, target)
+            time.sleep(rng.uniform(*windows[0]))
+            os.kill(pid, signal.SIGKILL)
+        else:
+            call = rng.choices(range(len(windows)), weights=[b - a for a, b in windows])[0]
+            low, high = windows[call]
+            pid = _forked(operation, target, kill_inside=(*during, call, rng.uniform(0, high - low)))
         os.waitpid(pid, 0)
         yield target
