@@ -167,6 +167,8 @@ def render_model_card(
     tags = ["masked-diffusion", "custom_code", "hf_mdlm"]
     if slack_ctc:
         tags.append("slack-ctc")
+    if run_info.get("reinforcement"):
+        tags.append("grpo")
     if is_adapter:
         tags.append("lora")
 
@@ -216,6 +218,7 @@ def render_model_card(
         "datasets": datasets,
         "tags": tags,
         "slack_ctc": slack_ctc,
+        "reinforcement": run_info.get("reinforcement"),
         "model": model_facts,
         "mask_token": mask_token,
         "slack_token": SLACK_TOKEN if has_slack else None,

@@ -11,12 +11,16 @@ from .outputs import OutputFolderError, publish_staged, staging_folder
 from .records import save_run_record
 
 
-def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool = False, state_dict=None):
+def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool = False, state_dict=None,
+                      canvas_length: int | None = None, reinforcement: dict | None = None):
     """Write the trained model as a Hub-ready folder: config with `auto_map`, code, weights, tokenizer, a generation
     config sized for the training canvas, the loss curve (`trainer_state.json`) and the run's records.
 
     With `lora`, the adapter alone (with its new token rows) is saved to `output_dir/adapter` and the folder itself
     holds the merged model. Returns the model saved (the merged one under LoRA), still where it trained.
+
+    `canvas_length` (default `data_args.canvas_length`) sizes the saved generation config; `reinforcement` (the
+    facts of an RL run: method, estimator, rewards, starting model) goes into `run_info.json` for the model card.
 
     A model sharded over processes (FSDP, DeepSpeed ZeRO-3) is saved from `state_dict`, the whole weights that
     `gathered_state_dict` collected on this, the main, process: the same folder as a single process would write.
@@ -30,7 +34,7 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         model.save_pretrained(staging / "adapter")
         model = model.merge_and_unload()
     model.generation_config = trained_generation_config(
-        model.generation_config, model.config, data_args.canvas_length,
+        model.generation_config, model.config, canvas_length or data_args.canvas_length,
         # A model trained with <slack> in its canvases, decoded greedily, commits that predictable filler first and
         # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
         suppress_slack=getattr(trainer.args, "canvas_holds_slack", False) and model.config.slack_token_id is not None,
@@ -39,7 +43,8 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
-        save_run_record(trainer.args, staging, data_args=data_args)  # world size, hardware, versions, data
+        save_run_record(trainer.args, staging, data_args=data_args,  # world size, hardware, versions, data
+                        reinforcement=reinforcement)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise

@@ -76,7 +76,7 @@ def _run_info_from_args(args) -> dict:
     return info
 
 
-def save_run_record(training_args, output_dir, *, data_args=None, base_model=None) -> None:
+def save_run_record(training_args, output_dir, *, data_args=None, base_model=None, reinforcement=None) -> None:
     """Write `training_args.json` (tokens blanked) and `run_info.json` (world size, hardware, versions, data)
     into `output_dir`. Call it in the training process (rank 0) so that the hardware is the training hardware;
     `export_for_hub` and the model card read both files.
@@ -91,4 +91,6 @@ def save_run_record(training_args, output_dir, *, data_args=None, base_model=Non
         info["data"] = _blank_secrets(_args_dict(data_args))
     if base_model is not None:
         info["base_model"] = str(base_model)
+    if reinforcement is not None:
+        info["reinforcement"] = _blank_secrets(_jsonable(dict(reinforcement)))
     (output_dir / "run_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,156 @@
+"""Reinforcement learning with verifiable rewards (GRPO on TRL) for a fine-tuned masked diffusion LM.
+
+    pip install -e ".[rl]"
+    python examples/sort_task.py --out_dir data/sort                          # a task with checkable answers
+    python examples/finetune.py --dataset data/sort/sft.jsonl --output_dir outputs/sort-sft ...   # SFT first
+    accelerate launch examples/grpo.py --model_name_or_path outputs/sort-sft \\
+        --dataset data/sort/prompts.jsonl --reward_funcs exact_answer,answer_format --output_dir outputs/sort-grpo
+
+`--dataset` is a JSON/JSONL/Parquet/CSV file with a `prompt` column and the columns its rewards read (the
+rewards of examples/rewards.py read `answer`). Every `GRPOConfig`/`TrainingArguments` field is a flag
+(`--num_generations`, `--beta`, `--learning_rate`, `--report_to wandb`, `--push_to_hub`, ...), and so are the fields
+of `MDLMGRPOConfig` (`--log_prob_estimator one_step|coupled`, `--prompt_mask_rate`), `hf_mdlm.loading.ModelArguments`
+(`--lora_r`) and `--generation_kwargs '{"kv_cache": "dual", "threshold": 0.9}'` (the rollout sampler's settings).
+The output folder follows finetune.py's rules: new or empty unless `--overwrite_output_dir` or
+`--resume_from_checkpoint`, checked and locked before any work; its model card says it was trained with GRPO, from
+which model and on which rewards.
+"""
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser, set_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/rewards.py, run from anywhere
+
+from rewards import REWARD_FUNCTIONS  # noqa: E402
+
+from hf_mdlm.cli import add_bool_flag  # noqa: E402
+from hf_mdlm.data.loading import check_data_file  # noqa: E402
+from hf_mdlm.hub import (  # noqa: E402
+    check_remote_code_loads,
+    export_for_hub,
+    gathered_state_dict,
+    prepare_run_outputs,
+    push_to_hub,
+    save_model_folder,
+)
+from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer  # noqa: E402
+
+logger = logging.getLogger("grpo")
+
+# ModelArguments' flags but `--trust_remote_code`, which GRPOConfig has too: that one flag sets both
+MODEL_FLAGS = dataclasses.make_dataclass(
+    "ModelFlags", [(f.name, f.type, f) for f in dataclasses.fields(ModelArguments) if f.name != "trust_remote_code"])
+
+
+@dataclasses.dataclass
+class RewardArguments:
+    r"""The prompts and the rewards.
+
+    Parameters:
+        dataset (`str`):
+            A local JSON/JSONL/Parquet/CSV file of prompts: a `prompt` column, plus the columns the rewards read.
+        reward_funcs (`str`, defaults to `"exact_answer"`):
+            Comma-separated names of reward functions in examples/rewards.py (weighted by `--reward_weights`).
+        max_train_samples (`int`, *optional*):
+            Use only the first this many prompts.
+    """
+
+    dataset: str = dataclasses.field(default=None, metadata={"help": "File of prompts (a `prompt` column and the rewards' "
+                                                          "columns)."})
+    reward_funcs: str = dataclasses.field(default="exact_answer", metadata={
+        "help": f"Comma-separated reward functions of examples/rewards.py: {', '.join(REWARD_FUNCTIONS)}."})
+    max_train_samples: int = dataclasses.field(default=None, metadata={"help": "Use only the first this many prompts."})
+
+
+def reward_functions(names: str):
+    """The reward functions named in `--reward_funcs`, or an error listing the known ones."""
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in REWARD_FUNCTIONS]
+    if unknown or not chosen:
+        raise ValueError(f"--reward_funcs {names!r}: unknown {unknown or 'empty'}; known: {', '.join(REWARD_FUNCTIONS)}")
+    return [REWARD_FUNCTIONS[name] for name in chosen]
+
+
+def load_prompts(reward_args, needs):
+    """The prompts dataset, checked: the file exists and reads, and holds the columns in `needs`."""
+    from datasets import load_dataset
+
+    path = reward_args.dataset
+    if not path:
+        raise ValueError("--dataset is required: a file of prompts (a `prompt` column and the rewards' columns)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--dataset {path}: no such file")
+    check_data_file(path)
+    suffix = Path(path).suffixes[0] if Path(path).suffixes else ""
+    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)
+    if builder is None:
+        raise ValueError(f"--dataset {path}: expected a .json, .jsonl, .parquet or .csv file")
+    dataset = load_dataset(builder, data_files=path, split="train")
+    missing = [column for column in needs if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"--dataset {path} has no column {missing} (it has {dataset.column_names})")
+    if reward_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(reward_args.max_train_samples, len(dataset))))
+    return dataset
+
+
+def main(argv=None):
+    from hf_mdlm.training.grpo import MDLMGRPOConfig
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((MODEL_FLAGS, RewardArguments, MDLMGRPOConfig))
+    add_bool_flag(parser, "--overwrite_output_dir",
+                  help="Delete an earlier run's files from --output_dir (and its -hub export) first.")
+    model_flags, reward_args, training_args, extra = parser.parse_args_into_dataclasses(args=argv)
+    model_args = ModelArguments(**dataclasses.asdict(model_flags), trust_remote_code=training_args.trust_remote_code)
+    logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required: GRPO starts from a fine-tuned model (examples/finetune.py)")
+    rewards = reward_functions(reward_args.reward_funcs)  # before any work, as every other input
+    inputs = {"--model_name_or_path": model_args.model_name_or_path, "--tokenizer_name": model_args.tokenizer_name,
+              "--dataset": reward_args.dataset}
+    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir, inputs=inputs) as outputs:
+        return run(model_args, reward_args, training_args, rewards, outputs)
+
+
+def run(model_args, reward_args, training_args, rewards, outputs):
+    from hf_mdlm.training.grpo import MDLMGRPOTrainer
+
+    set_seed(training_args.seed)
+    dataset = load_prompts(reward_args, needs=("prompt", "answer"))  # every reward of examples/rewards.py reads it
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args.output_dir)
+    lora = model_args.lora_r > 0
+    if lora:
+        model = apply_lora(model, model_args)
+    trainer = MDLMGRPOTrainer(model, reward_funcs=rewards, args=training_args, train_dataset=dataset,
+                              processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=outputs.resume)
+    rewarded = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    if rewarded:
+        print(f"mean reward: first logged {rewarded[0]:.4f}, last logged {rewarded[-1]:.4f}")
+    state_dict = gathered_state_dict(trainer.model_wrapped, trainer.accelerator)
+    if trainer.is_world_process_zero():
+        facts = {"method": "GRPO", "start_model": model_args.model_name_or_path,
+                 "rewards": [f.__name__ for f in rewards], "estimator": training_args.log_prob_estimator,
+                 "dataset": reward_args.dataset}
+        save_model_folder(trainer, tokenizer, training_args.output_dir, reward_args, lora=lora, state_dict=state_dict,
+                          canvas_length=training_args.max_completion_length, reinforcement=facts)
+        check_remote_code_loads(training_args.output_dir)
+        print(f"saved a self-contained model folder to {os.path.abspath(training_args.output_dir)}")
+        if outputs.hub is not None:
+            repo_id = outputs.hub.repo_id or Path(training_args.output_dir).name
+            folder = export_for_hub(training_args.output_dir, None, outputs.hub_dir, repo_id=repo_id,
+                                    base_model=model_args.model_name_or_path)
+            push_to_hub(folder, repo_id, private=outputs.hub.private, token=outputs.hub.token,
+                        revision=outputs.hub.revision)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

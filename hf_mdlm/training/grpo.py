@@ -1,0 +1,226 @@
+"""GRPO for masked diffusion LMs on TRL: `MDLMGRPOConfig` and `MDLMGRPOTrainer` (needs `pip install -e ".[rl]"`).
+
+TRL's `GRPOTrainer` does the rest of the algorithm (groups, rewards, advantages, clipping, KL to the reference,
+reference sync, logging); this subclass changes the two things a diffusion LM does differently:
+
+- **rollouts** come from our sampler (`model.generate`: the model's generation config, its KV caches and
+  threshold decoding, overridden by `generation_kwargs`), each row seeded from (seed, optimizer step, the row's
+  index in the global batch): batch-invariant, reproducible, and the same for any number of processes;
+- **per-token log-probabilities** come from a masked-diffusion estimator (`policy_log_probs`: diffu-GRPO's one-step
+  estimate or coupled complementary masks), with one mask per rollout shared by the policy, the old policy and
+  the reference model, over the whole canvas (the completion up to its EOS, then EOS to the canvas end, as the
+  model fills it in supervised training).
+
+See docs/rl.md for the objective, the choices and the measurements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+try:
+    import trl.trainer.grpo_trainer as _trl_grpo
+    from trl import GRPOConfig, GRPOTrainer
+except ImportError as error:  # pragma: no cover (the `rl` extra is not installed)
+    raise ImportError('MDLMGRPOTrainer needs TRL: pip install -e ".[rl]" (or pip install trl)') from error
+
+from ..generation_mdlm import MDLMGenerationConfig, mix_seed
+from .policy_log_probs import ESTIMATORS, completion_log_probs
+
+
+@dataclass
+class MDLMGRPOConfig(GRPOConfig):
+    r"""`GRPOConfig` for masked diffusion LMs. Every field is a command-line flag of `examples/grpo.py`.
+
+    Sampling: `temperature`, `top_p`, `top_k` and `max_completion_length` (the canvas, `max_new_tokens`) are passed to
+    our sampler; `generation_kwargs` takes any other field of `MDLMGenerationConfig` (e.g.
+    `{"kv_cache": "dual", "threshold": 0.9, "steps": 16}`); the model's own generation config gives the rest.
+
+    Parameters:
+        log_prob_estimator (`str`, defaults to `"one_step"`):
+            How a completion token's log-probability is estimated: `"one_step"` (diffu-GRPO: the completion fully
+            masked, the prompt masked at `prompt_mask_rate`, one forward pass) or `"coupled"` (coupled-GRPO: a
+            random mask over the completion and its complement, two forward passes, each token scored once).
+        prompt_mask_rate (`float`, defaults to `0.15`):
+            `"one_step"` only: the probability that each prompt token is masked (d1's value).
+        coupled_min_mask_rate (`float`, defaults to `0.2`):
+            `"coupled"` only: the lower end of the mask rate t of the first mask (drawn per rollout, uniform).
+        coupled_max_mask_rate (`float`, defaults to `0.8`):
+            `"coupled"` only: the upper end of that rate.
+        max_completion_length (`int`, *optional*):
+            The canvas of each rollout (`max_new_tokens`). Default: the model's generation config's.
+    """
+
+    log_prob_estimator: str = field(default="one_step", metadata={
+        "help": "Per-token log-probability estimator: 'one_step' (diffu-GRPO) or 'coupled' (coupled-GRPO)."})
+    prompt_mask_rate: float = field(default=0.15, metadata={
+        "help": "one_step: probability that each prompt token is masked."})
+    coupled_min_mask_rate: float = field(default=0.2, metadata={
+        "help": "coupled: lower end of the first mask's rate (uniform per rollout)."})
+    coupled_max_mask_rate: float = field(default=0.8, metadata={
+        "help": "coupled: upper end of the first mask's rate."})
+    max_completion_length: int | None = field(default=None, metadata={
+        "help": "The rollout canvas (max_new_tokens). Default: the model's generation config's."})
+
+    def __post_init__(self):
+        if self.log_prob_estimator not in ESTIMATORS:
+            raise ValueError(f"--log_prob_estimator must be one of {ESTIMATORS}, got {self.log_prob_estimator!r}")
+        if not 0.0 <= self.prompt_mask_rate < 1.0:
+            raise ValueError(f"--prompt_mask_rate must lie in [0, 1), got {self.prompt_mask_rate}")
+        if not 0.0 < self.coupled_min_mask_rate <= self.coupled_max_mask_rate < 1.0:
+            raise ValueError("--coupled_min_mask_rate and --coupled_max_mask_rate need 0 < min <= max < 1, got "
+                             f"{self.coupled_min_mask_rate} and {self.coupled_max_mask_rate}")
+        if self.use_vllm or self.use_transformers_continuous_batching:
+            raise ValueError("use_vllm / use_transformers_continuous_batching sample autoregressively: a masked "
+                             "diffusion LM's rollouts come from its own sampler (leave them off)")
+        super().__post_init__()
+
+
+class MDLMGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` whose rollouts are drawn by masked-diffusion sampling and whose per-token log-probabilities are
+    masked-diffusion estimates (see the module docstring). Takes the arguments of `GRPOTrainer`; `model` is an
+    hf_mdlm model (or a PEFT model wrapping one), `args` an `MDLMGRPOConfig`.
+
+    The reference model (`beta > 0`, no LoRA) is a frozen copy of the policy as it was passed in: TRL would reload
+    it from the policy's path with `AutoModelForCausalLM`, which a masked diffusion LM is not.
+    """
+
+    def __init__(self, model, reward_funcs=None, args: MDLMGRPOConfig | None = None, **kwargs):
+        if isinstance(model, str):
+            raise TypeError("MDLMGRPOTrainer takes a loaded model (hf_mdlm.loading.load_model_and_tokenizer), not a "
+                            "path")
+        if not isinstance(args, MDLMGRPOConfig):
+            raise TypeError(f"args must be an MDLMGRPOConfig, got {type(args).__name__}")
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if getattr(base.config, "mask_token_id", None) is None:
+            raise ValueError(f"{type(base).__name__} has no mask_token_id: MDLMGRPOTrainer trains masked diffusion "
+                             "LMs (hf_mdlm models)")
+        generation = base.generation_config
+        if not isinstance(generation, MDLMGenerationConfig):
+            raise ValueError("the model's generation_config is not an MDLMGenerationConfig: load the model with "
+                             "hf_mdlm.loading so that rollouts use the diffusion sampler")
+        if args.max_completion_length is None:
+            args.max_completion_length = generation.max_new_tokens
+        self._mask_token_id = base.config.mask_token_id
+        self._fill_token_id = base.config.eos_token_id  # what the canvas holds after the response (EOS padding)
+        self._row_seeds = None  # the mask seeds of the rows being scored (set around each scoring call)
+        reference = None
+        if args.beta != 0.0 and not hasattr(model, "peft_config"):
+            reference = copy.deepcopy(base).eval().requires_grad_(False)
+
+        def frozen_policy_copy(*_, **__):
+            return reference
+
+        patch = (_patched(_trl_grpo, "create_model_from_path", frozen_policy_copy) if reference is not None
+                 else contextlib.nullcontext())
+        with patch:
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+
+    # ---- rollouts ----------------------------------------------------------------------------------------------
+    def _rollout_seeds(self, rows: int) -> torch.Tensor:
+        """(rows,) seeds of this process's rollouts: mixed from (seed, optimizer step, index in the global batch).
+        TRL's sampler lays the global generation batch out over processes in order, so a row's index (and its
+        rollout) is the same however many processes share the batch."""
+        first = self.accelerator.process_index * rows
+        return torch.tensor([mix_seed(self.args.seed, self.state.global_step, first + i) for i in range(rows)],
+                            dtype=torch.long)
+
+    def _generate_and_score_completions(self, inputs):
+        self._row_seeds = self._rollout_seeds(len(inputs))
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            seeds, self._row_seeds = self._row_seeds, None
+        output["rollout_seeds"] = seeds.to(self.accelerator.device)  # split and shuffled with the rows
+        return output
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if images is not None or multimodal_fields:
+            raise ValueError("MDLMGRPOTrainer trains text-only masked diffusion LMs: got images")
+        device = self.accelerator.device
+        width = max(len(ids) for ids in prompt_ids)
+        pad = self._tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids],
+                                      device=device)
+        args = self.args
+        settings = dict(max_new_tokens=args.max_completion_length, temperature=args.temperature,
+                        top_p=args.top_p if args.top_p < 1.0 else None, top_k=args.top_k or None)
+        settings.update(args.generation_kwargs or {})
+        with (
+            _trl_grpo.unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            canvas = unwrapped.generate(input_ids, attention_mask=attention_mask,
+                                        generator=self._row_seeds.tolist(), **settings)
+        completions = canvas[:, width:].cpu()
+        # up to and with the first EOS, as TRL cuts autoregressive completions; the rest of the canvas is EOS fill,
+        # rebuilt when the completion is scored
+        is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
+        lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1])
+        return [row[:n].tolist() for row, n in zip(completions, lengths.tolist())], None
+
+    # ---- scoring -----------------------------------------------------------------------------------------------
+    def _compute_loss(self, model, inputs):
+        self._row_seeds = inputs["rollout_seeds"]
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._row_seeds = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        if self._row_seeds is None:
+            raise RuntimeError("completions are scored only inside a training or evaluation step (their mask seeds "
+                               "come with the rollouts)")
+        prompt_length = input_ids.shape[1] - logits_to_keep
+        prompts, prompt_mask = input_ids[:, :prompt_length], attention_mask[:, :prompt_length]
+        completions, completion_mask = input_ids[:, prompt_length:], attention_mask[:, prompt_length:]
+        canvas = self.args.max_completion_length
+        # the whole canvas, as sampled: after the completion's EOS, EOS to the end
+        eos = self._fill_token_id if self._fill_token_id is not None else self.eos_token_ids[0]
+        completions = torch.where(completion_mask.bool(), completions, torch.full_like(completions, eos))
+        if completions.shape[1] < canvas:
+            completions = torch.cat([completions, completions.new_full(
+                (completions.shape[0], canvas - completions.shape[1]), eos)], dim=1)
+        config = (model.get_base_model() if hasattr(model, "get_base_model") else
+                  self.accelerator.unwrap_model(model)).config
+        args = self.args
+        batch_size = batch_size or input_ids.shape[0]
+        log_probs, entropies = [], []
+        for start in range(0, input_ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            with self.accelerator.autocast():
+                lp, entropy = completion_log_probs(
+                    model, prompts[rows], prompt_mask[rows], completions[rows], self._row_seeds[rows],
+                    mask_token_id=self._mask_token_id, estimator=args.log_prob_estimator,
+                    prompt_mask_rate=args.prompt_mask_rate, min_rate=args.coupled_min_mask_rate,
+                    max_rate=args.coupled_max_mask_rate, temperature=self.temperature, config=config,
+                    compute_entropy=compute_entropy)
+            log_probs.append(lp[:, :logits_to_keep])
+            if compute_entropy:
+                entropies.append(entropy[:, :logits_to_keep])
+        aux_loss = torch.zeros((), device=input_ids.device) if compute_aux_loss else None
+        return torch.cat(log_probs), (torch.cat(entropies) if compute_entropy else None), aux_loss
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, value):
+    """`module.name` set to `value` inside the block (an AttributeError names it when TRL no longer has it)."""
+    if not hasattr(module, name):
+        raise AttributeError(f"{module.__name__}.{name} is gone: this TRL version builds its reference model "
+                             "differently; pass beta=0 or train LoRA (its reference is the adapter disabled)")
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)

@@ -1,0 +1,120 @@
+"""The per-token log-probability estimators of RL training (hf_mdlm/training/policy_log_probs.py), checked against
+their definitions written out by hand."""
+
+import pytest
+import torch
+from conftest import EOS, MASK, PAD, make_model
+
+from hf_mdlm.training.policy_log_probs import completion_log_probs, estimator_masks
+
+
+def rows(batch=3, prompt=6, completion=5, seed=0):
+    """Left-padded prompts (row b has b pad tokens) and completions of word tokens."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_ids = torch.randint(10, 90, (batch, prompt), generator=g)
+    prompt_mask = torch.ones(batch, prompt, dtype=torch.long)
+    for b in range(batch):
+        prompt_ids[b, :b], prompt_mask[b, :b] = PAD, 0
+    completion_ids = torch.randint(10, 90, (batch, completion), generator=g)
+    completion_ids[0, -2:] = EOS
+    return prompt_ids, prompt_mask, completion_ids
+
+
+def by_hand(model, prompt_ids, prompt_mask, completion_ids, noised, temperature=1.0):
+    """log p(x_i | noised) at every completion position, one row at a time, from the model's own logits."""
+    out = []
+    for b in range(prompt_ids.shape[0]):
+        real = prompt_mask[b].bool()
+        ids = torch.cat([noised[b, :prompt_ids.shape[1]][real], noised[b, prompt_ids.shape[1]:]])[None]
+        logits = model(input_ids=ids).logits[0, -completion_ids.shape[1]:].double() / temperature
+        out.append(torch.log_softmax(logits, -1).gather(-1, completion_ids[b, :, None]).squeeze(-1))
+    return torch.stack(out)
+
+
+def test_one_step_is_the_fully_masked_completion_with_the_prompt_masked_at_a_rate():
+    model = make_model(seed=1)
+    prompt_ids, prompt_mask, completion_ids = rows()
+    seeds = torch.tensor([11, 12, 13])
+    [mask] = estimator_masks(seeds, prompt_mask, completion_ids.shape[1], estimator="one_step", prompt_mask_rate=0.5)
+    assert mask[:, prompt_ids.shape[1]:].all()  # the whole completion
+    assert not (mask[:, :prompt_ids.shape[1]] & ~prompt_mask.bool()).any()  # never a padding position
+    assert mask[:, :prompt_ids.shape[1]].any()  # and, at rate 0.5 over 15 real prompt tokens, some prompt token
+    clean = torch.cat([prompt_ids, completion_ids], 1)
+    with torch.no_grad():
+        got, _ = completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, seeds, mask_token_id=MASK,
+                                      estimator="one_step", prompt_mask_rate=0.5, temperature=0.7)
+        want = by_hand(model, prompt_ids, prompt_mask, completion_ids, clean.masked_fill(mask, MASK), 0.7)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_prompt_mask_rate_is_the_fraction_masked():
+    prompt_mask = torch.ones(400, 50, dtype=torch.long)
+    for rate in (0.0, 0.15, 0.6):
+        [mask] = estimator_masks(torch.arange(400), prompt_mask, 3, estimator="one_step", prompt_mask_rate=rate)
+        assert abs(mask[:, :50].float().mean().item() - rate) < 0.01
+
+
+def test_the_coupled_pair_scores_each_completion_token_exactly_once():
+    model = make_model(seed=2)
+    prompt_ids, prompt_mask, completion_ids = rows(batch=4, completion=12, seed=3)
+    seeds = torch.tensor([5, 6, 7, 8])
+    first, second = estimator_masks(seeds, prompt_mask, 12, estimator="coupled", min_rate=0.2, max_rate=0.8)
+    p = prompt_ids.shape[1]
+    assert not first[:, :p].any() and not second[:, :p].any()  # the prompt stays clean
+    assert (first[:, p:] ^ second[:, p:]).all()  # every completion token masked in exactly one of the pair
+    assert first[:, p:].any(1).all() and second[:, p:].any(1).all()
+    clean = torch.cat([prompt_ids, completion_ids], 1)
+    with torch.no_grad():
+        got, _ = completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, seeds, mask_token_id=MASK,
+                                      estimator="coupled")
+        from_first = by_hand(model, prompt_ids, prompt_mask, completion_ids, clean.masked_fill(first, MASK))
+        from_second = by_hand(model, prompt_ids, prompt_mask, completion_ids, clean.masked_fill(second, MASK))
+    want = torch.where(first[:, p:], from_first, from_second)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_coupled_rate_is_drawn_in_its_range():
+    prompt_mask = torch.ones(300, 2, dtype=torch.long)
+    first, _ = estimator_masks(torch.arange(300), prompt_mask, 400, estimator="coupled", min_rate=0.3, max_rate=0.5)
+    rates = first[:, 2:].float().mean(1)
+    assert rates.min() > 0.3 - 0.08 and rates.max() < 0.5 + 0.08
+    assert rates.std() > 0.03  # drawn per row, not one rate for all
+
+
+@pytest.mark.parametrize("estimator", ["one_step", "coupled"])
+def test_a_rows_scores_do_not_depend_on_the_other_rows(estimator):
+    model = make_model(seed=4)
+    prompt_ids, prompt_mask, completion_ids = rows(batch=3, seed=5)
+    seeds = torch.tensor([21, 22, 23])
+    with torch.no_grad():
+        together, entropy = completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, seeds,
+                                                 mask_token_id=MASK, estimator=estimator, compute_entropy=True)
+        for b in range(3):
+            alone, alone_entropy = completion_log_probs(
+                model, prompt_ids[b:b + 1, b:], prompt_mask[b:b + 1, b:], completion_ids[b:b + 1], seeds[b:b + 1],
+                mask_token_id=MASK, estimator=estimator, compute_entropy=True)
+            torch.testing.assert_close(together[b:b + 1], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(entropy[b:b + 1], alone_entropy, atol=1e-5, rtol=1e-5)
+    assert (entropy > 0).all()
+
+
+def test_scores_carry_gradients_to_the_model():
+    model = make_model(seed=6).train()
+    prompt_ids, prompt_mask, completion_ids = rows()
+    lp, _ = completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, torch.tensor([1, 2, 3]),
+                                 mask_token_id=MASK, estimator="coupled")
+    lp.sum().backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_bad_estimator_settings_are_named():
+    prompt_mask = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        estimator_masks(torch.tensor([1]), prompt_mask, 2, estimator="two_step")
+    with pytest.raises(ValueError, match="prompt_mask_rate"):
+        estimator_masks(torch.tensor([1]), prompt_mask, 2, estimator="one_step", prompt_mask_rate=1.0)
+    with pytest.raises(ValueError, match="min_rate <= max_rate"):
+        estimator_masks(torch.tensor([1]), prompt_mask, 2, estimator="coupled", min_rate=0.7, max_rate=0.3)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        completion_log_probs(make_model(), torch.tensor([[5]]), prompt_mask[:, :1], torch.tensor([[6]]),
+                             torch.tensor([1]), mask_token_id=MASK, temperature=0.0)
