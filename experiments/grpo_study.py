@@ -63,7 +63,7 @@ def exact_match(folder, heldout):
     outcomes = []
     for start in range(0, len(heldout), 64):
         rows = heldout[start:start + 64]
-        batch = tokenizer([r["prompt"] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer([r["prompt"] for r in rows], return_tensors="pt", padding=True)
         canvas = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], temperature=0.0)
         answers = strip_generation(canvas[:, batch["input_ids"].shape[1]:], mask_token_id=model.config.mask_token_id,
                                    slack_token_id=model.config.slack_token_id, eos_token_id=model.config.eos_token_id)

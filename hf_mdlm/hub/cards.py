@@ -122,6 +122,16 @@ def _runtime(seconds) -> str | None:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
+def _reinforcement_facts(facts):
+    """An RL run's facts for the card: a starting model that was a local folder is named, not shown as a path."""
+    if not facts:
+        return None
+    start = facts.get("start_model")
+    if start and _looks_local(str(start)):
+        facts = {**facts, "start_model": f"{Path(str(start)).name} (a local folder)"}
+    return facts
+
+
 def render_model_card(
     folder,
     *,
@@ -218,7 +228,7 @@ def render_model_card(
         "datasets": datasets,
         "tags": tags,
         "slack_ctc": slack_ctc,
-        "reinforcement": run_info.get("reinforcement"),
+        "reinforcement": _reinforcement_facts(run_info.get("reinforcement")),
         "model": model_facts,
         "mask_token": mask_token,
         "slack_token": SLACK_TOKEN if has_slack else None,

@@ -1,0 +1,153 @@
+"""GRPO on TRL (hf_mdlm/training/grpo.py, examples/grpo.py): end to end on a tiny model, the invariances of SFT
+(gradient accumulation, two processes), reproducible rollouts, and the errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from example_scripts import ROOT, TINY, example
+
+pytest.importorskip("trl")
+
+# a tiny GRPO run: 2 optimizer steps of 2 prompts x 4 generations each (with --per_device_train_batch_size 8) on
+# sorting 3 digits, rollouts of 6 positions
+TINY_GRPO = ["--max_steps", "2", "--num_generations", "4", "--learning_rate", "0.01", "--logging_steps", "1",
+             "--report_to", "none", "--save_strategy", "no", "--use_cpu", "true", "--disable_tqdm", "true",
+             "--reward_funcs", "exact_answer,answer_format", "--seed", "3", "--bf16", "false"]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return example("sort_task").write_task(tmp_path_factory.mktemp("sort") / "data", length=3, sft=300, prompts=64,
+                                           heldout=4)
+
+
+@pytest.fixture(scope="module")
+def start_model(task, tmp_path_factory):
+    """A tiny model fine-tuned briefly on the task (examples/finetune.py): its rollouts earn some reward, not always
+    (a random model's earn none, and GRPO has nothing to learn from)."""
+    folder = tmp_path_factory.mktemp("start") / "sft"
+    example("finetune").main(TINY + ["--dataset", str(task["sft"]), "--output_dir", str(folder), "--max_steps", "100",
+                                     "--canvas_length", "6", "--text_response_length", "5", "--learning_rate", "0.005",
+                                     "--per_device_train_batch_size", "16", "--max_train_samples", "300"])
+    return folder
+
+
+def grpo(start_model, task, out, *flags):
+    return example("grpo").main(TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset",
+                                             str(task["prompts"]), "--output_dir", str(out), *flags])
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("estimator", ["one_step", "coupled"])
+def test_grpo_runs_end_to_end_logs_rewards_exports_and_reloads(start_model, task, tmp_path, estimator, capsys):
+    from hf_mdlm import MDLMForMaskedLM
+    from hf_mdlm.hub import export_for_hub
+
+    out = tmp_path / "grpo"
+    trainer = grpo(start_model, task, out, "--per_device_train_batch_size", "8", "--beta", "0.05",
+                   "--log_prob_estimator", estimator)
+    rewards = [e for e in trainer.state.log_history if "reward" in e]
+    assert len(rewards) == 2 and all("kl" in e and "rewards/exact_answer/mean" in e for e in rewards)
+    assert "mean reward: first logged" in capsys.readouterr().out
+    # the policy moved, the reference (a frozen copy of the start) did not
+    start, trained = weights(start_model), weights(out)
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    reference = trainer.ref_model.state_dict()
+    assert all(torch.equal(reference[k], start[k]) for k in start if k in reference)
+    facts = json.loads((out / "run_info.json").read_text())["reinforcement"]
+    assert facts == {"method": "GRPO", "start_model": str(start_model), "rewards": ["exact_answer", "answer_format"],
+                     "estimator": estimator, "dataset": str(task["prompts"])}
+    card = (export_for_hub(out, None, tmp_path / "hub", repo_id="org/sort-grpo") / "README.md").read_text()
+    assert "Trained with GRPO" in card and "exact_answer, answer_format" in card
+    assert f"| Per-token log-probabilities (`log_prob_estimator`) | {estimator} |" in card and '- "grpo"' in card
+    model = MDLMForMaskedLM.from_pretrained(out)
+    prompt = torch.tensor([[5, 6, 7]])
+    assert model.generate(prompt).shape == (1, 3 + model.generation_config.max_new_tokens)
+
+
+def test_grpo_with_lora_trains_the_adapter_against_the_base(start_model, task, tmp_path):
+    out = tmp_path / "lora"
+    trainer = grpo(start_model, task, out, "--per_device_train_batch_size", "8", "--beta", "0.05", "--lora_r", "4")
+    assert trainer.ref_model is None  # the reference is the model with the adapter disabled (TRL)
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert [e["reward"] for e in trainer.state.log_history if "reward" in e]
+
+
+def test_rollouts_are_reproducible_and_do_not_depend_on_the_batch(start_model, task, tmp_path):
+    """A row's rollout depends on its seed alone: the same completion alone or among other prompts."""
+    trainer = grpo(start_model, task, tmp_path / "a", "--per_device_train_batch_size", "8", "--max_steps", "1")
+    prompts = [trainer.processing_class(p, add_special_tokens=False)["input_ids"]
+               for p in ["sort 312:", "sort 9:", "sort 55012:", "sort 1:"]]
+    trainer._row_seeds = torch.tensor([11, 12, 13, 14])
+    together, _ = trainer._generate_single_turn(prompts, None, {}, 4)
+    again, _ = trainer._generate_single_turn(prompts, None, {}, 4)
+    trainer._row_seeds = torch.tensor([13])
+    alone, _ = trainer._generate_single_turn(prompts[2:3], None, {}, 1)
+    assert together == again and alone == together[2:3]
+    assert len({tuple(c) for c in together}) > 1  # seeded, not identical
+
+
+def test_gradient_accumulation_gives_the_same_update(start_model, task, tmp_path):
+    """8 rollouts in one micro-batch, or in two micro-batches of 4: the same rollouts, the same weights after."""
+    one = tmp_path / "one"
+    grpo(start_model, task, one, "--per_device_train_batch_size", "8", "--max_steps", "1")
+    two = tmp_path / "two"
+    grpo(start_model, task, two, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+         "--max_steps", "1")
+    a, b = weights(one), weights(two)
+    assert any(not torch.equal(a[k], weights(start_model)[k]) for k in a)
+    # Adam's first step moves every weight by about the learning rate (0.01) whatever the gradient's size: summing
+    # the gradient in another order may move a weight 1e-6 differently, a different rollout or loss would move it 1e-2
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+
+
+def test_two_process_grpo_matches_one_process(start_model, task, tmp_path):
+    single = tmp_path / "single"
+    grpo(start_model, task, single, "--per_device_train_batch_size", "8")
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(ROOT / "examples" / "grpo.py"), *TINY_GRPO, "--model_name_or_path", str(start_model),
+         "--dataset", str(task["prompts"]), "--output_dir", str(ddp), "--per_device_train_batch_size", "4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    single_log = [e for e in json.loads((single / "trainer_state.json").read_text())["log_history"] if "reward" in e]
+    ddp_log = [e for e in json.loads((ddp / "trainer_state.json").read_text())["log_history"] if "reward" in e]
+    assert [e["reward"] for e in ddp_log] == pytest.approx([e["reward"] for e in single_log], abs=1e-6)
+    a, b = weights(single), weights(ddp)
+    for key in a:  # (the tolerance: as in test_gradient_accumulation_gives_the_same_update)
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_settings_and_inputs_are_named_before_any_work(start_model, task, tmp_path):
+    from hf_mdlm.training.grpo import MDLMGRPOConfig
+
+    with pytest.raises(ValueError, match="--log_prob_estimator must be one of"):
+        MDLMGRPOConfig(output_dir=str(tmp_path / "x"), log_prob_estimator="two_step")
+    with pytest.raises(ValueError, match="coupled_min_mask_rate"):
+        MDLMGRPOConfig(output_dir=str(tmp_path / "x"), coupled_min_mask_rate=0.9, coupled_max_mask_rate=0.1)
+    with pytest.raises(ValueError, match="use_vllm"):
+        MDLMGRPOConfig(output_dir=str(tmp_path / "x"), use_vllm=True)
+    with pytest.raises(ValueError, match="unknown \\['length'\\].*known: exact_answer, answer_format"):
+        grpo(start_model, task, tmp_path / "r", "--reward_funcs", "exact_answer,length")
+    with pytest.raises(ValueError, match="--model_name_or_path is required"):
+        example("grpo").main(TINY_GRPO + ["--dataset", str(task["prompts"]), "--output_dir", str(tmp_path / "m")])
+    no_answer = tmp_path / "prompts.jsonl"
+    no_answer.write_text('{"prompt": "sort 21:"}\n')
+    with pytest.raises(ValueError, match="has no column \\['answer'\\]"):
+        example("grpo").main(TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset", str(no_answer),
+                                          "--output_dir", str(tmp_path / "n")])
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
