@@ -17,3 +17,19 @@ def example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def launch_two_processes(script, flags, cwd):
+    """Run examples/<script>.py as two CPU processes under `accelerate launch` (DDP over gloo); returns the finished
+    process (its returncode and output)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(ROOT / "examples" / f"{script}.py"), *flags, "--use_cpu", "true"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )

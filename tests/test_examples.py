@@ -16,7 +16,7 @@ from accelerate.utils import DistributedType
 
 from hf_mdlm.hub import check_hub_folder, hub_files, save_run_record
 from conftest import ADAPTER_REPO, BASE_REPO, FULL_FILES, REPO, TOKEN, TRAINER_STATE, make_model, make_tokenizer
-from example_scripts import ROOT, TINY, example
+from example_scripts import ROOT, TINY, example, launch_two_processes
 from hub_cache import COMMIT, first_python_block
 
 # the flags of the end-to-end finetune.py runs (example_scripts.TINY: the flags of the quick ones)
@@ -61,14 +61,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     run_finetune_in_process(TINY_3_STEPS + ["--output_dir", str(single), "--per_device_train_batch_size", "4",
                                     "--num_samples", "0"])
     ddp = tmp_path / "ddp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(ROOT / "examples" / "finetune.py"), *TINY_3_STEPS, "--output_dir", str(ddp),
-         "--per_device_train_batch_size", "2", "--num_samples", "0", "--use_cpu", "true"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = launch_two_processes("finetune", TINY_3_STEPS + ["--output_dir", str(ddp), "--per_device_train_batch_size",
+                                                              "2", "--num_samples", "0"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     single_losses, ddp_losses = logged_losses(single), logged_losses(ddp)
     assert len(ddp_losses) == 3

@@ -2,13 +2,10 @@
 (gradient accumulation, two processes), reproducible rollouts, and the errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from example_scripts import ROOT, TINY, example
+from example_scripts import TINY, example, launch_two_processes
 
 pytest.importorskip("trl")
 
@@ -115,14 +112,9 @@ def test_two_process_grpo_matches_one_process(start_model, task, tmp_path):
     single = tmp_path / "single"
     grpo(start_model, task, single, "--per_device_train_batch_size", "8")
     ddp = tmp_path / "ddp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(ROOT / "examples" / "grpo.py"), *TINY_GRPO, "--model_name_or_path", str(start_model),
-         "--dataset", str(task["prompts"]), "--output_dir", str(ddp), "--per_device_train_batch_size", "4"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = launch_two_processes("grpo", TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset",
+                                                       str(task["prompts"]), "--output_dir", str(ddp),
+                                                       "--per_device_train_batch_size", "4"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     single_log = [e for e in json.loads((single / "trainer_state.json").read_text())["log_history"] if "reward" in e]
     ddp_log = [e for e in json.loads((ddp / "trainer_state.json").read_text())["log_history"] if "reward" in e]
