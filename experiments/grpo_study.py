@@ -37,8 +37,9 @@ SFT_FLAGS = ["--hidden_size", "96", "--intermediate_size", "256", "--num_hidden_
              "--canvas_length", "8", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
              "--logging_steps", "50", "--num_samples", "0", "--seed", "0", "--disable_tqdm", "true"]
 GRPO_FLAGS = ["--max_steps", "{grpo_steps}", "--per_device_train_batch_size", "32", "--num_generations", "8",
-              "--learning_rate", "5e-4", "--beta", "0.02", "--temperature", "1.0", "--logging_steps", "5",
-              "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
+              "--learning_rate", "1e-4", "--beta", "0.02", "--temperature", "1.0", "--logging_steps", "10",
+              "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--bf16", "false",
+              "--disable_tqdm", "true",
               "--reward_funcs", "exact_answer,answer_format"]
 FAST_ROLLOUTS = '{"threshold": 0.9, "kv_cache": "dual"}'
 
@@ -53,8 +54,9 @@ def run_script(name, flags, log):
 
 
 @torch.no_grad()
-def exact_match(folder, heldout):
-    """Exact-match rate of greedy answers on the held-out rows, and the list of per-row outcomes."""
+def exact_match(folder, heldout, temperature=0.0):
+    """Exact-match rate on the held-out rows: greedy answers (temperature 0), or one sample per row at `temperature`
+    (seeded; the rollout policy at 1.0)."""
     from transformers import AutoTokenizer
 
     from hf_mdlm import MDLMForMaskedLM, strip_generation
@@ -64,12 +66,13 @@ def exact_match(folder, heldout):
     for start in range(0, len(heldout), 64):
         rows = heldout[start:start + 64]
         batch = tokenizer([r["prompt"] for r in rows], return_tensors="pt", padding=True)
-        canvas = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], temperature=0.0)
+        canvas = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], temperature=temperature,
+                                generator=[start + i for i in range(len(rows))])
         answers = strip_generation(canvas[:, batch["input_ids"].shape[1]:], mask_token_id=model.config.mask_token_id,
                                    slack_token_id=model.config.slack_token_id, eos_token_id=model.config.eos_token_id)
         outcomes += [tokenizer.decode(a, skip_special_tokens=True).strip() == r["answer"]
                      for a, r in zip(answers, rows)]
-    return sum(outcomes) / len(outcomes), outcomes
+    return sum(outcomes) / len(outcomes)
 
 
 def mean_interval(values):
@@ -92,7 +95,7 @@ def main(argv=None):
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sft_steps", type=int, default=400)
-    parser.add_argument("--grpo_steps", type=int, default=60)
+    parser.add_argument("--grpo_steps", type=int, default=150)
     parser.add_argument("--results", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -102,13 +105,15 @@ def main(argv=None):
     paths = write_task(out / "data", length=4, sft=3000, prompts=1500, heldout=300)
     heldout = [json.loads(line) for line in paths["heldout"].read_text().splitlines()]
     fill = {"sft_steps": args.sft_steps, "grpo_steps": args.grpo_steps}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
 
     sft_dir = out / "sft"
     sft_time = run_script("finetune", [f.format(**fill) for f in SFT_FLAGS] + [
         "--dataset", str(paths["sft"]), "--output_dir", str(sft_dir)], out / "sft.log")
     sft_step = step_times(sft_dir)
-    before, _ = exact_match(sft_dir, heldout)
-    print(f"SFT: exact match {before:.3f} after {args.sft_steps} steps ({sft_time:.0f} s)", flush=True)
+    before, before_sampled = exact_match(sft_dir, heldout), exact_match(sft_dir, heldout, 1.0)
+    print(f"SFT: exact match {before:.3f} greedy, {before_sampled:.3f} sampled, after {args.sft_steps} steps "
+          f"({sft_time:.0f} s)", flush=True)
 
     arms = {"one_step": ["--log_prob_estimator", "one_step"], "coupled": ["--log_prob_estimator", "coupled"],
             "one_step, fast rollouts": ["--log_prob_estimator", "one_step", "--generation_kwargs", FAST_ROLLOUTS]}
@@ -119,36 +124,42 @@ def main(argv=None):
             run_script("grpo", [f.format(**fill) for f in GRPO_FLAGS] + arm_flags + [
                 "--model_name_or_path", str(sft_dir), "--dataset", str(paths["prompts"]), "--seed", str(seed),
                 "--output_dir", str(folder)], folder.with_suffix(".log"))
-            after, _ = exact_match(folder, heldout)
+            after, after_sampled = exact_match(folder, heldout), exact_match(folder, heldout, 1.0)
             history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-            rewards = [e["reward"] for e in history if "reward" in e]
-            results.setdefault(arm, []).append({"seed": seed, "after": after, "reward_first": rewards[0],
-                                                "reward_last": rewards[-1], "step_seconds": step_times(folder)})
-            print(f"{arm} seed {seed}: exact match {after:.3f}, reward {rewards[0]:.3f} -> {rewards[-1]:.3f}, "
-                  f"{step_times(folder):.2f} s/step", flush=True)
+            rewards = [e["rewards/exact_answer/mean"] for e in history if "reward" in e]
+            first, last = statistics.fmean(rewards[:3]), statistics.fmean(rewards[-3:])
+            results.setdefault(arm, []).append({"seed": seed, "after": after, "after_sampled": after_sampled,
+                                                "reward_first": first, "reward_last": last,
+                                                "step_seconds": step_times(folder)})
+            print(f"{arm} seed {seed}: exact match {after:.3f} greedy, {after_sampled:.3f} sampled; rollout exact "
+                  f"match {first:.3f} -> {last:.3f}; {step_times(folder):.2f} s/step", flush=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     lines = [
         "# GRPO in miniature: sorting 4 digits",
         "",
         f"Commit {commit.strip()}; command: `python experiments/grpo_study.py --output_dir {args.output_dir} "
         f"--seeds {args.seeds} --sft_steps {args.sft_steps} --grpo_steps {args.grpo_steps}`; CPU, one process.",
         "",
-        f"SFT ({args.sft_steps} steps, batch 32, from scratch): held-out exact match **{before:.3f}** "
-        f"({len(heldout)} lists never seen in training, greedy decoding); {sft_step:.3f} s per SFT step.",
+        f"SFT ({args.sft_steps} steps, batch 32, from scratch): held-out exact match **{before:.3f}** greedy, "
+        f"**{before_sampled:.3f}** sampled at temperature 1 ({len(heldout)} lists never seen in training); "
+        f"{sft_step:.3f} s per SFT step.",
         "",
-        f"GRPO: {args.grpo_steps} steps, 4 prompts x 8 generations per step, beta 0.02, temperature 1.0, rewards "
-        "exact_answer + answer_format. Exact match after GRPO, mean over seeds with a 95% t-interval:",
+        f"GRPO: {args.grpo_steps} steps, 4 prompts x 8 generations per step, learning rate 1e-4, beta 0.02, rollouts at "
+        "temperature 1.0, rewards exact_answer + answer_format, fp32. Held-out exact match after GRPO (mean over seeds "
+        "± 95% t-interval; per seed in brackets); rollout exact match: the mean of the first three and of the last "
+        "three logged steps (10 steps apart), over seeds:",
         "",
-        "| estimator | exact match before | after (mean ± 95% CI) | per seed | reward first → last logged | s/step | GRPO step / SFT step |",
-        "|---|---|---|---|---|---|---|",
+        "| estimator | greedy: before → after | sampled: before → after | rollout exact match first → last | s/step | GRPO step / SFT step |",
+        "|---|---|---|---|---|---|",
     ]
+    def cell(rows, key):
+        mean, half = mean_interval([r[key] for r in rows])
+        return f"{mean:.3f} ± {half:.3f} [{', '.join(f'{r[key]:.3f}' for r in rows)}]"
+
     for arm, rows in results.items():
-        mean, half = mean_interval([r["after"] for r in rows])
         seconds = statistics.fmean(r["step_seconds"] for r in rows)
-        per_seed = ", ".join(f"{r['after']:.3f}" for r in rows)
         lines.append(
-            f"| {arm} | {before:.3f} | {mean:.3f} ± {half:.3f} | {per_seed} | "
+            f"| {arm} | {before:.3f} → {cell(rows, 'after')} | {before_sampled:.3f} → {cell(rows, 'after_sampled')} | "
             f"{statistics.fmean(r['reward_first'] for r in rows):.3f} → "
             f"{statistics.fmean(r['reward_last'] for r in rows):.3f} | {seconds:.2f} | {seconds / sft_step:.1f}x |")
     table = "\n".join(lines) + "\n"
