@@ -2,14 +2,13 @@
 
     pip install -e ".[rl]"
     python examples/sort_task.py --out_dir data/sort                          # a task with checkable answers
-    python examples/finetune.py --dataset data/sort/sft.jsonl --output_dir outputs/sort-sft ...   # SFT first
+    python examples/finetune.py --dataset data/sort/sft.jsonl --output_dir outputs/sort-sft   # SFT first (docs/rl.md)
     accelerate launch examples/grpo.py --model_name_or_path outputs/sort-sft \\
         --dataset data/sort/prompts.jsonl --reward_funcs exact_answer,answer_format --output_dir outputs/sort-grpo
 
-`--dataset` is a JSON/JSONL/Parquet/CSV file with a `prompt` column and the columns its rewards read (the
-rewards of examples/rewards.py read `answer`). Every `GRPOConfig`/`TrainingArguments` field is a flag
-(`--num_generations`, `--beta`, `--learning_rate`, `--report_to wandb`, `--push_to_hub`, ...), and so are the fields
-of `MDLMGRPOConfig` (`--log_prob_estimator one_step|coupled`, `--prompt_mask_rate`), `hf_mdlm.loading.ModelArguments`
+`--dataset` (a file, a saved dataset or a Hub dataset) has a `prompt` column and an `answer` column for the rewards
+below. Every `GRPOConfig`/`TrainingArguments` field is a flag (`--num_generations`, `--beta`, `--report_to wandb`,
+`--push_to_hub`, ...), and so are the fields of `MDLMGRPOConfig` (`--log_prob_estimator one_step|coupled`, `--prompt_mask_rate`), `hf_mdlm.loading.ModelArguments`
 (`--lora_r`) and `--generation_kwargs '{"kv_cache": "dual", "threshold": 0.9}'` (the rollout sampler's settings).
 The output folder follows finetune.py's rules: new or empty unless `--overwrite_output_dir` or
 `--resume_from_checkpoint`, checked and locked before any work; its model card says it was trained with GRPO, from
@@ -19,18 +18,15 @@ which model and on which rewards.
 import dataclasses
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from transformers import HfArgumentParser, set_seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/rewards.py, run from anywhere
-
-from rewards import REWARD_FUNCTIONS  # noqa: E402
-
-from hf_mdlm.cli import add_bool_flag  # noqa: E402
-from hf_mdlm.data.loading import check_data_file  # noqa: E402
-from hf_mdlm.hub import (  # noqa: E402
+from hf_mdlm.cli import add_bool_flag
+from hf_mdlm.data.loading import load_raw_datasets
+from hf_mdlm.hub import (
     check_remote_code_loads,
     export_for_hub,
     gathered_state_dict,
@@ -38,9 +34,25 @@ from hf_mdlm.hub import (  # noqa: E402
     push_to_hub,
     save_model_folder,
 )
-from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer  # noqa: E402
+from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer
 
-logger = logging.getLogger("grpo")
+# Rewards for tasks with checkable answers, in TRL's interface: the decoded `completions` and every other column of
+# the dataset by name (here `answer`), one float per completion. Examples: add your own here.
+def exact_answer(completions, answer, **_):
+    """1.0 when the completion, stripped of surrounding white space, is the `answer` column, else 0.0."""
+    return [float(text.strip() == str(expected).strip()) for text, expected in zip(completions, answer)]
+
+
+def answer_format(completions, answer, **_):
+    """0.5 when the completion has the answer's shape (its length, digits where it has digits, letters where it has
+    letters), else 0.0: a denser signal than `exact_answer` while a policy learns the task's form."""
+    def shape(text):
+        return re.sub(r"[a-zA-Z]", "a", re.sub(r"[0-9]", "0", text.strip()))
+
+    return [0.5 * float(shape(text) == shape(str(expected))) for text, expected in zip(completions, answer)]
+
+
+REWARD_FUNCTIONS = {function.__name__: function for function in (exact_answer, answer_format)}
 
 # ModelArguments' flags but `--trust_remote_code`, which GRPOConfig has too: that one flag sets both
 MODEL_FLAGS = dataclasses.make_dataclass(
@@ -53,9 +65,10 @@ class RewardArguments:
 
     Parameters:
         dataset (`str`):
-            A local JSON/JSONL/Parquet/CSV file of prompts: a `prompt` column, plus the columns the rewards read.
+            The prompts (a file, a saved dataset or a Hub dataset): a `prompt` column, plus the columns the rewards
+            read.
         reward_funcs (`str`, defaults to `"exact_answer"`):
-            Comma-separated names of reward functions in examples/rewards.py (weighted by `--reward_weights`).
+            Comma-separated names of the reward functions above (weighted by `--reward_weights`).
         max_train_samples (`int`, *optional*):
             Use only the first this many prompts.
     """
@@ -63,7 +76,7 @@ class RewardArguments:
     dataset: str = dataclasses.field(default=None, metadata={"help": "File of prompts (a `prompt` column and the rewards' "
                                                           "columns)."})
     reward_funcs: str = dataclasses.field(default="exact_answer", metadata={
-        "help": f"Comma-separated reward functions of examples/rewards.py: {', '.join(REWARD_FUNCTIONS)}."})
+        "help": f"Comma-separated reward functions of this script: {', '.join(REWARD_FUNCTIONS)}."})
     max_train_samples: int = dataclasses.field(default=None, metadata={"help": "Use only the first this many prompts."})
 
 
@@ -77,23 +90,13 @@ def reward_functions(names: str):
 
 
 def load_prompts(reward_args, needs):
-    """The prompts dataset, checked: the file exists and reads, and holds the columns in `needs`."""
-    from datasets import load_dataset
-
-    path = reward_args.dataset
-    if not path:
+    """The prompts (a file, a saved dataset or a Hub dataset), checked to hold the columns in `needs`."""
+    if not reward_args.dataset:
         raise ValueError("--dataset is required: a file of prompts (a `prompt` column and the rewards' columns)")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--dataset {path}: no such file")
-    check_data_file(path)
-    suffix = Path(path).suffixes[0] if Path(path).suffixes else ""
-    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)
-    if builder is None:
-        raise ValueError(f"--dataset {path}: expected a .json, .jsonl, .parquet or .csv file")
-    dataset = load_dataset(builder, data_files=path, split="train")
+    dataset = load_raw_datasets(reward_args.dataset)["train"]
     missing = [column for column in needs if column not in dataset.column_names]
     if missing:
-        raise ValueError(f"--dataset {path} has no column {missing} (it has {dataset.column_names})")
+        raise ValueError(f"--dataset {reward_args.dataset} has no column {missing} (it has {dataset.column_names})")
     if reward_args.max_train_samples is not None:
         dataset = dataset.select(range(min(reward_args.max_train_samples, len(dataset))))
     return dataset
@@ -123,7 +126,7 @@ def run(model_args, reward_args, training_args, rewards, outputs):
     from hf_mdlm.training.grpo import MDLMGRPOTrainer
 
     set_seed(training_args.seed)
-    dataset = load_prompts(reward_args, needs=("prompt", "answer"))  # every reward of examples/rewards.py reads it
+    dataset = load_prompts(reward_args, needs=("prompt", "answer"))  # every reward above reads `answer`
     model, tokenizer = load_model_and_tokenizer(model_args, training_args.output_dir)
     lora = model_args.lora_r > 0
     if lora:

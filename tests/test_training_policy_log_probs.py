@@ -118,3 +118,24 @@ def test_bad_estimator_settings_are_named():
     with pytest.raises(ValueError, match="temperature must be positive"):
         completion_log_probs(make_model(), torch.tensor([[5]]), prompt_mask[:, :1], torch.tensor([[6]]),
                              torch.tensor([1]), mask_token_id=MASK, temperature=0.0)
+
+
+def test_a_block_diffusion_model_scores_each_block_from_the_blocks_before_it():
+    """Block size 4: a completion token's score depends on its own block and the clean blocks before it, never on a
+    later block (changing the last block's tokens leaves the first blocks' scores unchanged), and a padded row scores
+    as it does alone (blocks counted over real tokens)."""
+    model = make_model(seed=7, block_size=4)
+    prompt_ids, prompt_mask, completion_ids = rows(batch=2, prompt=4, completion=12, seed=8)
+    seeds = torch.tensor([31, 32])
+    changed = completion_ids.clone()
+    changed[:, -3:] = 50  # the completion's last block (prompt 4 real tokens for row 0: blocks 1, 2, 3)
+    with torch.no_grad():
+        before, _ = completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, seeds, mask_token_id=MASK,
+                                         estimator="coupled")
+        after, _ = completion_log_probs(model, prompt_ids, prompt_mask, changed, seeds, mask_token_id=MASK,
+                                        estimator="coupled")
+        alone, _ = completion_log_probs(model, prompt_ids[1:, 1:], prompt_mask[1:, 1:], completion_ids[1:],
+                                        seeds[1:], mask_token_id=MASK, estimator="coupled")
+    torch.testing.assert_close(before[0, :8], after[0, :8], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before[0, -3:], after[0, -3:])
+    torch.testing.assert_close(before[1:], alone, atol=1e-5, rtol=1e-5)

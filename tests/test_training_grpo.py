@@ -143,3 +143,22 @@ def test_bad_settings_and_inputs_are_named_before_any_work(start_model, task, tm
         example("grpo").main(TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset", str(no_answer),
                                           "--output_dir", str(tmp_path / "n")])
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_grpo_keeps_the_output_folder_rules(start_model, task, tmp_path):
+    """examples/grpo.py takes finetune.py's rules: a folder holding another run is refused, never the model's own
+    folder, and --overwrite_output_dir deletes only what a run writes."""
+    from hf_mdlm.hub import OutputFolderError
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "config.json").write_text("{}")
+    with pytest.raises(OutputFolderError, match="is not empty"):
+        grpo(start_model, task, busy)
+    with pytest.raises(OutputFolderError, match="--model_name_or_path"):
+        grpo(start_model, task, start_model, "--overwrite_output_dir", "true")
+    assert (start_model / "model.safetensors").exists()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match="notes.txt.*nothing was deleted"):
+        grpo(start_model, task, busy, "--overwrite_output_dir", "true")
+    assert (busy / "notes.txt").exists() and (busy / "config.json").exists()
