@@ -54,6 +54,7 @@ def test_grpo_runs_end_to_end_logs_rewards_exports_and_reloads(start_model, task
                    "--log_prob_estimator", estimator)
     rewards = [e for e in trainer.state.log_history if "reward" in e]
     assert len(rewards) == 2 and all("kl" in e and "rewards/exact_answer/mean" in e for e in rewards)
+    assert all(e["rollout_seconds"] > 0 for e in rewards)  # the sampler's share of each step
     assert "mean reward: first logged" in capsys.readouterr().out
     # the policy moved, the reference (a frozen copy of the start) did not
     start, trained = weights(start_model), weights(out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -151,6 +152,7 @@ class MDLMGRPOTrainer(GRPOTrainer):
         settings = dict(max_new_tokens=args.max_completion_length, temperature=args.temperature,
                         top_p=args.top_p if args.top_p < 1.0 else None, top_k=args.top_k or None)
         settings.update(args.generation_kwargs or {})
+        started = time.perf_counter()
         with (
             _trl_grpo.unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation,
@@ -161,7 +163,9 @@ class MDLMGRPOTrainer(GRPOTrainer):
         ):
             canvas = unwrapped.generate(input_ids, attention_mask=attention_mask,
                                         generator=self._row_seeds.tolist(), **settings)
-        completions = canvas[:, width:].cpu()
+        completions = canvas[:, width:].cpu()  # (waits for the device: the time below is the whole sampling)
+        self._metrics["train" if self.model.training else "eval"]["rollout_seconds"].append(
+            time.perf_counter() - started)
         # up to and with the first EOS, as TRL cuts autoregressive completions; the rest of the canvas is EOS fill,
         # rebuilt when the completion is scored
         is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
