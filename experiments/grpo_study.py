@@ -61,7 +61,8 @@ def exact_match(folder, heldout, temperature=0.0):
 
     from hf_mdlm import MDLMForMaskedLM, strip_generation
 
-    model, tokenizer = MDLMForMaskedLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    model = MDLMForMaskedLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)  # the folder's code is ours: never asked
     outcomes = []
     for start in range(0, len(heldout), 64):
         rows = heldout[start:start + 64]

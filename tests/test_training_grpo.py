@@ -163,3 +163,22 @@ def test_grpo_keeps_the_output_folder_rules(start_model, task, tmp_path):
     with pytest.raises(OutputFolderError, match="notes.txt.*nothing was deleted"):
         grpo(start_model, task, busy, "--overwrite_output_dir", "true")
     assert (busy / "notes.txt").exists() and (busy / "config.json").exists()
+
+
+def test_the_config_documents_every_field_it_adds():
+    import re
+
+    from hf_mdlm.training.grpo import MDLMGRPOConfig
+
+    own = set(MDLMGRPOConfig.__annotations__)
+    assert own == {"log_prob_estimator", "prompt_mask_rate", "coupled_min_mask_rate", "coupled_max_mask_rate",
+                   "max_completion_length"}
+    assert set(re.findall(r"^        (\w+) \(`", MDLMGRPOConfig.__doc__, flags=re.M)) == own
+
+
+def test_reference_sync_moves_the_frozen_copy_toward_the_policy(start_model, task, tmp_path):
+    """TRL's reference sync (`sync_ref_model`) works on our frozen copy: mixed toward the policy every step."""
+    trainer = grpo(start_model, task, tmp_path / "sync", "--per_device_train_batch_size", "8", "--beta", "0.05",
+                   "--sync_ref_model", "true", "--ref_model_sync_steps", "1", "--ref_model_mixup_alpha", "0.5")
+    start, reference = weights(start_model), trainer.ref_model.state_dict()
+    assert any(not torch.equal(reference[k], start[k]) for k in start if k in reference)
