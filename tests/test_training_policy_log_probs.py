@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import EOS, MASK, PAD, make_model
 
+from hf_mdlm.generation_mdlm import logits_for_tokens
 from hf_mdlm.training.policy_log_probs import completion_log_probs, estimator_masks
 
 
@@ -26,13 +27,15 @@ def by_hand(model, prompt_ids, prompt_mask, completion_ids, noised, temperature=
     for b in range(prompt_ids.shape[0]):
         real = prompt_mask[b].bool()
         ids = torch.cat([noised[b, :prompt_ids.shape[1]][real], noised[b, prompt_ids.shape[1]:]])[None]
-        logits = model(input_ids=ids).logits[0, -completion_ids.shape[1]:].double() / temperature
+        logits = logits_for_tokens(model(input_ids=ids).logits, model.config)[0, -completion_ids.shape[1]:]
+        logits = logits.double() / temperature
         out.append(torch.log_softmax(logits, -1).gather(-1, completion_ids[b, :, None]).squeeze(-1))
     return torch.stack(out)
 
 
-def test_one_step_is_the_fully_masked_completion_with_the_prompt_masked_at_a_rate():
-    model = make_model(seed=1)
+@pytest.mark.parametrize("alignment", ["same_token", "next_token"])
+def test_one_step_is_the_fully_masked_completion_with_the_prompt_masked_at_a_rate(alignment):
+    model = make_model(seed=1, prediction_alignment=alignment)  # next_token: Dream's, each token read one earlier
     prompt_ids, prompt_mask, completion_ids = rows()
     seeds = torch.tensor([11, 12, 13])
     [mask] = estimator_masks(seeds, prompt_mask, completion_ids.shape[1], estimator="one_step", prompt_mask_rate=0.5)

@@ -79,9 +79,10 @@ def completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, row_see
     # the passes of a pair run as one batch: rows never see each other, so this changes no row's result
     noised = torch.cat([clean.masked_fill(mask, mask_token_id) for mask in masks])
     passes = len(masks)
-    logits = token_logits(model, noised, clean.repeat(passes, 1), attention_mask.repeat(passes, 1), config)
     prompt_length = prompt_ids.shape[1]
-    log_probs = torch.log_softmax(logits[:, prompt_length:].float() / temperature, dim=-1)
+    log_probs = torch.log_softmax(_completion_logits(model, noised, clean.repeat(passes, 1),
+                                                     attention_mask.repeat(passes, 1), config,
+                                                     completion_ids.shape[1]).float() / temperature, dim=-1)
     targets = completion_ids.repeat(passes, 1)
     token_log_probs = log_probs.gather(-1, targets[..., None]).squeeze(-1).view(passes, *completion_ids.shape)
     entropy = None
@@ -89,8 +90,18 @@ def completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, row_see
         with torch.no_grad():
             entropy = -(log_probs.exp() * log_probs).sum(-1).view(passes, *completion_ids.shape)
     # each token from the pass in which it was masked (one_step: the only pass)
-    scored_in = torch.stack([mask[:, prompt_length:] for mask in masks]).float()
+    scored_in = torch.stack([mask[:, prompt_length:] for mask in masks]).float()  # (passes, B, C)
     token_log_probs = (token_log_probs * scored_in).sum(0)
     if entropy is not None:
         entropy = (entropy * scored_in).sum(0)
     return token_log_probs, entropy
+
+
+def _completion_logits(model, noised, clean, attention_mask, config, completion_length: int):
+    """(B, C, V) the logits predicting the last C tokens. The LM head runs only where they are read (the completion,
+    and one position before it for a next-token model): on a long prompt, most of its cost and memory."""
+    if getattr(config, "block_size", None) or completion_length >= noised.shape[1]:
+        return token_logits(model, noised, clean, attention_mask, config)[:, -completion_length:]
+    shift = getattr(config, "prediction_shift", 0)
+    logits = model(input_ids=noised, attention_mask=attention_mask, logits_to_keep=completion_length + shift).logits
+    return logits[:, :completion_length]  # next-token: token i from the output at i - 1
