@@ -6,14 +6,15 @@
 # (126464); 2. generate with KV caches at batch 1/8/32 in bf16, with sdpa and (when flash-attn is installed)
 # flash_attention_2; 3. a 50-step bf16 fine-tune of a ~300M MDLM with CE + slack-CTC; 4. LLaDA-8B's shape with
 # random weights, LoRA + gradient checkpointing, canvas 1024, 10 steps; 5. a profile of batch-1 sampling;
-# 6. the sampler engine at LLaDA-8B's shape: ms per call, eager and compiled, against the weight-bandwidth limit.
+# 6. the sampler engine at LLaDA-8B's shape: ms per call, eager and compiled, against the weight-bandwidth limit;
+# 7. GRPO steps of a ~300M MDLM in bf16: rollout and step time per estimator, exact and fast rollouts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 
-want() { [[ " ${SECTIONS:-0 1 2 3 5 6} " == *" $1 "* ]]; }
+want() { [[ " ${SECTIONS:-0 1 2 3 5 6 7} " == *" $1 "* ]]; }
 
 if want 0; then
 echo; echo "## 0. slack-CTC lattice kernels on CUDA vs the CPU loops (tests/test_training_lattice_kernels.py)"
@@ -54,4 +55,9 @@ if want 6; then
 echo; echo "## 6. The sampler engine, LLaDA-8B shape, bf16, dual cache, canvas 256, blocks of 32 (bench/bench_generate.py --engine)"
 timeout 300 python bench/bench_generate.py --engine --device cuda --llada8b_shape --cache_lengths 256 \
     --batch_sizes 1 8 32 --bandwidth_gbs 4800 --no_reference || echo "(section 6 failed or timed out)"
+fi
+
+if want 7; then
+echo; echo "## 7. GRPO steps, ~300M MDLM, bf16, 32 rollouts of 128 tokens per step (bench/bench_grpo.py)"
+timeout 240 python bench/bench_grpo.py --repeats 1 || echo "(section 7 failed or timed out)"
 fi

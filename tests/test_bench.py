@@ -68,3 +68,14 @@ def test_memory_table_prints_every_model(capsys):
     TABLE.main([])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [row.split("|")[1].strip() for row in rows[1:]] == list(TABLE.MODELS)
+
+
+def test_grpo_bench_runs_tiny(capsys):
+    pytest.importorskip("trl")
+    _load("bench_grpo").main(["--tiny", "--steps", "1", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 4  # two estimators x exact and fast rollouts
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        rollout, step = float(cells[5]), float(cells[6])
+        assert 0 < rollout < step  # the sampler's share of a step that also scores and updates
