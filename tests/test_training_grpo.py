@@ -76,7 +76,11 @@ def test_grpo_with_lora_trains_the_adapter_against_the_base(start_model, task, t
     out = tmp_path / "lora"
     trainer = grpo(start_model, task, out, "--per_device_train_batch_size", "8", "--beta", "0.05", "--lora_r", "4")
     assert trainer.ref_model is None  # the reference is the model with the adapter disabled (TRL)
-    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora_b = [value for key, value in adapter.items() if "lora_B" in key]
+    assert lora_b and any(value.abs().sum() > 0 for value in lora_b)  # B starts at zero: the adapter trained
     assert [e["reward"] for e in trainer.state.log_history if "reward" in e]
 
 
