@@ -169,6 +169,26 @@ def test_grpo_keeps_the_output_folder_rules(start_model, task, tmp_path):
     assert (busy / "notes.txt").exists() and (busy / "config.json").exists()
 
 
+@pytest.mark.parametrize("per_iteration", ["true", "false"])
+def test_every_update_scores_policy_old_and_reference_under_the_same_masks(start_model, task, tmp_path,
+                                                                           per_iteration):
+    """Three updates per batch of rollouts, learning rate 0 (the policy stays the reference and the old policy): the KL
+    and every clipped ratio are exactly 0 at each update only if the three are scored under the same masks, including
+    when each update draws new ones (masks_per_iteration, d1's way)."""
+    trainer = grpo(start_model, task, tmp_path / "iterations", "--per_device_train_batch_size", "8",
+                   "--learning_rate", "0", "--beta", "0.1", "--num_iterations", "3", "--max_steps", "3",
+                   "--log_prob_estimator", "coupled", "--masks_per_iteration", per_iteration)
+    logged = [e for e in trainer.state.log_history if "kl" in e]
+    assert len(logged) == 3
+    assert all(e["kl"] == 0 and e["clip_ratio/region_mean"] == 0 for e in logged), [(e["kl"], e["clip_ratio/region_mean"]) for e in logged]
+    reference = trainer._buffered_inputs[0]["ref_per_token_logps"]
+    if per_iteration == "true":  # (rows, updates, tokens): each update's own masks give other estimates
+        assert reference.dim() == 3 and reference.shape[1] == 3
+        assert not torch.equal(reference[:, 0], reference[:, 1])
+    else:
+        assert reference.dim() == 2
+
+
 def test_the_config_documents_every_field_it_adds():
     import re
 
@@ -176,7 +196,7 @@ def test_the_config_documents_every_field_it_adds():
 
     own = set(MDLMGRPOConfig.__annotations__)
     assert own == {"log_prob_estimator", "prompt_mask_rate", "coupled_min_mask_rate", "coupled_max_mask_rate",
-                   "max_completion_length"}
+                   "max_completion_length", "masks_per_iteration"}
     assert set(re.findall(r"^        (\w+) \(`", MDLMGRPOConfig.__doc__, flags=re.M)) == own
 
 

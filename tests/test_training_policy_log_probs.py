@@ -142,3 +142,14 @@ def test_a_block_diffusion_model_scores_each_block_from_the_blocks_before_it():
     torch.testing.assert_close(before[0, :8], after[0, :8], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(before[0, -3:], after[0, -3:])
     torch.testing.assert_close(before[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_each_iteration_draws_its_own_masks_from_the_row_seed():
+    prompt_mask = torch.ones(4, 6, dtype=torch.long)
+    seeds = torch.tensor([1, 2, 3, 4])
+    for estimator, settings in (("one_step", {"prompt_mask_rate": 0.5}), ("coupled", {})):
+        first = estimator_masks(seeds, prompt_mask, 10, estimator=estimator, iteration=0, **settings)
+        again = estimator_masks(seeds, prompt_mask, 10, estimator=estimator, iteration=0, **settings)
+        other = estimator_masks(seeds, prompt_mask, 10, estimator=estimator, iteration=1, **settings)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        assert not torch.equal(first[0], other[0])

@@ -371,7 +371,23 @@ def main(argv=None):
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    dist = torch.distributed
+
+    def joined():
+        return dist.is_available() and dist.is_initialized()
+
+    # A process group left to the interpreter's exit can abort a rank ("terminate called without an active
+    # exception" from gloo's threads): after a run every rank leaves it together; after an error, at once (a
+    # barrier could wait for a rank that failed).
+    try:
+        cli_evaluate()
+    except BaseException:
+        if joined():
+            dist.destroy_process_group()
+        raise
+    if joined():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ class MDLMGRPOConfig(GRPOConfig):
             `"coupled"` only: the upper end of that rate.
         max_completion_length (`int`, *optional*):
             The canvas of each rollout (`max_new_tokens`). Default: the model's generation config's.
+        masks_per_iteration (`bool`, defaults to `True`):
+            With `num_iterations` > 1, each update made from a batch of rollouts scores it under a new mask (as d1
+            does), and the old policy's and the reference's log-probabilities are computed under each of those
+            masks when the rollouts are drawn. `False`: one mask per rollout for every update.
     """
 
     log_prob_estimator: str = field(default="one_step", metadata={
@@ -66,6 +70,8 @@ class MDLMGRPOConfig(GRPOConfig):
         "help": "coupled: upper end of the first mask's rate."})
     max_completion_length: int | None = field(default=None, metadata={
         "help": "The rollout canvas (max_new_tokens). Default: the model's generation config's."})
+    masks_per_iteration: bool = field(default=True, metadata={
+        "help": "With num_iterations > 1: a new mask for each update made from a batch of rollouts (d1)."})
 
     def __post_init__(self):
         if self.log_prob_estimator not in ESTIMATORS:
@@ -108,7 +114,8 @@ class MDLMGRPOTrainer(GRPOTrainer):
             args.max_completion_length = generation.max_new_tokens
         self._mask_token_id = base.config.mask_token_id
         self._fill_token_id = base.config.eos_token_id  # what the canvas holds after the response (EOS padding)
-        self._row_seeds = None  # the mask seeds of the rows being scored (set around each scoring call)
+        self._row_seeds = None  # the seeds of the rows being drawn or scored (set around each call)
+        self._mask_iteration = 0  # which of a rollout's masks scores it (one per update made from it)
         reference = None
         if args.beta != 0.0 and not hasattr(model, "peft_config"):
             reference = copy.deepcopy(base).eval().requires_grad_(False)
@@ -131,13 +138,34 @@ class MDLMGRPOTrainer(GRPOTrainer):
                             dtype=torch.long)
 
     def _generate_and_score_completions(self, inputs):
-        self._row_seeds = self._rollout_seeds(len(inputs))
+        self._row_seeds, self._mask_iteration = self._rollout_seeds(len(inputs)), 0
         try:
             output = super()._generate_and_score_completions(inputs)
+            if self.model.training and self.num_iterations > 1 and self.args.masks_per_iteration:
+                self._score_under_every_mask(output)
         finally:
             seeds, self._row_seeds = self._row_seeds, None
         output["rollout_seeds"] = seeds.to(self.accelerator.device)  # split and shuffled with the rows
         return output
+
+    @torch.no_grad()
+    def _score_under_every_mask(self, output):
+        """The old policy's and the reference's log-probabilities under each update's mask: (B, num_iterations, C)
+        in place of TRL's (B, C), so that every update compares the policy with them under its own mask."""
+        ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        width, batch = output["completion_ids"].shape[1], self.args.per_device_train_batch_size
+        with _trl_grpo.disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            for key in ("old_per_token_logps", "ref_per_token_logps"):
+                if output.get(key) is None:  # no reference (beta 0), or TRL reuses the policy's scores as the old
+                    continue
+                scores = [output[key]]
+                for iteration in range(1, self.num_iterations):
+                    self._mask_iteration = iteration
+                    with self._scoring_model(key) as model:
+                        scores.append(self._get_per_token_logps_and_entropies(model, ids, mask, width, batch)[0])
+                output[key] = torch.stack(scores, dim=1)
+        self._mask_iteration = 0
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None or multimodal_fields:
@@ -173,12 +201,29 @@ class MDLMGRPOTrainer(GRPOTrainer):
         return [row[:n].tolist() for row, n in zip(completions, lengths.tolist())], None
 
     # ---- scoring -----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _scoring_model(self, key: str):
+        """The model whose scores `key` holds: the policy (old scores), the reference copy, or, under LoRA, the
+        policy with TRL's "ref" adapter (when it made one) or with its adapters disabled."""
+        if key == "old_per_token_logps" or self.ref_model is not None:
+            yield self.model if key == "old_per_token_logps" else self.ref_model
+            return
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with _trl_grpo.use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            yield self.model
+
     def _compute_loss(self, model, inputs):
         self._row_seeds = inputs["rollout_seeds"]
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        per_iteration = self.model.training and self.args.masks_per_iteration
+        self._mask_iteration = (self._step % generate_every) // self.args.steps_per_generation if per_iteration else 0
+        # scores under every update's mask (B, num_iterations, C): this update's
+        inputs = {key: value[:, self._mask_iteration] if key in ("old_per_token_logps", "ref_per_token_logps")
+                  and value is not None and value.dim() == 3 else value for key, value in inputs.items()}
         try:
             return super()._compute_loss(model, inputs)
         finally:
-            self._row_seeds = None
+            self._row_seeds, self._mask_iteration = None, 0
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
@@ -208,7 +253,7 @@ class MDLMGRPOTrainer(GRPOTrainer):
                     mask_token_id=self._mask_token_id, estimator=args.log_prob_estimator,
                     prompt_mask_rate=args.prompt_mask_rate, min_rate=args.coupled_min_mask_rate,
                     max_rate=args.coupled_max_mask_rate, temperature=self.temperature, config=config,
-                    compute_entropy=compute_entropy)
+                    compute_entropy=compute_entropy, iteration=self._mask_iteration)
             log_probs.append(lp[:, :logits_to_keep])
             if compute_entropy:
                 entropies.append(entropy[:, :logits_to_keep])

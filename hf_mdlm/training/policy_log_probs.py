@@ -29,16 +29,17 @@ _STREAM_PROMPT_MASK, _STREAM_COUPLED_RATE, _STREAM_COUPLED_MASK = 11, 12, 13
 
 
 def estimator_masks(row_seeds, prompt_mask, completion_length: int, *, estimator: str, prompt_mask_rate: float = 0.15,
-                    min_rate: float = 0.2, max_rate: float = 0.8):
+                    min_rate: float = 0.2, max_rate: float = 0.8, iteration: int = 0):
     """The masks an estimator puts on each row: a list of (B, P + C) boolean masks, one per forward pass
     (`one_step`: one; `coupled`: the pair M, complement of M over the completion). `prompt_mask` (B, P) is 1 on real
-    prompt tokens (left padding 0); the completion's C positions follow the prompt."""
+    prompt tokens (left padding 0); the completion's C positions follow the prompt. `iteration` draws another mask
+    from the same row seed (one per update made from a batch of rollouts)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     batch, prompt_length = prompt_mask.shape
     device = prompt_mask.device
     seeds = row_seeds.to(device=device, dtype=torch.long)
-    step = torch.zeros((), dtype=torch.long, device=device)
+    step = torch.full((), iteration, dtype=torch.long, device=device)
     completion = torch.ones(batch, completion_length, dtype=torch.bool, device=device)
     if estimator == "one_step":
         if not 0.0 <= prompt_mask_rate < 1.0:
@@ -60,14 +61,15 @@ def estimator_masks(row_seeds, prompt_mask, completion_length: int, *, estimator
 
 def completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, row_seeds, *, mask_token_id: int,
                          estimator: str = "one_step", prompt_mask_rate: float = 0.15, min_rate: float = 0.2,
-                         max_rate: float = 0.8, temperature: float = 1.0, config=None, compute_entropy: bool = False):
+                         max_rate: float = 0.8, temperature: float = 1.0, config=None, compute_entropy: bool = False,
+                         iteration: int = 0):
     """(B, C) log-probabilities of `completion_ids` under `model` by `estimator` (and (B, C) entropies of the
     predictive distributions scored, or None).
 
     `prompt_ids`/`prompt_mask` (B, P): the left-padded prompts; `completion_ids` (B, C): the whole canvas after the
     prompt (every position is attended to, as in sampling); `row_seeds` (B,) int64: each row's mask seed. The
     logits are divided by `temperature` (the rollouts' sampling temperature) before the softmax. `config` is the
-    model's config (a DDP wrapper has none; default `model.config`).
+    model's config (a DDP wrapper has none; default `model.config`); `iteration` picks the masks (`estimator_masks`).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive to score completions, got {temperature}")
@@ -75,7 +77,8 @@ def completion_log_probs(model, prompt_ids, prompt_mask, completion_ids, row_see
     clean = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask.long(), torch.ones_like(completion_ids)], dim=1)
     masks = estimator_masks(row_seeds, prompt_mask, completion_ids.shape[1], estimator=estimator,
-                            prompt_mask_rate=prompt_mask_rate, min_rate=min_rate, max_rate=max_rate)
+                            prompt_mask_rate=prompt_mask_rate, min_rate=min_rate, max_rate=max_rate,
+                            iteration=iteration)
     # the passes of a pair run as one batch: rows never see each other, so this changes no row's result
     noised = torch.cat([clean.masked_fill(mask, mask_token_id) for mask in masks])
     passes = len(masks)
