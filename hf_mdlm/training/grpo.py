@@ -7,8 +7,8 @@ reference sync, logging); this subclass changes the two things a diffusion LM do
   threshold decoding, overridden by `generation_kwargs`), each row seeded from (seed, optimizer step, the row's
   index in the global batch): batch-invariant, reproducible, and the same for any number of processes;
 - **per-token log-probabilities** come from a masked-diffusion estimator (`policy_log_probs`: diffu-GRPO's one-step
-  estimate or coupled complementary masks), with one mask per rollout shared by the policy, the old policy and
-  the reference model, over the whole canvas (the completion up to its EOS, then EOS to the canvas end, as the
+  estimate or coupled complementary masks), each update's mask drawn from the rollout's seed and shared by the
+  policy, the old policy and the reference model, over the whole canvas (the completion up to its EOS, then EOS to the canvas end, as the
   model fills it in supervised training).
 
 See docs/rl.md for the objective, the choices and the measurements.
