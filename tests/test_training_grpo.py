@@ -206,3 +206,23 @@ def test_reference_sync_moves_the_frozen_copy_toward_the_policy(start_model, tas
                    "--sync_ref_model", "true", "--ref_model_sync_steps", "1", "--ref_model_mixup_alpha", "0.5")
     start, reference = weights(start_model), trainer.ref_model.state_dict()
     assert any(not torch.equal(reference[k], start[k]) for k in start if k in reference)
+
+
+def test_evaluation_draws_and_scores_rollouts_too(tokenizer, tmp_path):
+    """`eval_strategy` runs TRL's evaluation: rollouts of the held-out prompts, rewards and the loss, logged as eval_*."""
+    from datasets import Dataset
+    from conftest import tiny_model_for
+
+    from hf_mdlm.training.grpo import MDLMGRPOConfig, MDLMGRPOTrainer
+
+    prompts = Dataset.from_list([{"prompt": f"To be or not {i}"} for i in range(16)])
+    args = MDLMGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                          num_generations=4, max_steps=2, eval_strategy="steps", eval_steps=1, num_iterations=2,
+                          beta=0.04, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
+                          disable_tqdm=True)
+    trainer = MDLMGRPOTrainer(tiny_model_for(tokenizer), args=args, train_dataset=prompts,
+                              eval_dataset=prompts.select(range(8)), processing_class=tokenizer,
+                              reward_funcs=lambda completions, **_: [len(text) / 10 for text in completions])
+    trainer.train()
+    evaluated = [e for e in trainer.state.log_history if "eval_reward" in e]
+    assert len(evaluated) == 2 and all(e["eval_rollout_seconds"] > 0 and "eval_kl" in e for e in evaluated)
