@@ -67,6 +67,9 @@ def test_grpo_runs_end_to_end_logs_rewards_exports_and_reloads(start_model, task
     card = (export_for_hub(out, None, tmp_path / "hub", repo_id="org/sort-grpo") / "README.md").read_text()
     assert "Trained with GRPO" in card and "exact_answer, answer_format" in card
     assert f"| Per-token log-probabilities (`log_prob_estimator`) | {estimator} |" in card and '- "grpo"' in card
+    # the start model was fine-tuned with <slack>: its decoding leaves <slack> out, and so does the GRPO model's
+    assert json.loads((start_model / "generation_config.json").read_text())["suppress_slack"] is True
+    assert json.loads((out / "generation_config.json").read_text())["suppress_slack"] is True
     model = MDLMForMaskedLM.from_pretrained(out)
     prompt = torch.tensor([[5, 6, 7]])
     assert model.generate(prompt).shape == (1, 3 + model.generation_config.max_new_tokens)

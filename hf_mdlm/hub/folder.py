@@ -37,7 +37,10 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         model.generation_config, model.config, canvas_length or data_args.canvas_length,
         # A model trained with <slack> in its canvases, decoded greedily, commits that predictable filler first and
         # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
-        suppress_slack=getattr(trainer.args, "canvas_holds_slack", False) and model.config.slack_token_id is not None,
+        # So does a model whose base did (trained so earlier, e.g. the SFT model a GRPO run starts from).
+        suppress_slack=model.config.slack_token_id is not None and (
+            getattr(trainer.args, "canvas_holds_slack", False)
+            or bool(getattr(model.generation_config, "suppress_slack", False))),
     )
     try:
         model.save_pretrained(staging)
