@@ -17,7 +17,6 @@ and so are the fields of `hf_mdlm.loading.ModelArguments` (`--trust_remote_code`
 import logging
 import os
 import sys
-from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, set_seed
@@ -25,14 +24,7 @@ from transformers import HfArgumentParser, set_seed
 from hf_mdlm import strip_generation
 from hf_mdlm.cli import add_bool_flag
 from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
-from hf_mdlm.hub import (
-    check_remote_code_loads,
-    export_for_hub,
-    gathered_state_dict,
-    prepare_run_outputs,
-    push_to_hub,
-    save_model_folder,
-)
+from hf_mdlm.hub import check_remote_code_loads, gathered_state_dict, prepare_run_outputs, save_model_folder
 from hf_mdlm.hub.remote_code import load_model
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
 from hf_mdlm.training.arguments import MDLMTrainingArguments
@@ -130,11 +122,7 @@ def run(model_args, data_args, training_args, extra, outputs):
                                device_map=str(training_args.device)) if state_dict is not None else saved
             sample_held_out(model, eval_dataset, tokenizer, extra.num_samples, training_args.seed,
                             bf16=training_args.bf16)
-        if outputs.hub is not None:  # our checked export, with its model card, in one commit: the only upload
-            repo_id = outputs.hub.repo_id or Path(training_args.output_dir).name
-            folder = export_for_hub(training_args.output_dir, None, outputs.hub_dir, repo_id=repo_id)
-            push_to_hub(folder, repo_id, private=outputs.hub.private, token=outputs.hub.token,
-                        revision=outputs.hub.revision)
+        outputs.publish(training_args.output_dir)  # with --push_to_hub: our checked export, the only upload
     return trainer
 
 

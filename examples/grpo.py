@@ -20,20 +20,12 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from transformers import HfArgumentParser, set_seed
 
 from hf_mdlm.cli import add_bool_flag
 from hf_mdlm.data.loading import load_raw_datasets
-from hf_mdlm.hub import (
-    check_remote_code_loads,
-    export_for_hub,
-    gathered_state_dict,
-    prepare_run_outputs,
-    push_to_hub,
-    save_model_folder,
-)
+from hf_mdlm.hub import check_remote_code_loads, gathered_state_dict, prepare_run_outputs, save_model_folder
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer
 
 # Rewards for tasks with checkable answers, in TRL's interface: the decoded `completions` and every other column of
@@ -146,12 +138,7 @@ def run(model_args, reward_args, training_args, rewards, outputs):
                           canvas_length=training_args.max_completion_length, reinforcement=facts)
         check_remote_code_loads(training_args.output_dir)
         print(f"saved a self-contained model folder to {os.path.abspath(training_args.output_dir)}")
-        if outputs.hub is not None:
-            repo_id = outputs.hub.repo_id or Path(training_args.output_dir).name
-            folder = export_for_hub(training_args.output_dir, None, outputs.hub_dir, repo_id=repo_id,
-                                    base_model=model_args.model_name_or_path)
-            push_to_hub(folder, repo_id, private=outputs.hub.private, token=outputs.hub.token,
-                        revision=outputs.hub.revision)
+        outputs.publish(training_args.output_dir, base_model=model_args.model_name_or_path)
     return trainer
 
 

@@ -83,12 +83,11 @@ def mean_interval(values):
     return mean, T_975[len(values) - 1] * statistics.stdev(values) / len(values) ** 0.5
 
 
-def step_times(folder):
-    """(seconds per optimizer step, mean rollout seconds per generation) from a run's trainer_state.json."""
-    history = json.loads((Path(folder) / "trainer_state.json").read_text())["log_history"]
-    summary = next(e for e in reversed(history) if "train_runtime" in e)
-    steps = json.loads((Path(folder) / "trainer_state.json").read_text())["global_step"]
-    return summary["train_runtime"] / steps
+def seconds_per_step(folder):
+    """Wall seconds per optimizer step of a run, from its trainer_state.json."""
+    state = json.loads((Path(folder) / "trainer_state.json").read_text())
+    summary = next(e for e in reversed(state["log_history"]) if "train_runtime" in e)
+    return summary["train_runtime"] / state["global_step"]
 
 
 def main(argv=None):
@@ -111,7 +110,7 @@ def main(argv=None):
     sft_dir = out / "sft"
     sft_time = run_script("finetune", [f.format(**fill) for f in SFT_FLAGS] + [
         "--dataset", str(paths["sft"]), "--output_dir", str(sft_dir)], out / "sft.log")
-    sft_step = step_times(sft_dir)
+    sft_step = seconds_per_step(sft_dir)
     before, before_sampled = exact_match(sft_dir, heldout), exact_match(sft_dir, heldout, 1.0)
     print(f"SFT: exact match {before:.3f} greedy, {before_sampled:.3f} sampled, after {args.sft_steps} steps "
           f"({sft_time:.0f} s)", flush=True)
@@ -131,9 +130,9 @@ def main(argv=None):
             first, last = statistics.fmean(rewards[:3]), statistics.fmean(rewards[-3:])
             results.setdefault(arm, []).append({"seed": seed, "after": after, "after_sampled": after_sampled,
                                                 "reward_first": first, "reward_last": last,
-                                                "step_seconds": step_times(folder)})
+                                                "step_seconds": seconds_per_step(folder)})
             print(f"{arm} seed {seed}: exact match {after:.3f} greedy, {after_sampled:.3f} sampled; rollout exact "
-                  f"match {first:.3f} -> {last:.3f}; {step_times(folder):.2f} s/step", flush=True)
+                  f"match {first:.3f} -> {last:.3f}; {seconds_per_step(folder):.2f} s/step", flush=True)
 
     lines = [
         "# GRPO in miniature: sorting 4 digits",

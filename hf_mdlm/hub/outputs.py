@@ -266,6 +266,18 @@ class RunOutputs:
     def __init__(self, folder, resume, hub, hub_dir):
         self.folder, self.resume, self.hub, self.hub_dir = folder, resume, hub, hub_dir
 
+    def publish(self, output_dir, **card) -> None:
+        """When the run asked for a push: our checked export of the saved `output_dir` (its model card built with
+        `card`, e.g. `base_model`), uploaded in one commit, the run's only upload. Call it on the main process."""
+        if self.hub is None:
+            return
+        from .export import export_for_hub
+        from .upload import push_to_hub
+
+        repo_id = self.hub.repo_id or Path(output_dir).name
+        folder = export_for_hub(output_dir, None, self.hub_dir, repo_id=repo_id, **card)
+        push_to_hub(folder, repo_id, private=self.hub.private, token=self.hub.token, revision=self.hub.revision)
+
     def close(self) -> None:
         if self.folder is not None:
             self.folder.close()

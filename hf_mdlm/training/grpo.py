@@ -113,7 +113,6 @@ class MDLMGRPOTrainer(GRPOTrainer):
         if args.max_completion_length is None:
             args.max_completion_length = generation.max_new_tokens
         self._mask_token_id = base.config.mask_token_id
-        self._fill_token_id = base.config.eos_token_id  # what the canvas holds after the response (EOS padding)
         self._row_seeds = None  # the seeds of the rows being drawn or scored (set around each call)
         self._mask_iteration = 0  # which of a rollout's masks scores it (one per update made from it)
         reference = None
@@ -127,6 +126,9 @@ class MDLMGRPOTrainer(GRPOTrainer):
                  else contextlib.nullcontext())
         with patch:
             super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        # what the canvas holds after a response (its EOS padding in supervised training)
+        self._fill_token_id = base.config.eos_token_id if base.config.eos_token_id is not None else \
+            self.eos_token_ids[0]
 
     # ---- rollouts ----------------------------------------------------------------------------------------------
     def _rollout_seeds(self, rows: int) -> torch.Tensor:
@@ -170,12 +172,9 @@ class MDLMGRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None or multimodal_fields:
             raise ValueError("MDLMGRPOTrainer trains text-only masked diffusion LMs: got images")
-        device = self.accelerator.device
-        width = max(len(ids) for ids in prompt_ids)
-        pad = self._tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids],
-                                      device=device)
+        prompts = self._tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
+        input_ids, attention_mask = prompts["input_ids"].to(self.accelerator.device), prompts["attention_mask"]
+        width = input_ids.shape[1]
         args = self.args
         settings = dict(max_new_tokens=args.max_completion_length, temperature=args.temperature,
                         top_p=args.top_p if args.top_p < 1.0 else None, top_k=args.top_k or None)
@@ -189,7 +188,7 @@ class MDLMGRPOTrainer(GRPOTrainer):
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
-            canvas = unwrapped.generate(input_ids, attention_mask=attention_mask,
+            canvas = unwrapped.generate(input_ids, attention_mask=attention_mask.to(input_ids.device),
                                         generator=self._row_seeds.tolist(), **settings)
         completions = canvas[:, width:].cpu()  # (waits for the device: the time below is the whole sampling)
         self._metrics["train" if self.model.training else "eval"]["rollout_seconds"].append(
@@ -233,13 +232,11 @@ class MDLMGRPOTrainer(GRPOTrainer):
         prompt_length = input_ids.shape[1] - logits_to_keep
         prompts, prompt_mask = input_ids[:, :prompt_length], attention_mask[:, :prompt_length]
         completions, completion_mask = input_ids[:, prompt_length:], attention_mask[:, prompt_length:]
-        canvas = self.args.max_completion_length
         # the whole canvas, as sampled: after the completion's EOS, EOS to the end
-        eos = self._fill_token_id if self._fill_token_id is not None else self.eos_token_ids[0]
-        completions = torch.where(completion_mask.bool(), completions, torch.full_like(completions, eos))
-        if completions.shape[1] < canvas:
-            completions = torch.cat([completions, completions.new_full(
-                (completions.shape[0], canvas - completions.shape[1]), eos)], dim=1)
+        canvas = completions.new_full((len(completions), max(self.args.max_completion_length, logits_to_keep)),
+                                      self._fill_token_id)
+        canvas[:, :logits_to_keep] = completions.masked_fill(~completion_mask.bool(), self._fill_token_id)
+        completions = canvas
         config = (model.get_base_model() if hasattr(model, "get_base_model") else
                   self.accelerator.unwrap_model(model)).config
         args = self.args
