@@ -229,3 +229,16 @@ def test_evaluation_draws_and_scores_rollouts_too(tokenizer, tmp_path):
     trainer.train()
     evaluated = [e for e in trainer.state.log_history if "eval_reward" in e]
     assert len(evaluated) == 2 and all(e["eval_rollout_seconds"] > 0 and "eval_kl" in e for e in evaluated)
+
+
+def test_grpo_pushes_its_checked_export_once_and_never_writes_the_token(start_model, task, tmp_path, hub_calls):
+    from conftest import TOKEN
+
+    out = tmp_path / "pushed"
+    grpo(start_model, task, out, "--per_device_train_batch_size", "8", "--push_to_hub", "true",
+         "--hub_model_id", "org/sort-grpo", "--hub_token", TOKEN)
+    assert [name for name, _, _ in hub_calls].count("create_commit") == 1
+    card = (tmp_path / "pushed-hub" / "README.md").read_text()
+    assert "Trained with GRPO" in card
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []
