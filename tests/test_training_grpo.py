@@ -242,3 +242,50 @@ def test_grpo_pushes_its_checked_export_once_and_never_writes_the_token(start_mo
     assert "Trained with GRPO" in card
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_the_trainer_and_the_task_name_what_is_wrong(tokenizer, task, tmp_path):
+    import types
+
+    from conftest import make_model, tiny_model_for
+
+    from hf_mdlm.training import grpo as grpo_module
+    from hf_mdlm.training.grpo import MDLMGRPOConfig, MDLMGRPOTrainer
+
+    args = MDLMGRPOConfig(output_dir=str(tmp_path / "x"), use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="--prompt_mask_rate must lie in"):
+        MDLMGRPOConfig(output_dir=str(tmp_path / "x"), prompt_mask_rate=1.5)
+    with pytest.raises(TypeError, match="takes a loaded model"):
+        MDLMGRPOTrainer("some/model", args=args)
+    with pytest.raises(TypeError, match="args must be an MDLMGRPOConfig"):
+        MDLMGRPOTrainer(make_model(), args=types.SimpleNamespace())
+    no_mask = make_model()
+    no_mask.config.mask_token_id = None
+    with pytest.raises(ValueError, match="has no mask_token_id"):
+        MDLMGRPOTrainer(no_mask, args=args)
+    plain = make_model()
+    from transformers import GenerationConfig
+
+    plain.generation_config = GenerationConfig()
+    with pytest.raises(ValueError, match="not an MDLMGenerationConfig"):
+        MDLMGRPOTrainer(plain, args=args)
+    with pytest.raises(AttributeError, match="no_such_function is gone"):
+        with grpo_module._patched(grpo_module._trl_grpo, "no_such_function", None):
+            pass
+    from datasets import Dataset
+
+    trainer = MDLMGRPOTrainer(tiny_model_for(tokenizer), args=args, processing_class=tokenizer,
+                              reward_funcs=lambda completions, **_: [0.0] * len(completions),
+                              train_dataset=Dataset.from_list([{"prompt": "To be"}] * 8))
+    with pytest.raises(RuntimeError, match="scored only inside a training or evaluation step"):
+        trainer._get_per_token_logps_and_entropies(trainer.model, torch.tensor([[5, 6, 7]]),
+                                                   torch.ones(1, 3, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="text-only"):
+        trainer._generate_single_turn([[5, 6]], [["an image"]], {}, 1)
+    with pytest.raises(ValueError, match="--dataset is required"):
+        example("grpo").main(TINY_GRPO + ["--model_name_or_path", "m", "--output_dir", str(tmp_path / "d")])
+    sort_task = example("sort_task")
+    with pytest.raises(ValueError, match="only 10 distinct lists of 1 digits are left, asked 11"):
+        sort_task.sort_rows(11, 1, seed=0)
+    with pytest.raises(FileExistsError, match="is not empty"):
+        sort_task.write_task(task["sft"].parent, length=3, sft=2, prompts=2, heldout=2)
