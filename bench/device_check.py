@@ -8,7 +8,10 @@
 Both train with `MDLMTrainer` on synthetic prompt/response rows (uniform random token ids: throughput does not
 depend on the text; the Hub and `datasets` are not needed), and print one Markdown row: parameters, trainable
 parameters, canvas, batch, steps, tokens/s (prompt + canvas positions through the model per second, after one
-warm-up step), seconds per step and peak accelerator memory.
+warm-up step), seconds per step, the share of a step spent in `compute_loss` (the forward pass and the loss; the
+rest is the backward pass, with the recomputation of checkpointed layers, and the optimizer), model FLOPs
+utilisation (6 x parameters x tokens/s over `--peak_tflops`, the usual convention: it counts neither attention nor
+the recomputation), peak accelerator memory and `hf_mdlm.memory`'s estimate of it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from hf_mdlm import MDLMConfig, MDLMForMaskedLM  # noqa: E402
 from hf_mdlm.cli import add_bool_flag  # noqa: E402
 from hf_mdlm.data.collator import DiffusionCollator  # noqa: E402
+from hf_mdlm.memory import GIB, estimate_finetune_memory  # noqa: E402
 from hf_mdlm.training.arguments import MDLMTrainingArguments  # noqa: E402
 from hf_mdlm.training.trainer import MDLMTrainer  # noqa: E402
 
@@ -54,16 +58,31 @@ class StepTimer:
         raise AttributeError(name)
 
     def on_step_begin(self, *args, **kwargs):
-        self._sync()
+        synchronize(self.device)
         self._start = time.perf_counter()
 
     def on_step_end(self, *args, **kwargs):
-        self._sync()
+        synchronize(self.device)
         self.times.append(time.perf_counter() - self._start)
 
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class TimedLossTrainer(MDLMTrainer):
+    """Accumulates the wall time of `compute_loss` (forward pass and loss), synchronised on CUDA."""
+
+    loss_seconds = 0.0
+
+    def compute_loss(self, *args, **kwargs):
+        synchronize(self.args.device)
+        start = time.perf_counter()
+        loss = super().compute_loss(*args, **kwargs)
+        synchronize(self.args.device)
+        self.loss_seconds += time.perf_counter() - start
+        return loss
 
 
 def synthetic_rows(n, prompt_length, response_length, vocab, eos, seed=0):
@@ -76,7 +95,12 @@ def synthetic_rows(n, prompt_length, response_length, vocab, eos, seed=0):
     return rows
 
 
-def run(kind: str, tiny: bool, steps: int | None, batch: int | None, canvas: int | None) -> str:
+HEADER = ("| run | parameters | trainable | canvas | batch | steps | tokens/s | s/step | forward + loss | MFU | "
+          "peak memory | estimate |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def run(kind: str, tiny: bool, steps: int | None, batch: int | None, canvas: int | None,
+        peak_tflops: float = 989.0) -> str:
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     shape = TINY if tiny else {"finetune": MDLM_300M, "llada8b": LLADA_8B}[kind]
     vocab = shape["vocab_size"]
@@ -114,18 +138,29 @@ def run(kind: str, tiny: bool, steps: int | None, batch: int | None, canvas: int
             disable_tqdm=True, dataloader_num_workers=0, ce_weight=1.0, ctc_weight=1.0, slack_prob=0.1,
             use_cpu=device.type == "cpu",
         )
-        trainer = MDLMTrainer(model=model, args=args, train_dataset=rows, callbacks=[timer],
+        trainer = TimedLossTrainer(model=model, args=args, train_dataset=rows, callbacks=[timer],
                               data_collator=DiffusionCollator(pad_token_id=special["pad_token_id"], canvas_length=canvas))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
     timed = timer.times[1:]  # the first step warms up kernels and the allocator
     seconds = sum(timed) / len(timed)
+    loss_share = trainer.loss_seconds / sum(timer.times)  # the warm-up step is in both
     tokens = batch * (prompt_length + canvas)
-    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
+    estimate = estimate_finetune_memory(
+        MDLMConfig(**shape, **special), method="lora" if lora else "full", canvas_length=canvas,
+        prompt_length=prompt_length, batch_size=batch, dtype=dtype, gradient_checkpointing=lora)
+    if device.type == "cuda":
+        measured = torch.cuda.max_memory_allocated()
+        peak = f"{measured / GIB:.1f} GiB"
+        mfu = f"{6 * parameters * tokens / seconds / (peak_tflops * 1e12):.1%}"
+        versus = f" ({measured / estimate.total - 1:+.0%})"
+    else:
+        peak, mfu, versus = "n/a (CPU)", "n/a (CPU)", ""
     name = "LLaDA-8B shape, LoRA r=16 + gradient checkpointing" if lora else "MDLM ~300M, full fine-tune"
     return (f"| {name}{' (tiny smoke)' if tiny else ''} | {parameters / 1e6:.1f}M | {trainable / 1e6:.1f}M | "
-            f"{canvas} | {batch} | {steps} | {tokens / seconds:.0f} | {seconds:.3f} | {peak} |")
+            f"{canvas} | {batch} | {steps} | {tokens / seconds:.0f} | {seconds:.3f} | {loss_share:.0%} | {mfu} | "
+            f"{peak} | {estimate.total / GIB:.1f} GiB{versus} |")
 
 
 def main(argv=None):
@@ -135,12 +170,13 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--canvas", type=int, default=None)
+    parser.add_argument("--peak_tflops", type=float, default=989.0,
+                        help="the accelerator's dense bf16 peak for MFU (H100/H200 SXM: 989)")
     add_bool_flag(parser, "--header", help="print the table header first")
     args = parser.parse_args(argv)
     if args.header:
-        print("| run | parameters | trainable | canvas | batch | steps | tokens/s | s/step | peak memory |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(run(args.kind, args.tiny, args.steps, args.batch, args.canvas), flush=True)
+        print(HEADER)
+    print(run(args.kind, args.tiny, args.steps, args.batch, args.canvas, args.peak_tflops), flush=True)
 
 
 if __name__ == "__main__":

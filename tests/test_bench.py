@@ -23,7 +23,8 @@ def test_device_check_training_paths_run_tiny():
     for kind in ("finetune", "llada8b"):
         row = device_check.run(kind, tiny=True, steps=2, batch=2, canvas=16)
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 9 and float(cells[6]) > 0, row
+        assert len(cells) == 12 and float(cells[6]) > 0 and 0 < float(cells[8].rstrip("%")) <= 100, row
+        assert cells[11].endswith("GiB"), row
 
 
 def test_cache_table_runs_and_agrees_on_the_uncached_row(capsys):
