@@ -194,9 +194,10 @@ class MDLMGenerationConfig(GenerationConfig):
             block finished early (with `threshold`, `factor` or `stop_at_eos`), which it reads every `sync_interval`
             steps. Larger values let an accelerator run ahead; the extra calls commit nothing, so the tokens are the
             same, only `num_model_calls` grows. Non-finite logits are reported at the end of the block.
-        compile (`bool`): run the denoising step through `torch.compile(fullgraph=True)` (CUDA graphs on a GPU);
-            shapes are static per block, so each block shape compiles once. Dense models only (a mixture of experts
-            dispatches tokens with data-dependent shapes).
+        compile (`bool`): run the denoising step through `torch.compile(fullgraph=True)`, which fuses its
+            operations into fewer kernels (torch's default mode: no CUDA graphs yet, as the step writes the KV cache
+            in place); shapes are static per block, so each block shape compiles once. Dense models only (a mixture
+            of experts dispatches tokens with data-dependent shapes).
         check_logits (`bool`, defaults to True): raise a clear error when the model returns NaN or infinite
             logits (instead of sampling garbage); False skips the check.
 
