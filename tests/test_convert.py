@@ -365,6 +365,60 @@ def test_the_converter_writes_only_into_a_new_empty_or_earlier_conversion_folder
     assert (out / "my_notes.txt").read_text() == "mine" and (out / "model.safetensors").exists()
 
 
+def _files(folder):
+    """Every entry under `folder` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def test_the_converter_never_writes_into_or_around_its_source(tmp_path):
+    """`convert a2d SRC SRC --overwrite` deleted the source (its files have the names a conversion writes) and then
+    failed on the missing config.json; a destination inside the source was accepted. Each is now refused first."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("config.json", "model.safetensors"):  # only names --overwrite would delete
+        shutil.copy(LLADA_TINY / name, src / name)
+    before = _files(src)
+    with pytest.raises(SystemExit, match=re.escape(f"dst_dir {src} is src_dir {src}: choose a folder apart")):
+        main(["llada", str(src), str(src), "--overwrite"])
+    with pytest.raises(SystemExit, match=re.escape(f"dst_dir {src / 'sub'} lies inside src_dir {src}")):
+        main(["llada", str(src), str(src / "sub")])
+    with pytest.raises(SystemExit, match=re.escape(f"dst_dir {tmp_path} contains src_dir {src}")):
+        main(["llada", str(src), str(tmp_path), "--overwrite"])
+    assert _files(src) == before  # byte for byte, and no lock or staging folder left in it
+
+
+def test_the_converter_refuses_a_missing_source_before_creating_dst(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=re.escape(f"src_dir {tmp_path / 'nope'} does not exist")):
+        main(["llada", str(tmp_path / "nope"), str(out)])
+    assert not out.exists()
+
+
+def test_the_converter_refuses_another_familys_checkpoint_before_creating_dst(tmp_path, llada_converted):
+    """`convert dream <a LLaDA folder>` failed deep in the Dream converter (KeyError 'hidden_size') and left a
+    staging folder and a lock behind; it now names the family and the command to use, before creating anything."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=re.escape(f"{LLADA_TINY} is a llada checkpoint, not dream: use "
+                                                   f"`python -m hf_mdlm.convert llada {LLADA_TINY} {out}`")):
+        main(["dream", str(LLADA_TINY), str(out)])
+    with pytest.raises(SystemExit, match="is already an hf_mdlm folder"):
+        main(["llada", str(llada_converted), str(out)])
+    assert not out.exists()
+
+
+def test_a_refused_conversion_leaves_nothing_behind(tmp_path):
+    """A conversion refused once under way (here: no [MASK] id) removes its staging folder, and the folder it made;
+    the hint names the command's flag."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="pass --mask_token_id"):
+        main(["llada-moe", str(MOE), str(out)])
+    assert not out.exists()
+    out.mkdir()  # a folder the user made is kept, empty of our files
+    with pytest.raises(SystemExit, match="pass --mask_token_id"):
+        main(["llada-moe", str(MOE), str(out)])
+    assert [p.name for p in out.iterdir() if p.name != ".hf_mdlm.lock"] == []
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_a_conversion_killed_at_any_moment_leaves_nothing_that_loads(tmp_path):
     """`python -m hf_mdlm.convert` SIGKILLed at 12 random moments: each destination holds the complete conversion

@@ -2,12 +2,13 @@
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 from ..cli import add_bool_flag
 from ..hub.files import HUB_CODE_FILES, TOKENIZER_FILES
-from ..hub.outputs import OutputFolder, OutputFolderError, publish_staged, staging_folder
-from .families import CONVERTERS
+from ..hub.outputs import OutputFolder, check_apart, publish_staged, staging_folder
+from .families import CONVERTERS, folder_family
 
 # What a conversion writes into dst_dir: all --overwrite may delete there.
 CONVERTED_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
@@ -37,23 +38,47 @@ def main(argv=None):
             command.add_argument("--mask_token_id", type=int, default=None,
                                  help="the [MASK] id (the config names none; default: the real models' 156895)")
     args = parser.parse_args(argv)
-    # the family's own options, as parsed
-    extra = {name: getattr(args, name) for name in ("mask_token_id", "block_size") if hasattr(args, name)}
-    try:  # new or empty, locked while converting; --overwrite replaces an earlier conversion's files only
-        output = OutputFolder(args.dst_dir, overwrite=args.overwrite, what="dst_dir", writes=CONVERTED_FILES,
-                              flag="--overwrite")
-    except OutputFolderError as error:
-        raise SystemExit(str(error)) from None
-    with output:  # written whole into a hidden folder, then moved into place (config.json last): a killed
-        staging = staging_folder(args.dst_dir)  # conversion leaves nothing that loads, the next run removes it
-        config = CONVERTERS[args.family](args.src_dir, staging, dtype=args.dtype, **extra)
-        publish_staged(staging, args.dst_dir)
+    try:  # a mistake in the command is one line naming it, not a traceback (the library raises as usual)
+        config = _convert(args)
+    except (ValueError, FileNotFoundError) as error:
+        # the library's hint names the argument; here it is a flag
+        raise SystemExit(str(error).replace("pass mask_token_id", "pass --mask_token_id")) from None
     weights = sum(p.stat().st_size for p in Path(args.src_dir).glob("*.safetensors"))
     print(
         f"wrote {os.path.abspath(args.dst_dir)}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"vocab {config.vocab_size}, mask_token_id {config.mask_token_id}; peak resident memory "
         f"{_peak_rss() / 2**30:.2f} GiB for {weights / 2**30:.2f} GiB of weights (streamed one shard at a time)"
     )
+
+
+def _convert(args):
+    """Check the source and the destination, then convert into a locked destination; returns the new config."""
+    src, dst = Path(args.src_dir), Path(args.dst_dir)
+    # every check comes before dst is created or --overwrite deletes anything there
+    if not src.is_dir():
+        raise FileNotFoundError(f"src_dir {src} is not a folder" if src.exists() else f"src_dir {src} does not exist")
+    check_apart(dst, src, "dst_dir", "src_dir")  # --overwrite would delete the source's own files
+    family = folder_family(src)  # another family's converter would fail deep inside, on a missing field
+    if family == "mdlm":
+        raise ValueError(f"{src} is already an hf_mdlm folder: there is nothing to convert")
+    if family != args.family:
+        raise ValueError(f"{src} is a {family} checkpoint, not {args.family}: use "
+                         f"`python -m hf_mdlm.convert {family} {src} {dst}`")
+    # the family's own options, as parsed
+    extra = {name: getattr(args, name) for name in ("mask_token_id", "block_size") if hasattr(args, name)}
+    created = not dst.exists()
+    # new or empty, locked while converting; --overwrite replaces an earlier conversion's files only
+    with OutputFolder(dst, overwrite=args.overwrite, what="dst_dir", writes=CONVERTED_FILES, flag="--overwrite"):
+        # written whole into a hidden folder, then moved into place (config.json last): a killed conversion leaves
+        # nothing that loads, the next run removes it
+        staging = staging_folder(dst)
+        try:
+            config = CONVERTERS[args.family](src, staging, dtype=args.dtype, **extra)
+        except BaseException:  # a refused conversion leaves nothing behind: no staging, no folder it made
+            shutil.rmtree(dst if created else staging, ignore_errors=True)
+            raise
+        publish_staged(staging, dst)
+    return config
 
 
 def _peak_rss() -> int:
