@@ -27,6 +27,7 @@ from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
 from hf_mdlm.hub import check_remote_code_loads, gathered_state_dict, prepare_run_outputs, save_model_folder
 from hf_mdlm.hub.remote_code import load_model
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
+from hf_mdlm.tokenization import diffusion_token_ids
 from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.trainer import MDLMTrainer, sharded
 
@@ -91,12 +92,17 @@ def run(model_args, data_args, training_args, extra, outputs):
     train_dataset, eval_dataset = prepare_datasets(data_args, tokenizer, max_length=position_limit(model))
     if training_args.eval_strategy != "no" and eval_dataset is None:
         raise ValueError("--eval_strategy needs held-out data: pass --eval_split or --eval_fraction")
+    # The pad id only right-pads batches (masked out by attention): the tokenizer's, else the config's, else EOS.
+    pad_id = diffusion_token_ids(tokenizer, model.config, need_slack=False, need_pad=False)[3]
+    if tokenizer.pad_token_id is None:
+        source = "the model config's pad_token_id" if getattr(model.config, "pad_token_id", None) == pad_id else "EOS"
+        logger.info("the tokenizer has no pad token: batches are padded with id %d (%s)", pad_id, source)
     if model_args.lora_r > 0:
         model = apply_lora(model, model_args)
 
     trainer = MDLMTrainer(
         model=model, args=training_args, processing_class=tokenizer,
-        data_collator=DiffusionCollator(pad_token_id=tokenizer.pad_token_id, canvas_length=data_args.canvas_length),
+        data_collator=DiffusionCollator(pad_token_id=pad_id, canvas_length=data_args.canvas_length),
         train_dataset=train_dataset, eval_dataset=eval_dataset,
     )
     if model_args.lora_r > 0 and sharded(trainer):  # before any work: the adapter could not be saved

@@ -229,6 +229,57 @@ def test_bad_messages_are_an_error(chat_tok):
         preprocess_dataset([{"messages": [{"speaker": "x", "text": "y"}]}], chat_tok, args())
 
 
+def test_chat_turn_with_nothing_before_it_is_a_counted_skip(chat_tok):
+    """An assistant turn first in the chat has no prompt to render (chat templates refuse an empty conversation)."""
+    hi = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    first = [{"role": "assistant", "content": "Good morrow."}, {"role": "user", "content": "And to you."}]
+    with pytest.warns(UserWarning, match="1 assistant turns skipped: no message before them"):
+        ds, stats = preprocess_dataset([{"messages": hi}, {"messages": first}], chat_tok, args())
+    assert stats.skipped_no_prompt == 1 and len(ds) == 1
+    _, stats = quiet_preprocess([{"messages": first + hi[1:]}], chat_tok, args(chat_all_assistant_turns=True))
+    assert stats.skipped_no_prompt == 1 and stats.examples == 1  # the later turn still gives its example
+    _, stats = quiet_preprocess([{"prompt": [], "completion": hi[1:]}], chat_tok, args())
+    assert stats.skipped_no_prompt == 1 and stats.examples == 0
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def jsonl_rows(tmp_path, rows):
+    """`rows` as `datasets` loads them from a .jsonl file (a column may hold values of several types)."""
+    path = write_jsonl(tmp_path / f"rows{len(list(tmp_path.glob('rows*')))}.jsonl", rows)
+    return load_raw_datasets(path, cache_dir=str(tmp_path / "cache"))["train"]
+
+
+def test_values_of_another_type_are_an_error_naming_row_and_column(tmp_path, tok, chat_tok):
+    """A number, dict or message list where a string belongs would be str()-ed into a Python repr and trained on."""
+    good = {"prompt": "Q", "completion": "A"}
+    with pytest.raises(ValueError, match=r"row 1: 'completion' must be a string .*; got int: 42"):
+        preprocess_dataset(jsonl_rows(tmp_path, [good, {"prompt": "Q", "completion": 42}]), tok, args())
+    reply = [{"role": "assistant", "content": "A"}]
+    with pytest.raises(ValueError, match=r"row 0: 'completion' must be a string \(a list of messages needs a "
+                                         r"message-list prompt\); got list: \[\{'role': 'assistant'"):
+        preprocess_dataset([{"prompt": "Q", "completion": reply}], chat_tok, args())
+    with pytest.raises(ValueError, match=r"row 0: 'prompt' must be a string or a list of messages; got dict"):
+        preprocess_dataset([{"prompt": {"role": "user", "content": "Q"}, "completion": "A"}], chat_tok, args())
+    with pytest.raises(ValueError, match=r"row 0: 'completion' must be a list of \{'role', 'content'\} dicts; "
+                                         r"got list: \['A'\]"):
+        preprocess_dataset([{"prompt": [{"role": "user", "content": "Q"}], "completion": ["A"]}], chat_tok, args())
+    # The form is each row's own: a string row after conversational ones is not split into characters.
+    chat_row = {"prompt": [{"role": "user", "content": "Q"}], "completion": reply}
+    ds, stats = quiet_preprocess(jsonl_rows(tmp_path, [chat_row, good]), chat_tok, args())
+    assert stats.examples == 2
+    assert sorted(map(tuple, ds["prompt_ids"])) == sorted([tuple(enc(chat_tok, "<|user|>Q<eos>\n<|assistant|>")),
+                                                          (BOS, *enc(chat_tok, "Q"))])
+
+
+def test_a_text_that_is_not_a_string_is_an_error_naming_its_row(tmp_path, tok):
+    with pytest.raises(ValueError, match=r"row 1: 'text' must be a string; got int: 5"):
+        preprocess_dataset(jsonl_rows(tmp_path, [{"text": "a document"}, {"text": 5}]), tok, args())
+
+
 def test_empty_response_is_skipped(tok, chat_tok):
     rows = [{"prompt": "Q", "completion": c} for c in ("", "<eos>", "A")]
     with pytest.warns(UserWarning, match="2 examples skipped: empty response"):
@@ -385,6 +436,12 @@ def test_load_files_and_folders(tmp_path, cache_dir, tok):
     ("broken.jsonl", b'{"text": "a"}\n\n{"text": "b"\n{"text": "c"}\n',
      r"broken.jsonl: line 3 is not valid JSON .*'\{\"text\": \"b\"'"),
     ("list.jsonl", b'{"text": "a"}\n["b"]\n', r"list.jsonl: line 2 is a JSON list, not an object"),
+    ("broken.json", b'[{"prompt": "a", "completion": "b"},\n{"prompt": "c", "completion": \n',
+     r"broken.json is not valid JSON \(Expecting value: line 3"),
+    ("lines.json", b'{"text": "a"}\n{"text": "b"\n', r"lines.json: line 2 is not valid JSON"),
+    ("empty_list.json", b"[]\n", "empty_list.json holds an empty JSON list: it has no rows"),
+    ("empty_dict.json", b" {} ", "empty_dict.json holds an empty JSON dict: it has no rows"),
+    ("badquote.csv", b'prompt,completion\n"a, b,c\nd,e\n', r"badquote.csv could not be loaded: ParserError: .*EOF"),
 ])
 def test_bad_data_files_are_named(tmp_path, name, content, message):
     import gzip
@@ -398,6 +455,78 @@ def test_bad_data_files_are_named(tmp_path, name, content, message):
         path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
         prepare_datasets(DataArguments(dataset=str(path), dataset_cache_dir=str(tmp_path / "cache")), None)
+
+
+def test_load_errors_name_the_file_and_chain_the_cause(tmp_path, cache_dir):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('prompt,completion\n"a, b,c\nd,e\n')
+    with pytest.raises(ValueError, match="data file .*bad.csv could not be loaded") as caught:
+        load_raw_datasets(str(bad), cache_dir=cache_dir)
+    assert isinstance(caught.value.__cause__, datasets.exceptions.DatasetGenerationError)
+    lines = tmp_path / "lines.json"  # JSON lines in a .json file: datasets reads them, and so do we
+    lines.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert load_raw_datasets(str(lines), cache_dir=cache_dir)["train"]["text"] == ["a", "b"]
+
+
+def test_eval_data_that_are_the_training_data_are_refused(tmp_path, tok, cache_dir):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(6)]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    (tmp_path / "link.jsonl").symlink_to(path)  # the same file under another name
+    with pytest.raises(ValueError, match="the held-out data .*link.jsonl is the training data itself"):
+        prepare_datasets(args(dataset=path, eval_split=str(tmp_path / "link.jsonl"), dataset_cache_dir=cache_dir), tok)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+    with pytest.raises(ValueError, match="eval split 'train' is the training split itself"):
+        prepare_datasets(args(dataset=dd, eval_split="train"), tok)
+
+
+def test_an_eval_set_left_empty_is_an_error(tmp_path, tok, cache_dir):
+    """An eval set that preprocessing empties would "evaluate" 0 examples and log no eval_loss, silently."""
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "q", "completion": "short"}] * 4)
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "q", "completion": "word " * 40}] * 3)
+    message = (r"preprocessing left no eval examples from .*long.jsonl: eval \(prompt_completion\): 3 rows -> 0 "
+               r"examples; 3 examples dropped: response \+ EOS longer than canvas_length")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=message):
+        warnings.simplefilter("ignore")
+        prepare_datasets(args(dataset=train, eval_split=long, canvas_length=16, dataset_cache_dir=cache_dir), tok)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "q", "completion": "short"}] * 4),
+                               "validation": datasets.Dataset.from_list([{"prompt": "q", "completion": ""}])})
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=r"no eval examples from split 'validation': .*"
+                                                                    r"1 examples skipped: empty response"):
+        warnings.simplefilter("ignore")
+        prepare_datasets(args(dataset=dd), tok)
+
+
+def test_finetune_pads_with_the_config_pad_or_eos_without_a_tokenizer_pad(tmp_path, monkeypatch, caplog):
+    """The pad id only right-pads batches (masked out by attention): a tokenizer without one (Llama-3 style) still
+    fine-tunes, padding with the model config's pad_token_id, else EOS."""
+    from example_scripts import TINY, example
+
+    no_pad = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    no_pad.pad_token = None
+    no_pad.save_pretrained(tmp_path / "tok")
+    script = example("finetune")
+    load = script.load_model_and_tokenizer
+    collators = []
+
+    class Built(Exception):
+        pass
+
+    def trainer(**kwargs):
+        collators.append(kwargs["data_collator"])
+        raise Built
+
+    monkeypatch.setattr(script, "MDLMTrainer", trainer)
+    for config_pad, expected, source in ((None, EOS, "EOS"), (7, 7, "the model config's pad_token_id")):
+        def load_with_pad(*a, config_pad=config_pad, **kw):
+            model, tokenizer = load(*a, **kw)
+            model.config.pad_token_id = config_pad
+            return model, tokenizer
+
+        monkeypatch.setattr(script, "load_model_and_tokenizer", load_with_pad)
+        with caplog.at_level("INFO", logger="finetune"), pytest.raises(Built):
+            script.main(TINY + ["--tokenizer_name", str(tmp_path / "tok"), "--output_dir", str(tmp_path / source[:3])])
+        assert collators[-1].pad_token_id == expected
+        assert f"the tokenizer has no pad token: batches are padded with id {expected} ({source})" in caplog.text
 
 
 def test_prepare_from_dataset_objects(tok):

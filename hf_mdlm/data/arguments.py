@@ -28,8 +28,9 @@ class DataArguments:
         train_split (`str`, defaults to `"train"`):
             The split trained on.
         eval_split (`str`, *optional*):
-            The evaluation split's name, or a path to a separate evaluation file. Default: the `validation` split
-            when there is one (the held-out works of the bundled corpus), else `eval_fraction` of the training rows.
+            The evaluation split's name, or a path to a separate evaluation file (not the training split or file).
+            Default: the `validation` split when there is one (the held-out works of the bundled corpus), else
+            `eval_fraction` of the training rows.
         eval_fraction (`float`, defaults to `0.05`):
             The share of training rows held out for evaluation when there is no evaluation split (0: none).
         eval_split_seed (`int`, defaults to `42`):
@@ -86,8 +87,9 @@ class DataArguments:
     eval_split: str | None = field(
         default=None,
         metadata={
-            "help": "Evaluation split name, or a path to a separate evaluation file. Default: the 'validation' "
-            "split if the data has one (the held-out works for the bundled corpus), else --eval_fraction of train."
+            "help": "Evaluation split name, or a path to a separate evaluation file (not the training split or "
+            "file). Default: the 'validation' split if the data has one (the held-out works for the bundled corpus), "
+            "else --eval_fraction of train."
         },
     )
     eval_fraction: float = field(

@@ -79,9 +79,11 @@ def _open_binary(path: str):
 
 
 def check_data_file(path: str) -> None:
-    """Fail with a message naming `path` when it cannot give rows: an empty file, or (text formats: json, jsonl,
-    csv, txt) bytes that are not UTF-8, with the line number. One streaming pass; `datasets` would otherwise fail
-    with a bare StopIteration, or with a UnicodeDecodeError from pyarrow long after loading."""
+    """Fail with a message naming `path` when it cannot give rows: an empty file, (text formats: json, jsonl,
+    csv, txt) bytes that are not UTF-8, with the line number, a .jsonl line that is not a JSON object, or a .json
+    file that is not valid JSON or holds an empty list or object. One streaming pass (and one json.load of a .json
+    file); `datasets` would otherwise fail with a bare StopIteration, or with an error that does not name the file
+    long after loading."""
     if os.path.getsize(path) == 0:
         raise ValueError(f"data file {path} is empty: it has no rows")
     if _builder_for(path) == "parquet":
@@ -113,6 +115,23 @@ def check_data_file(path: str) -> None:
                 break
     if blank:
         raise ValueError(f"data file {path} is empty: it holds only whitespace, no rows")
+    if _strip_compression(os.path.basename(path)).endswith(".json"):
+        _check_json_file(path)
+
+
+def _check_json_file(path: str) -> None:
+    """A .json file is one JSON value with rows, or JSON lines (`datasets` reads both)."""
+    with _open_binary(path) as handle:
+        text = handle.read().decode("utf-8")
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        if getattr(error, "msg", None) != "Extra data":
+            raise ValueError(f"data file {path} is not valid JSON ({error})") from None
+        _check_json_lines(text, path, 1)  # more than one value: JSON lines, checked line by line
+        return
+    if isinstance(value, (list, dict)) and not value:
+        raise ValueError(f"data file {path} holds an empty JSON {type(value).__name__}: it has no rows")
 
 
 def _check_json_lines(text: str, path: str, first_line: int) -> None:
@@ -128,6 +147,18 @@ def _check_json_lines(text: str, path: str, first_line: int) -> None:
         if not isinstance(value, dict):
             raise ValueError(f"data file {path}: line {first_line + offset} is a JSON {type(value).__name__}, not an "
                              f"object with the format's columns: {row[:80]!r}")
+
+
+def _load_local(name: str, *args, **kwargs):
+    """`datasets.load_dataset` on local data, its errors re-raised naming the file or folder (its own, e.g.
+    "An error occurred while generating the dataset", do not)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except (datasets.exceptions.DatasetGenerationError, ValueError) as error:
+        cause = error.__cause__ or error
+        raise ValueError(f"{name} could not be loaded: {type(cause).__name__}: {cause}") from error
 
 
 def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | None = None):
@@ -156,7 +187,7 @@ def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | N
             )
         check_data_file(path)
         kwargs = {"sample_by": "document"} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files={"train": path}, cache_dir=cache_dir, **kwargs)
+        return _load_local(f"data file {path}", builder, data_files={"train": path}, cache_dir=cache_dir, **kwargs)
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
             loaded = datasets.load_from_disk(path)
@@ -167,10 +198,11 @@ def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | N
         for data_file in data_files:
             check_data_file(data_file)
         if data_files and all(_builder_for(f) == "text" for f in data_files):
-            return datasets.load_dataset(
-                "text", data_files={"train": data_files}, sample_by="document", cache_dir=cache_dir
+            return _load_local(
+                f"data folder {path}", "text", data_files={"train": data_files}, sample_by="document",
+                cache_dir=cache_dir,
             )
-        return datasets.load_dataset(path, config, cache_dir=cache_dir)
+        return _load_local(f"data folder {path}", path, config, cache_dir=cache_dir)
     if path.startswith((".", "/", "~")) or path.endswith(_JSON_SUFFIXES + _TEXT_SUFFIXES + (".parquet", ".gz")):
         raise FileNotFoundError(f"dataset file or folder not found: {path!r}")
     return datasets.load_dataset(path, config, cache_dir=cache_dir)
@@ -208,22 +240,26 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, 
     if data_args.train_split not in raw:
         raise ValueError(f"train split {data_args.train_split!r} not found; the dataset has splits {list(raw)}")
     train_raw = raw[data_args.train_split]
-    eval_raw = None
+    eval_raw, eval_name = None, None
     split_processed = False
 
     es = data_args.eval_split
     if es is not None:
         if os.path.exists(es):
+            _refuse_same_file(source, es)
             eval_source = es
+        elif es == data_args.train_split:
+            raise ValueError(f"eval split {es!r} is the training split itself: its eval_loss would measure the "
+                             "training rows; name another split or a held-out file")
         elif es in raw:
-            eval_raw = raw[es]
+            eval_raw, eval_name = raw[es], f"split {es!r}"
         else:
             raise ValueError(f"eval split {es!r} is neither a split of the dataset ({list(raw)}) nor an existing path")
     if eval_source is not None:
         loaded = load_raw_datasets(eval_source, None, cache_dir)
-        eval_raw = loaded[next(iter(loaded))]
+        eval_raw, eval_name = loaded[next(iter(loaded))], eval_source
     elif eval_raw is None and "validation" in raw and data_args.train_split != "validation":
-        eval_raw = raw["validation"]
+        eval_raw, eval_name = raw["validation"], "split 'validation'"
         logger.info("using the dataset's 'validation' split for evaluation")
     elif eval_raw is None and data_args.eval_fraction > 0:
         if len(train_raw) >= 2:
@@ -231,6 +267,7 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, 
             n_eval = min(n_eval, len(train_raw) - 1)
             parts = train_raw.train_test_split(test_size=n_eval, seed=data_args.eval_split_seed, shuffle=True)
             train_raw, eval_raw = parts["train"], parts["test"]
+            eval_name = f"the {n_eval} training rows held out by eval_fraction"
             logger.info("held out %d of %d training rows for evaluation", n_eval, len(train_raw) + n_eval)
         else:
             split_processed = True
@@ -253,9 +290,11 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, 
                     f"the eval data lacks column(s) {missing} of the training data's format {fmt!r}; "
                     f"it has columns {eval_raw.column_names}"
                 )
-        eval_ds, _ = preprocess_dataset(
+        eval_ds, eval_stats = preprocess_dataset(
             eval_raw, tokenizer, data_args, split="eval", max_samples=data_args.max_eval_samples, max_length=max_length
         )
+        if len(eval_ds) == 0:  # an evaluation of no examples logs no eval_loss, silently
+            raise ValueError(f"preprocessing left no eval examples from {eval_name}: {eval_stats.summary()}")
     elif split_processed and len(train_ds) >= 2:
         n_eval = min(max(1, round(data_args.eval_fraction * len(train_ds))), len(train_ds) - 1)
         n_train = len(train_ds) - n_eval
@@ -337,6 +376,14 @@ def load_heldout(data_args, tokenizer, *, max_examples: int | None = None, sprea
     return rows
 
 
+def _refuse_same_file(train_source, heldout_source) -> None:
+    """Held-out data that are the training file (or folder) itself: a measurement on training rows."""
+    if (isinstance(train_source, (str, os.PathLike)) and os.path.exists(train_source)
+            and os.path.exists(heldout_source) and os.path.samefile(train_source, heldout_source)):
+        raise ValueError(f"the held-out data {heldout_source} is the training data itself; pass a held-out file "
+                         "with other documents")
+
+
 def _row_keys(part, fmt: str) -> list[str]:
     """One canonical string per row: its format's columns, whitespace collapsed (JSON for message lists)."""
     import json
@@ -360,10 +407,7 @@ def check_heldout_overlap(train_source, heldout_source, *, config: str | None = 
     whitespace collapsed), or, for plain text, when one's document of at least ``min_chars`` characters lies
     inside one of the other's. A measurement on training rows would be no held-out measurement at all.
     """
-    if os.path.exists(os.fspath(train_source)) and os.path.exists(os.fspath(heldout_source)) and os.path.samefile(
-            train_source, heldout_source):
-        raise ValueError(f"the held-out data {heldout_source} is the training data itself; pass a held-out file "
-                         "with other documents")
+    _refuse_same_file(train_source, heldout_source)
     train = load_raw_datasets(train_source, config, cache_dir)
     if train_split not in train:
         raise ValueError(f"train split {train_split!r} not found; the dataset has splits {list(train)}")

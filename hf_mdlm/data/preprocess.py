@@ -20,12 +20,14 @@ Three input formats (``DataArguments.data_format``; "auto" picks the first that 
   rendering of everything before it plus the generation prompt (exactly what the model sees at
   inference). Turns after the last assistant turn are ignored. With
   ``chat_all_assistant_turns=True`` every assistant turn gives one example (its prompt is the whole
-  conversation before it). A chat without an assistant turn is skipped (counted, warned).
+  conversation before it). A chat without an assistant turn is skipped (counted, warned), and so is
+  an assistant turn with no message before it (there is no prompt to render).
 * ``prompt_completion``: ``prompt`` and ``completion`` columns of strings (the prompt gets the
   tokenizer's leading special tokens, e.g. BOS, but no trailing ones), or of message lists
-  (conversational form: rendered like ``chat`` with ``prompt + completion`` as the conversation).
-* ``text``: a ``text`` column; each row is one document (``.txt`` files load as one document per
-  file). Documents are tokenised whole and cut into windows: ``text_prompt_length`` tokens of
+  (conversational form, row by row: rendered like ``chat`` with ``prompt + completion`` as the
+  conversation). A value of another type (a number, a dict) is an error naming its row and column.
+* ``text``: a ``text`` column of strings; each row is one document (``.txt`` files load as one
+  document per file). Documents are tokenised whole and cut into windows: ``text_prompt_length`` tokens of
   prompt (after the leading special tokens), then a continuation of up to
   ``text_response_length`` (default ``canvas_length - 1``) tokens, cut back to the end of its last
   complete line when ``text_align_lines`` is on, followed by EOS.
@@ -64,6 +66,7 @@ class PreprocessStats:
     examples: int = 0
     skipped_empty_response: int = 0
     skipped_no_assistant: int = 0
+    skipped_no_prompt: int = 0
     skipped_template_mismatch: int = 0
     skipped_reserved_token: int = 0
     skipped_short_document: int = 0
@@ -75,6 +78,7 @@ class PreprocessStats:
     _EXPLAIN = {
         "skipped_empty_response": "examples skipped: empty response",
         "skipped_no_assistant": "chats skipped: no assistant turn",
+        "skipped_no_prompt": "assistant turns skipped: no message before them to prompt with",
         "skipped_template_mismatch": "examples skipped: the chat template's rendering of the conversation does not "
         "start with its rendering of the prompt",
         "skipped_reserved_token": "examples skipped: response contains the mask or slack token",
@@ -230,12 +234,20 @@ class _Builder:
         self.responses.append(response)
 
 
-def _check_messages(messages: Any, row: int) -> list[dict]:
+def _wrong_type(row: int, column: str, expected: str, value: Any) -> ValueError:
+    return ValueError(f"row {row}: {column!r} must be {expected}; got {type(value).__name__}: {value!r:.200}")
+
+
+def _check_messages(messages: Any, row: int, column: str = "messages") -> list[dict]:
     if not isinstance(messages, (list, tuple)) or not all(
         isinstance(m, Mapping) and "role" in m and "content" in m for m in messages
     ):
-        raise ValueError(f"row {row}: 'messages' must be a list of {{'role', 'content'}} dicts; got {messages!r:.200}")
+        raise _wrong_type(row, column, "a list of {'role', 'content'} dicts", messages)
     return [dict(m) for m in messages]
+
+
+_PLAIN_EXPECTED = {"prompt": "a string or a list of messages",
+                   "completion": "a string (a list of messages needs a message-list prompt)"}
 
 
 def _require_chat_template(tokenizer) -> None:
@@ -246,20 +258,24 @@ def _require_chat_template(tokenizer) -> None:
         )
 
 
-def _chat_pairs(tokenizer, messages: list[dict], all_turns: bool) -> tuple[list[tuple[str, str]], int]:
-    """(prompt_text, response_text) per target assistant turn, and the number of template mismatches."""
+def _chat_pairs(tokenizer, messages: list[dict], all_turns: bool, stats: PreprocessStats) -> list[tuple[str, str]]:
+    """(prompt_text, response_text) per target assistant turn; template mismatches and turns without a prompt are
+    counted in `stats`."""
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not all_turns:
         turns = turns[-1:]
-    pairs, mismatches = [], 0
+    pairs = []
     for i in turns:
+        if i == 0:  # nothing before it to render as the prompt (chat templates refuse an empty conversation)
+            stats.skipped_no_prompt += 1
+            continue
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         whole = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not whole.startswith(prefix):
-            mismatches += 1
+            stats.skipped_template_mismatch += 1
             continue
         pairs.append((prefix, whole[len(prefix) :]))
-    return pairs, mismatches
+    return pairs
 
 
 def _process_chat_rows(rows: list[list[dict]], toks: _Tokens, b: _Builder, all_turns: bool) -> None:
@@ -268,9 +284,7 @@ def _process_chat_rows(rows: list[list[dict]], toks: _Tokens, b: _Builder, all_t
         if not any(m["role"] == "assistant" for m in messages):
             b.stats.skipped_no_assistant += 1
             continue
-        pairs, mismatches = _chat_pairs(toks.tok, messages, all_turns)
-        b.stats.skipped_template_mismatch += mismatches
-        for p, r in pairs:
+        for p, r in _chat_pairs(toks.tok, messages, all_turns, b.stats):
             prompts.append(p)
             responses.append(r)
     for p_ids, r_ids in zip(toks.encode(prompts), toks.encode(responses)):
@@ -357,17 +371,16 @@ def preprocess_dataset(
                 break
             texts = dataset[start : start + chunk]["text"]
             stats.rows += len(texts)
+            for i, t in enumerate(texts):
+                if t is not None and not isinstance(t, str):
+                    raise _wrong_type(start + i, "text", "a string", t)
             docs = toks.encode([t or "" for t in texts])
             for ids in docs:
                 if builder.full:
                     break
                 _process_text_document(ids, toks, builder)
     else:
-        conversational = False
-        if fmt == "prompt_completion" and len(dataset) > 0:
-            first = dataset[0]["prompt"]
-            conversational = isinstance(first, (list, tuple))
-        if fmt == "chat" or conversational:
+        if fmt == "chat":
             _require_chat_template(tokenizer)
         for start in range(0, len(dataset), _BATCH):
             if builder.full:
@@ -378,16 +391,23 @@ def preprocess_dataset(
             if fmt == "chat":
                 rows = [_check_messages(m, start + i) for i, m in enumerate(batch["messages"])]
                 _process_chat_rows(rows, toks, builder, data_args.chat_all_assistant_turns)
-            elif conversational:
-                rows = []
+            else:  # the form is each row's own: a message-list prompt makes it conversational
+                chats, prompts, completions = [], [], []
                 for i, (p, c) in enumerate(zip(batch["prompt"], batch["completion"])):
-                    if isinstance(c, str) or c is None:
-                        c = [{"role": "assistant", "content": c or ""}]
-                    rows.append(_check_messages(list(p) + list(c), start + i))
-                _process_chat_rows(rows, toks, builder, all_turns=False)
-            else:
-                prompts = ["" if p is None else str(p) for p in batch["prompt"]]
-                completions = ["" if c is None else str(c) for c in batch["completion"]]
+                    if isinstance(p, (list, tuple)):
+                        if isinstance(c, str) or c is None:
+                            c = [{"role": "assistant", "content": c or ""}]
+                        p, c = _check_messages(p, start + i, "prompt"), _check_messages(c, start + i, "completion")
+                        chats.append(p + c)
+                        continue
+                    for column, value in (("prompt", p), ("completion", c)):
+                        if value is not None and not isinstance(value, str):  # str() would train on a Python repr
+                            raise _wrong_type(start + i, column, _PLAIN_EXPECTED[column], value)
+                    prompts.append(p or "")
+                    completions.append(c or "")
+                if chats:
+                    _require_chat_template(tokenizer)
+                    _process_chat_rows(chats, toks, builder, all_turns=False)
                 for p_ids, r_ids in zip(toks.encode(prompts), toks.encode(completions)):
                     builder.add(toks.leading + p_ids, r_ids)
 
