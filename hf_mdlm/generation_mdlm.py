@@ -36,7 +36,9 @@ from typing import Any, Callable, Optional
 import torch
 from transformers import GenerationConfig
 from transformers.generation import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
+
+logger = logging.get_logger(__name__)
 
 REMASKING_STRATEGIES = ("low_confidence", "random", "entropy", "margin", "left_to_right")
 KV_CACHE_MODES = ("prefix", "dual")
@@ -87,6 +89,21 @@ _BASE_DEFAULTS = {
 }
 # Token ids a generation config inherits from the model config when it does not set them.
 _MODEL_TOKEN_FIELDS = ("mask_token_id", "slack_token_id", "eos_token_id", "pad_token_id", "bos_token_id")
+# transformers' decoding settings at values that change nothing (what frameworks pass by habit: num_beams=1, ...).
+_NEUTRAL_TRANSFORMERS_VALUES = {
+    "num_beams": 1, "num_beam_groups": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+    "length_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "typical_p": 1.0,
+    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "diversity_penalty": 0.0, "min_length": 0, "min_new_tokens": 0,
+    "min_p": 0.0, "guidance_scale": 1.0,
+}
+# Settings that change how fast or what is returned in transformers, never which tokens: accepted, unused.
+_HARMLESS_TRANSFORMERS_FIELDS = {"use_cache", "decoder_start_token_id", "transformers_version", "_from_model_config"}
+
+
+def _leaves_decoding_unchanged(name, value) -> bool:
+    return (value is None or value is False or name in _HARMLESS_TRANSFORMERS_FIELDS
+            or _NEUTRAL_TRANSFORMERS_VALUES.get(name, object()) == value)
+
 
 _MASK64 = (1 << 64) - 1
 
@@ -273,6 +290,11 @@ class MDLMGenerationConfig(GenerationConfig):
             raise ValueError(f"threshold must be in (0, 1] or None, got {self.threshold!r}")
         if self.factor is not None and (not _is_number(self.factor) or not 0 < self.factor < math.inf):
             raise ValueError(f"factor must be a finite number > 0 or None, got {self.factor!r}")
+        if (self.threshold is not None or self.factor is not None) and self.remasking in ("random", "left_to_right"):
+            rule = f"threshold={self.threshold}" if self.threshold is not None else f"factor={self.factor}"
+            raise ValueError(f"{rule} commits the tokens the model is confident about, but remasking="
+                             f"{self.remasking!r} ranks them without a confidence: use low_confidence, entropy or "
+                             "margin (or drop the rule)")
         if self.factor is not None and self.threshold is not None:
             raise ValueError(f"threshold={self.threshold} and factor={self.factor} are two rules for how many tokens "
                              "a step commits: set one of them")
@@ -449,25 +471,62 @@ class MDLMGenerationMixin:
         self.generation_config = loaded
 
     # ------------------------------------------------------------------------------------------------------------
-    def _prepare_generation_config(self, generation_config, kwargs) -> MDLMGenerationConfig:
-        base = generation_config if generation_config is not None else getattr(self, "generation_config", None)
-        if base is None:
-            config = MDLMGenerationConfig.from_model_config(self.config)
-        elif isinstance(base, MDLMGenerationConfig):
+    def _prepare_generation_config(self, generation_config, kwargs, prompt_length=None) -> MDLMGenerationConfig:
+        """The config of this call: a passed `MDLMGenerationConfig` as it is (every field), or the model's own
+        updated with the fields a passed transformers `GenerationConfig` sets (its unset fields are None: the model's
+        values, such as a family's schedule, stay), then `kwargs`. transformers' `do_sample` and `max_length` are
+        honoured; its other decoding settings have no diffusion meaning and are refused unless they change nothing."""
+        base = (generation_config if isinstance(generation_config, MDLMGenerationConfig)
+                else getattr(self, "generation_config", None))
+        if isinstance(base, MDLMGenerationConfig):
             config = copy.deepcopy(base)
         elif isinstance(base, GenerationConfig):
             config = MDLMGenerationConfig.from_dict(base.to_dict())
         else:
-            raise ValueError(f"generation_config must be an MDLMGenerationConfig, got {type(base).__name__}")
+            config = MDLMGenerationConfig.from_model_config(self.config)
+        settings = {}
+        if generation_config is not None and not isinstance(generation_config, MDLMGenerationConfig):
+            if not isinstance(generation_config, GenerationConfig):
+                raise ValueError(f"generation_config must be an MDLMGenerationConfig or a transformers "
+                                 f"GenerationConfig, got {type(generation_config).__name__}")
+            settings.update({key: value for key, value in generation_config.to_dict().items()
+                             if value is not None and key not in ("transformers_version", "_from_model_config")})
+        # None in a call means "not set" for the fields whose default is a value (temperature=None: the config's)
+        settings.update({key: value for key, value in kwargs.items()
+                         if value is not None or key not in GENERATION_FIELDS or GENERATION_FIELDS[key][1] is None})
         known = set(config.to_dict())
-        unknown = sorted(key for key in kwargs if key not in known)
+        unknown = sorted(key for key in settings if key not in known)
         if unknown:
             raise ValueError(
                 f"generate() got arguments that are not generation settings: {unknown}. "
                 f"See MDLMGenerationConfig for the accepted fields."
             )
-        for key, value in kwargs.items():
-            setattr(config, key, value)
+        do_sample, max_length = settings.pop("do_sample", None), settings.pop("max_length", None)
+        unsupported = {key: value for key, value in settings.items() if key not in GENERATION_FIELDS
+                       and key not in _MODEL_TOKEN_FIELDS and not _leaves_decoding_unchanged(key, value)}
+        if unsupported:
+            raise ValueError(
+                f"generate() got transformers settings that masked-diffusion sampling does not implement: "
+                f"{unsupported}. Where transformers has a logits processor for one (RepetitionPenaltyLogitsProcessor, "
+                f"MinPLogitsWarper, SuppressTokensLogitsProcessor, NoBadWordsLogitsProcessor, ...), pass it as "
+                f"logits_processor=[...]; MDLMGenerationConfig lists the settings generate() uses."
+            )
+        if max_length is not None:
+            if "max_new_tokens" in settings:
+                raise ValueError(f"set max_new_tokens or max_length, not both (got {settings['max_new_tokens']} and "
+                                 f"{max_length})")
+            if prompt_length is not None:
+                if not _is_int(max_length) or max_length <= prompt_length:
+                    raise ValueError(f"max_length={max_length!r} (prompt and canvas) leaves no room after the "
+                                     f"{prompt_length}-token prompt: set max_new_tokens, the canvas length")
+                settings["max_new_tokens"] = max_length - prompt_length
+        for key, value in settings.items():
+            if key in GENERATION_FIELDS or key in _MODEL_TOKEN_FIELDS:
+                setattr(config, key, value)
+        if do_sample is False:  # transformers' greedy search, whatever the temperature
+            config.temperature = 0.0
+        elif do_sample is True and not config.temperature:  # sampling at transformers' default temperature
+            config.temperature = 1.0
         for name in _MODEL_TOKEN_FIELDS:
             if getattr(config, name, None) is None and getattr(self.config, name, None) is not None:
                 setattr(config, name, getattr(self.config, name))
@@ -521,7 +580,8 @@ class MDLMGenerationMixin:
         Fill a canvas of `max_new_tokens` mask tokens after each prompt by masked-diffusion sampling.
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch, prompt_length)`): the prompts, left-padded when ragged.
+            input_ids (`torch.LongTensor` of shape `(batch, prompt_length)`): the prompts, left-padded when ragged
+                (right-padded prompts are left-aligned first, with a warning).
             attention_mask (`torch.Tensor` of the same shape, *optional*): 1 for prompt tokens, 0 for padding.
                 The generated positions are always attended to.
             generation_config ([`MDLMGenerationConfig`], *optional*): defaults to `self.generation_config`.
@@ -530,9 +590,11 @@ class MDLMGenerationMixin:
                 `processor(input_ids, scores)` with `scores` of shape `(rows * window, vocab)`, one row per position
                 of the current block, and `input_ids` the canvas of the row each position belongs to (so
                 transformers' processors such as `MinPLogitsWarper` work unchanged).
-            stopping_criteria (`StoppingCriteriaList`, *optional*): checked after every block with the canvas;
-                generation ends when they hold for every row (the positions not yet filled keep the mask token,
-                which `strip_generation` drops).
+            stopping_criteria (`StoppingCriteriaList`, *optional*): checked after every block with the finished
+                text (the prompts and the generated columns before the first one still masked in some row), as
+                transformers' criteria (`StopStringCriteria`, `EosTokenCriteria`, ...) expect; generation ends when
+                they hold for every row (the positions not yet filled keep the mask token, which `strip_generation`
+                drops).
             streamer (`transformers.generation.BaseStreamer`, *optional*): batch size 1 only. As in transformers,
                 `put` first receives the prompt (shape `(1, prompt_length)`), then each block's tokens (a 1-D
                 tensor) as soon as the block is final; `end` is called last.
@@ -552,7 +614,8 @@ class MDLMGenerationMixin:
             prompts followed by the generated tokens; or an [`MDLMGenerateOutput`] with
             `return_dict_in_generate=True`.
         """
-        config = self._prepare_generation_config(generation_config, kwargs)
+        prompt_length = input_ids.shape[-1] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else None
+        config = self._prepare_generation_config(generation_config, kwargs, prompt_length)
         state = _prepare_state(self, config, input_ids, attention_mask, generator, streamer, step_callback)
         sampler = DiffusionSampler(self, config, state, self._get_logits_processor(config, logits_processor),
                                    self._get_logits_warper(config), StoppingCriteriaList(stopping_criteria or []))
@@ -760,8 +823,22 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
         if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
             shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
             raise ValueError(f"attention_mask has shape {shape}, expected the shape of input_ids {tuple(input_ids.shape)}")
-        if attention_mask.numel() and not ((attention_mask == 0) | (attention_mask == 1)).all():
+        # one read of the device for both checks
+        not_binary, right_padded = torch.stack([((attention_mask != 0) & (attention_mask != 1)).any(),
+                                                (attention_mask[:, 1:] < attention_mask[:, :-1]).any()]).tolist()
+        if not_binary:
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        if right_padded:
+            # Padding after a token: the canvas must follow each row's last token, so the rows are left-aligned
+            # first (a stable sort puts a row's padding before its tokens, which keep their order).
+            logger.warning_once("generate() got right-padded prompts and left-aligns them (the returned prompts are "
+                                "left-padded); tokenizer.padding_side = 'left' avoids this")
+            order = torch.sort(attention_mask.long(), dim=1, stable=True).indices
+            input_ids, attention_mask = input_ids.gather(1, order.to(input_ids.device)), attention_mask.gather(1, order)
+    elif batch > 1 and prompt_length and config.pad_token_id is not None and bool(
+            (input_ids[:, [0, -1]] == config.pad_token_id).any()):
+        logger.warning_once(f"input_ids has the pad token ({config.pad_token_id}) at an edge but no attention_mask "
+                            "was given: padding is read as prompt tokens; pass the tokenizer's attention_mask")
 
     gen_length = config.max_new_tokens
     max_positions = getattr(model.config, "max_position_embeddings", None)
@@ -970,7 +1047,7 @@ class DiffusionSampler:
             for block in range(state.num_blocks):
                 self._run_block(block, step_callback, bar)
                 streamed = self._stream(streamer, streamed)
-                if self.stopping_criteria and bool(self.stopping_criteria(canvas, None).all()):
+                if self.stopping_criteria and bool(self.stopping_criteria(self._finished_prefix(), None).all()):
                     break
                 if self.config.stop_at_eos and not bool((canvas[:, P:P + state.gen_length] == self.mask_id).any()):
                     break
@@ -980,6 +1057,14 @@ class DiffusionSampler:
             if bar is not None:
                 bar.close()
         return canvas[:, :P + state.gen_length]
+
+    def _finished_prefix(self):
+        """The canvas up to its first column still masked in some row: the text that is final, as an autoregressive
+        model's `input_ids` would be (what transformers' stopping criteria read; one read of the device)."""
+        state, P = self.state, self.state.prompt_length
+        masked = (state.canvas[:, P:P + state.gen_length] == self.mask_id).any(dim=0)
+        end = P + (int(masked.int().argmax()) if bool(masked.any()) else state.gen_length)
+        return state.canvas[:, :end]
 
     def _block_span(self, block):
         """(first canvas column the block's tokens may lie in, its end, the (B, width) columns each row may commit in

@@ -18,10 +18,10 @@ from hf_mdlm.evaluation import conditional_log_likelihood  # noqa: E402
 from hf_mdlm.evaluation.lm_eval import MDLMEvalLM  # noqa: E402
 
 
-def bundled_config(tokenizer):
+def bundled_config(tokenizer, **overrides):
     return tiny_config(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
                        slack_token_id=tokenizer.convert_tokens_to_ids("<slack>"), eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,28 @@ def test_generate_until_cuts_at_the_first_stop_string(tokenizer):
     assert full == tokenizer.decode(the * (4 // len(the)), skip_special_tokens=True)
     [cut] = lm.generate_until([request("Say", {"until": ["e t"], "max_gen_toks": 4})], disable_tqdm=True)
     assert cut == full.split("e t")[0] and len(cut) < len(full)
+
+
+def test_generate_until_samples_when_asked_and_runs_block_diffusion_models(model, tokenizer):
+    """do_sample=True without a temperature samples at 1 (transformers' default), as lm-eval's tasks expect; a
+    block-diffusion model samples its own blocks whatever max_gen_toks is (before: an error unless block_length
+    matched block_size and max_gen_toks exceeded it)."""
+    lm = MDLMEvalLM(model, tokenizer, block_length=4)
+    contexts = ["Now is the winter", "HAMLET. To be"]
+
+    def answers(lm, **kwargs):
+        return lm.generate_until([request(c, {"until": [], **kwargs}) for c in contexts], disable_tqdm=True)
+
+    greedy = answers(lm, max_gen_toks=8, do_sample=False)
+    assert answers(lm, max_gen_toks=8, do_sample=True) == answers(lm, max_gen_toks=8, temperature=1.0)
+    assert answers(lm, max_gen_toks=8, do_sample=True) != greedy
+    torch.manual_seed(0)
+    blocks = MDLMForMaskedLM(bundled_config(tokenizer, block_size=4)).eval()
+    for max_gen_toks in (3, 4, 8):
+        for block_length in (None, 4):
+            [text] = MDLMEvalLM(blocks, tokenizer, block_length=block_length).generate_until(
+                [request(contexts[0], {"until": [], "max_gen_toks": max_gen_toks})], disable_tqdm=True)
+            assert isinstance(text, str)
 
 
 def test_bad_arguments_are_named(model, tokenizer):

@@ -381,10 +381,10 @@ def test_threshold_decoding_commits_at_least_one_and_saves_calls():
         assert (newly[still_open] >= 1).all()
         previous = canvas
     assert not (out.sequences == MASK).any()
-    # The step budget is still an upper bound: with an unreachable score (random scores never reach 1.0) the
-    # schedule alone decides, so it takes exactly `steps` calls.
+    # The step budget is still an upper bound: with an unreachable score (the untrained model's probabilities never
+    # reach 1.0) the schedule alone decides, so it takes exactly `steps` calls.
     capped = model.generate(ids, attention_mask=mask, max_new_tokens=16, steps=4, block_length=8, threshold=1.0,
-                            remasking="random", generator=0, return_dict_in_generate=True)
+                            return_dict_in_generate=True)
     assert capped.num_model_calls == 4 and not (capped.sequences == MASK).any()
 
 
@@ -1131,3 +1131,134 @@ def test_shifts_stay_inside_each_rows_block_with_absolute_blocks():
             changed = (canvas[0] != previous[0]).nonzero().flatten()
             assert changed.numel() and len({int(p) // 4 for p in changed}) == 1, changed.tolist()
             previous = canvas
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers' conventions: padding side, do_sample, max_length, its settings, its configs and stopping criteria
+
+
+def _right_pad(prompts, pad=PAD):
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+        mask[i, :len(p)] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("settings", [
+    dict(model={"prediction_alignment": "next_token"}),
+    dict(model={"block_size": 4}, kv_cache="dual"),
+    dict(model={}, kv_cache="prefix", temperature=0.8),
+], ids=["next-token", "block-dual", "prefix-sampled"])
+def test_right_padded_prompts_are_left_aligned_with_a_warning(settings, caplog):
+    """A tokenizer that pads on the right (the default of many) gives each row what it gets alone, as left padding
+    does; before, next-token and block models read padding where the prompt should end."""
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config(**settings.pop("model"))).eval()
+    common = dict(max_new_tokens=8, steps=8, generator=[3, 4, 5], **settings)
+    if model.config.block_size:
+        common.update(block_length=4, block_alignment="absolute", schedule="block")
+    left = model.generate(*left_pad(PROMPTS[:3]), **common)
+    logging.Logger.warning_once.cache_clear()  # transformers' logger warns once per process
+    with caplog.at_level(logging.WARNING):
+        right = model.generate(*_right_pad(PROMPTS[:3]), **common)
+    assert torch.equal(right, left)  # the returned prompts are left-padded
+    for row, prompt in enumerate(PROMPTS[:3]):
+        alone = model.generate(torch.tensor([prompt]), **{**common, "generator": [common["generator"][row]]})
+        assert torch.equal(left[row, -8:], alone[0, -8:])
+    assert "right-padded" in caplog.text
+
+
+def test_pad_tokens_without_an_attention_mask_are_warned_about(caplog):
+    model = make_model()
+    ids, _ = left_pad(PROMPTS[:2])
+    logging.Logger.warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        model.generate(ids, max_new_tokens=4, steps=4)
+    assert "no attention_mask" in caplog.text
+
+
+def test_do_sample_and_max_length_mean_what_they_mean_in_transformers():
+    model = make_model()
+    ids = torch.tensor([PROMPTS[0]])
+    greedy = model.generate(ids, max_new_tokens=8)
+    assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False, temperature=0.7, generator=0), greedy)
+    sampled = model.generate(ids, max_new_tokens=8, do_sample=True, generator=0)  # at temperature 1
+    assert torch.equal(sampled, model.generate(ids, max_new_tokens=8, temperature=1.0, generator=0))
+    assert not torch.equal(sampled, greedy)
+    assert torch.equal(model.generate(ids, max_length=ids.shape[1] + 8), greedy)
+    with pytest.raises(ValueError, match="max_new_tokens or max_length, not both"):
+        model.generate(ids, max_length=12, max_new_tokens=8)
+    with pytest.raises(ValueError, match="leaves no room after the 4-token prompt"):
+        model.generate(ids, max_length=4)
+    # None leaves a field to the config, as in transformers
+    assert torch.equal(model.generate(ids, max_new_tokens=8, temperature=None, num_return_sequences=None), greedy)
+
+
+def test_transformers_settings_without_a_diffusion_meaning_are_refused_unless_neutral():
+    model = make_model()
+    ids = torch.tensor([PROMPTS[0]])
+    greedy = model.generate(ids, max_new_tokens=8)
+    neutral = dict(num_beams=1, repetition_penalty=1.0, use_cache=True, output_scores=False, min_new_tokens=0)
+    assert torch.equal(model.generate(ids, max_new_tokens=8, **neutral), greedy)
+    for setting in (dict(num_beams=3), dict(repetition_penalty=1.3), dict(bad_words_ids=[[8]]), dict(min_p=0.1),
+                    dict(output_scores=True), dict(stop_strings=["x"])):
+        with pytest.raises(ValueError, match=f"does not implement: {{'{next(iter(setting))}'"):
+            model.generate(ids, max_new_tokens=8, **setting)
+    with pytest.raises(ValueError, match="not generation settings"):  # a typo stays an error of its own
+        model.generate(ids, max_new_tokens=8, temprature=0.5)
+
+
+def test_a_transformers_generation_config_keeps_the_models_own_settings():
+    """Its unset fields (None) leave the model's saved values, e.g. a Dream model's schedule and top-p; an
+    MDLMGenerationConfig is a whole config and is used as it is."""
+    from transformers import GenerationConfig
+
+    model = make_model()
+    model.generation_config = MDLMGenerationConfig(schedule="dream", temperature=0.5, top_p=0.9, max_new_tokens=8,
+                                                   mask_token_id=MASK, eos_token_id=EOS)
+    ids = torch.tensor([PROMPTS[1]])
+    saved = model.generate(ids, generator=1)
+    assert torch.equal(model.generate(ids, generation_config=GenerationConfig(max_new_tokens=8), generator=1), saved)
+    assert torch.equal(model.generate(ids, generation_config=GenerationConfig(num_beams=1), generator=1), saved)
+    whole = MDLMGenerationConfig(max_new_tokens=8, mask_token_id=MASK, eos_token_id=EOS)
+    assert torch.equal(model.generate(ids, generation_config=whole, generator=1), model.generate(
+        ids, max_new_tokens=8, schedule="llada", temperature=0.0, top_p=None, generator=1))
+
+
+def test_stopping_criteria_read_the_finished_text_only():
+    """As in transformers, a criterion sees the text that is final: here the prompt and the blocks filled so far,
+    never a mask token; so a length criterion at the full length does not stop early, and one at the first block
+    stops after it."""
+    from transformers import MaxLengthCriteria, StoppingCriteria
+
+    class Record(StoppingCriteria):
+        def __init__(self):
+            self.widths = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            assert not (input_ids == MASK).any()
+            self.widths.append(input_ids.shape[1])
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    model = make_model()
+    ids, mask = left_pad(PROMPTS[:2])
+    P, common = ids.shape[1], dict(attention_mask=mask, max_new_tokens=16, steps=16, block_length=8,
+                                   return_dict_in_generate=True)
+    record = Record()
+    full = model.generate(ids, stopping_criteria=[record, MaxLengthCriteria(P + 16)], **common)
+    assert record.widths == [P + 8, P + 16] and full.num_model_calls == 16
+    first = model.generate(ids, stopping_criteria=[MaxLengthCriteria(P + 8)], **common)
+    assert first.num_model_calls == 8 and torch.equal(first.sequences[:, :P + 8], full.sequences[:, :P + 8])
+
+
+@pytest.mark.parametrize("remasking", ["random", "left_to_right"])
+def test_confidence_rules_need_a_confidence(remasking):
+    """threshold/factor commit what the model is sure of; random or left-to-right ranking has no such score (a
+    threshold would pass every position at once)."""
+    model = make_model()
+    for rule in (dict(threshold=0.9), dict(factor=1.0)):
+        with pytest.raises(ValueError, match=f"remasking='{remasking}' ranks them without a confidence"):
+            model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, remasking=remasking, **rule)

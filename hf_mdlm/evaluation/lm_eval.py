@@ -81,7 +81,7 @@ class MDLMEvalLM(TemplateLM):
         max_length: longest prompt + canvas; longer contexts lose their oldest tokens. Defaults to the
             config's `max_position_embeddings`.
         block_length, tokens_per_step: semi-autoregressive blocks and tokens committed per denoising step of
-            `generate_until`. Any other `MDLMGenerationConfig` field (e.g. `remasking`, `cfg_scale`) may be
+            `generate_until` (a block-diffusion model always samples in blocks of its `block_size`). Any other `MDLMGenerationConfig` field (e.g. `remasking`, `cfg_scale`) may be
             given here as a default for every generation.
         add_bos_token: prepend BOS to every context (our training prompts start with it).
         device, dtype: where and in which precision to run a model loaded from `pretrained`.
@@ -287,12 +287,16 @@ class MDLMEvalLM(TemplateLM):
         canvas = int(gen_kwargs.pop("max_gen_toks", None) or gen_kwargs.pop("max_new_tokens", None) or 256)
         do_sample = gen_kwargs.pop("do_sample", None)
         settings = {**self.generation_kwargs, **gen_kwargs}
-        if do_sample is False:
-            settings["temperature"] = 0.0
-        block = self.block_length or canvas
-        canvas = block * math.ceil(canvas / block)  # the sampler needs whole blocks
-        num_blocks = canvas // block
-        settings.update(max_new_tokens=canvas, block_length=block if num_blocks > 1 else None,
+        if do_sample is not None:  # generate() reads it as transformers does (False: greedy; True: sampled)
+            settings["do_sample"] = do_sample
+        model_block = getattr(self.model.config, "block_size", None)
+        if model_block:  # a block-diffusion model samples its own blocks, the last one possibly partial
+            block, num_blocks = model_block, math.ceil(canvas / model_block)
+        else:
+            block = self.block_length or canvas
+            canvas = block * math.ceil(canvas / block)  # the sampler needs whole blocks
+            num_blocks = canvas // block
+        settings.update(max_new_tokens=canvas, block_length=block if num_blocks > 1 or model_block else None,
                         steps=num_blocks * math.ceil(block / self.tokens_per_step), num_return_sequences=1,
                         return_dict_in_generate=False, output_history=False)
         return until, settings
