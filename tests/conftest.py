@@ -266,6 +266,7 @@ def hub_calls(monkeypatch):
 
     for name in ("create_repo", "create_commit", "upload_folder", "create_branch", "upload_file"):
         monkeypatch.setattr(HfApi, name, recorder(name))
+    monkeypatch.setattr("hf_mdlm.hub.outputs.hub_offline", lambda: False)  # the fakes are a reachable Hub
     return calls
 
 

@@ -119,6 +119,7 @@ class HubRecorder:
         for name in ("create_repo", "create_branch", "create_commit", "upload_folder", "upload_file",
                      "create_pull_request", "whoami"):
             monkeypatch.setattr(HfApi, name, self._recorder(name), raising=False)
+        monkeypatch.setattr("hf_mdlm.hub.outputs.hub_offline", lambda: False)  # the fakes are a reachable Hub
 
     def _recorder(self, name):
         def record(api, *args, **kwargs):
@@ -191,9 +192,11 @@ def no_work(monkeypatch, script):
 
 
 def test_finetune_checks_every_output_before_the_work(tmp_path, monkeypatch):
-    from hf_mdlm.hub import OutputFolderError
+    from hf_mdlm.hub import OutputFolderError, outputs
 
     script = no_work(monkeypatch, example("finetune"))
+    offline = outputs.hub_offline
+    monkeypatch.setattr(outputs, "hub_offline", lambda: False)  # the tests run offline; the first checks are others
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(OutputFolderError, match="is a file"):
@@ -214,6 +217,12 @@ def test_finetune_checks_every_output_before_the_work(tmp_path, monkeypatch):
         script.main(TINY + ["--output_dir", str(tmp_path / "run3")])
     with pytest.raises(OutputFolderError, match="holds no complete checkpoint"):
         script.main(TINY + ["--output_dir", str(tmp_path / "run4"), "--resume_from_checkpoint", "true"])
+    # offline mode (HF_HUB_OFFLINE) would fail the upload after the whole run: refused first
+    monkeypatch.setattr(outputs, "hub_offline", offline)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(OutputFolderError, match="cannot upload in offline mode"):
+        script.main(TINY + ["--output_dir", str(tmp_path / "run5"), "--push_to_hub", "true", "--hub_token", TOKEN])
+    assert not (tmp_path / "run5-hub").exists()
 
 
 def test_finetune_finds_a_read_only_output_folder_before_the_work(tmp_path, monkeypatch):

@@ -442,6 +442,7 @@ def test_resume_true_means_the_last_checkpoint(tmp_path, caplog):
 
     for step in (2, 10, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "rng_state.pth").write_bytes(b"")
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     (tmp_path / "checkpoint-12").mkdir()  # a save killed before its trainer_state.json: passed over, said so
     (tmp_path / "checkpoint-12" / "model.safetensors").write_bytes(b"partial")
@@ -457,6 +458,10 @@ def test_resume_true_means_the_last_checkpoint(tmp_path, caplog):
     assert resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path) == str(tmp_path / "checkpoint-2")
     with pytest.raises(OutputFolderError, match="no such checkpoint folder"):
         resolve_resume(str(tmp_path / "checkpoint-3"), tmp_path)
+    # a finished run's output folder has a trainer_state.json but nothing else to resume: it is not a checkpoint
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 10}')
+    with pytest.raises(OutputFolderError, match="a finished run's output folder, not a training checkpoint"):
+        resolve_resume(str(tmp_path), tmp_path / "next-run")
 
 
 def test_resuming_from_another_folders_checkpoint_keeps_the_output_checks(tmp_path):

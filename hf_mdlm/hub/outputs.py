@@ -91,6 +91,10 @@ def resolve_resume(value, output_dir) -> str | None:
     if not _finished_state(Path(text)):
         raise OutputFolderError(f"--resume_from_checkpoint {text}: not a complete checkpoint (no complete "
                                 "trainer_state.json; was its save interrupted?)")
+    if not any(Path(text).glob("rng_state*.pth")):  # Trainer writes it into every checkpoint, on every backend
+        raise OutputFolderError(f"--resume_from_checkpoint {text}: a finished run's output folder, not a training "
+                                "checkpoint (no optimizer, scheduler or random state to resume): resume from one of "
+                                f"its checkpoint-N folders, or train on from its weights with --model_name_or_path {text}")
     return text
 
 
@@ -289,6 +293,13 @@ class RunOutputs:
         self.close()
 
 
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE), where every upload fails."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict | None = None) -> RunOutputs:
     """Everything a training run will write, checked before any work (call it first thing).
 
@@ -322,6 +333,10 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict 
                 if hub is not None:
                     from huggingface_hub import get_token
 
+                    if hub_offline():  # the upload at the end would fail after the whole run
+                        raise OutputFolderError("--push_to_hub cannot upload in offline mode (HF_HUB_OFFLINE is set):"
+                                                " unset it, or train without --push_to_hub and upload the saved "
+                                                "folder later with examples/push_to_hub.py")
                     if hub.token is None and get_token() is None:
                         raise OutputFolderError("--push_to_hub needs a Hugging Face token (HF_TOKEN, `hf auth "
                                                 "login` or --hub_token) and none was found")
