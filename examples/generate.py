@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from hf_mdlm.cli import add_bool_flag, positive_int
+from hf_mdlm.cli import add_bool_flag, check_generation_settings, positive_int
 from hf_mdlm.generation_mdlm import GENERATION_FIELDS, REMASKING_STRATEGIES, mix_seed, strip_generation
 from hf_mdlm.loading import load_for_inference
 from hf_mdlm.visualization import DenoisingRecorder, TerminalRenderer, check_animation_path, write_animation
@@ -111,12 +111,12 @@ def main(argv=None) -> list[str]:
     if "eos_token_id" in settings and len(settings["eos_token_id"]) == 1:
         settings["eos_token_id"] = settings["eos_token_id"][0]
     settings["return_dict_in_generate"] = True
+    check_generation_settings(model, settings)
     config = model.generation_config
     ids_of = {name: settings.get(name, getattr(config, name, None)) for name in ("mask_token_id", "slack_token_id",
                                                                                   "eos_token_id")}
     if ids_of["eos_token_id"] is None:
         ids_of["eos_token_id"] = tokenizer.eos_token_id
-
     copies = settings.get("num_return_sequences", getattr(config, "num_return_sequences", 1) or 1)
     if args.stream and (len(prompts) > 1 or copies > 1):
         raise SystemExit("--stream needs a single prompt and num_return_sequences 1")

@@ -100,3 +100,12 @@ def require_plotting(what: str) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         raise ImportError(f"{what} draws plots with matplotlib, which is not installed: pip install 'hf_mdlm[eval]' "
                           "(or pip install matplotlib)")
+
+
+def check_generation_settings(model, settings: dict) -> None:
+    """Exit with one line naming the problem when the generation flags given (`settings`) cannot work with `model`'s
+    saved generation config: before any prompt runs, instead of a traceback from inside `generate`."""
+    try:
+        model._prepare_generation_config(None, dict(settings))
+    except ValueError as error:
+        raise SystemExit(f"generation settings: {error}") from None

@@ -266,8 +266,9 @@ class MDLMGenerationConfig(GenerationConfig):
             if not _is_int(self.block_length) or self.block_length <= 0:
                 raise ValueError(f"block_length must be a positive integer or None, got {self.block_length!r}")
             if g % self.block_length and not absolute:
-                raise ValueError(f"block_length={self.block_length} must divide max_new_tokens={g} (or use "
-                                 "block_alignment='absolute')")
+                raise ValueError(f"block_length={self.block_length} must divide max_new_tokens={g}: set a "
+                                 f"block_length that does (e.g. {g} for one block), a max_new_tokens that is a "
+                                 f"multiple of {self.block_length}, or block_alignment='absolute'")
         num_blocks = self.num_blocks
         if self.steps is not None:
             if not _is_int(self.steps) or self.steps <= 0:

@@ -501,6 +501,20 @@ def test_generate_gives_the_same_samples_for_any_batch_size(model_folder, capsys
     assert len(set(one)) > 1
 
 
+def test_generate_names_a_bad_setting_before_any_prompt_runs(model_folder, monkeypatch):
+    """Flags that cannot work together or with the folder's saved settings exit with one line saying what to change,
+    before generate() runs."""
+    from hf_mdlm import MDLMForMaskedLM
+
+    monkeypatch.setattr(MDLMForMaskedLM, "generate", lambda *a, **k: pytest.fail("generate() ran"))
+    with pytest.raises(SystemExit, match="generation settings: block_length=5 must divide max_new_tokens=16: set a "
+                                         "block_length"):
+        example("generate").main(["--model", str(model_folder), "--prompt", "Hi", "--max_new_tokens", "16",
+                                  "--block_length", "5"])
+    with pytest.raises(SystemExit, match="generation settings: threshold must be in"):
+        example("generate").main(["--model", str(model_folder), "--prompt", "Hi", "--threshold", "1.5"])
+
+
 def test_evaluate_refuses_fast_samplers_without_a_judge(tmp_path):
     """Without a judge only the ELBO is computed, which no sampler changes: `--kv_cache dual` used to do nothing."""
     with pytest.raises(SystemExit, match="--fast_samplers compares .* needs --judge"):

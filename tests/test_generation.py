@@ -642,7 +642,7 @@ GOOD = torch.tensor([[5, 6, 7]])
         (dict(max_new_tokens=40), "max_position_embeddings"),
         (dict(max_new_tokens=16, steps=6, block_length=4), "steps"),
         (dict(max_new_tokens=16, steps=2, block_length=4), "steps"),
-        (dict(max_new_tokens=16, block_length=5), r"must divide max_new_tokens=16 \(or use block_alignment='absolute'\)"),
+        (dict(max_new_tokens=16, block_length=5), r"must divide max_new_tokens=16: set a block_length that does \(e.g. 16 for one block\)"),
         (dict(block_alignment="rows"), "block_alignment must be one of"),
         (dict(block_alignment="absolute", block_length=None), "block_alignment='absolute' needs a block_length"),
         (dict(schedule="linear"), "schedule must be one of"),
