@@ -55,6 +55,11 @@ def check_folder_files(folder) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         return
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        # transformers would try to load the adapter's base by its auto_map (asking to run its code): say what it is
+        raise ValueError(f"{folder} is a LoRA adapter (adapter_config.json, no config.json), not a model: pass the "
+                         "merged model folder (finetune.py's --output_dir), or load the adapter onto its base with "
+                         "peft.PeftModel.from_pretrained, as its model card shows")
     problems = []
     for name in _FOLDER_JSON_FILES:
         if (folder / name).is_file():
