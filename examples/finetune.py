@@ -22,7 +22,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 from hf_mdlm import strip_generation
-from hf_mdlm.cli import add_bool_flag
+from hf_mdlm.cli import add_bool_flag, non_negative_int
 from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
 from hf_mdlm.hub import check_remote_code_loads, gathered_state_dict, prepare_run_outputs, save_model_folder
 from hf_mdlm.hub.remote_code import load_model
@@ -72,7 +72,8 @@ def sample_held_out(model, eval_dataset, tokenizer, num_samples, seed, bf16=Fals
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, MDLMTrainingArguments))
-    parser.add_argument("--num_samples", type=int, default=3, help="Held-out prompts sampled after training.")
+    parser.add_argument("--num_samples", type=non_negative_int, default=3,
+                        help="Held-out prompts sampled after training.")
     add_bool_flag(parser, "--overwrite_output_dir",
                         help="Delete an earlier run's files from --output_dir (and its -hub export) first.")
     model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(args=with_bundled_defaults(argv))

@@ -42,6 +42,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (a count where 0 means none): a negative one is an error, never silently none."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def parse_numbers(text: str, what: str = "values", below: float | None = None) -> list[float]:
     """Comma-separated numbers >= 0 (and < `below` if given)."""
     try:

@@ -30,6 +30,7 @@ Extras on top of the reference algorithm:
 import copy
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -299,8 +300,8 @@ class MDLMGenerationConfig(GenerationConfig):
         if self.factor is not None and self.threshold is not None:
             raise ValueError(f"threshold={self.threshold} and factor={self.factor} are two rules for how many tokens "
                              "a step commits: set one of them")
-        if not _is_number(self.cfg_scale) or not self.cfg_scale >= 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale!r}")
+        if not _is_number(self.cfg_scale) or not 0 <= self.cfg_scale < math.inf:
+            raise ValueError(f"cfg_scale must be a finite number >= 0, got {self.cfg_scale!r}")
         if not _is_number(self.eos_penalty) or not math.isfinite(self.eos_penalty):
             raise ValueError(f"eos_penalty must be a finite number, got {self.eos_penalty!r}")
         if not _is_number(self.shift_rate) or not 0 <= self.shift_rate < 1:
@@ -770,7 +771,7 @@ def counter_uniform(row_seeds, step, stream, positions, vocab_size=None) -> torc
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy integers too
 
 
 def _is_number(value) -> bool:
@@ -820,6 +821,9 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
     vocab = model.config.vocab_size
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
         raise ValueError(f"input_ids holds token ids outside the vocabulary [0, {vocab})")
+    if isinstance(attention_mask, GenerationConfig):  # transformers' generate takes it second; ours, the mask
+        raise ValueError("pass the generation config as generation_config=...: generate's second argument is the "
+                         "attention_mask")
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
             shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
@@ -931,7 +935,7 @@ def _seed_of(source) -> int:
     if isinstance(source, torch.Generator):
         return int(torch.randint(0, 2**62, (1,), generator=source, device=source.device).item())
     if _is_int(source):
-        return source & _MASK64
+        return int(source) & _MASK64
     raise ValueError(f"generator must be an int seed, a torch.Generator or a list of them, got {type(source).__name__}")
 
 
@@ -1156,9 +1160,10 @@ class DiffusionSampler:
             self.stale_from = self._block_start(block)
         if config.check_logits and not bool(finite.all()):
             row, column = (~finite).nonzero()[0].tolist()
-            raise ValueError(f"the model returned a non-finite logit (NaN or inf) for row {row}, canvas position "
-                             f"{window[0] + column} (block {block}): its weights or inputs are broken (e.g. a "
-                             "half-precision overflow); check_logits=False skips this check")
+            raise ValueError(f"a non-finite logit (NaN or inf) for row {row}, canvas position {window[0] + column} "
+                             f"(block {block}): the model's weights or inputs are broken (e.g. a half-precision "
+                             "overflow), or a logits processor or an extreme setting (temperature, cfg_scale) made "
+                             "it; check_logits=False skips this check")
 
     def _window_inputs(self, window, block_end):
         """(start, the canvas view of the window, its positions in the generated region, its canvas positions)."""

@@ -333,6 +333,10 @@ class MDLMModel(MDLMPreTrainedModel):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected (batch, {length})")
         if self.config.block_size and (attention_mask is None or attention_mask.dim() == 2):
             masks = self._block_causal_masks(key_mask_2d, position_ids.expand(batch, length), keys)
+        if masks and self.config._attn_implementation == "flex_attention" and inputs_embeds.device.type == "cpu":
+            # torch's CPU flex kernel aborts the whole process (a heap corruption) when given a mask
+            raise ValueError("flex_attention cannot apply a padding or block mask on the CPU (torch's kernel crashes "
+                             "the process): load the model with attn_implementation='sdpa' to run it on the CPU")
         cos, sin = self.rotary_emb(position_ids.expand(batch, length))
 
         all_hidden_states = () if output_hidden_states else None

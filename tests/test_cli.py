@@ -48,3 +48,13 @@ def test_every_script_flag_that_is_a_switch_takes_a_value():
     root = Path(__file__).resolve().parent.parent
     scripts = [*root.glob("examples/*.py"), *root.glob("bench/*.py"), *root.glob("experiments/*.py")]
     assert scripts and [s.name for s in scripts if 'action="store_true"' in s.read_text()] == []
+
+
+def test_counts_and_sizes_refuse_what_they_cannot_mean():
+    from hf_mdlm.cli import non_negative_int, positive_int
+
+    assert non_negative_int("0") == 0 and positive_int("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="must be an integer >= 0, got -1"):
+        non_negative_int("-1")  # --num_samples -1 used to draw none, silently
+    with pytest.raises(argparse.ArgumentTypeError, match="must be an integer >= 1, got 0"):
+        positive_int("0")

@@ -481,3 +481,10 @@ def test_sampler_names_are_checked_against_the_sampler():
         parse_samplers("x:entropi:1")
     with pytest.raises(argparse.ArgumentTypeError, match="bad temperature"):
         parse_samplers("x:random:hot")
+
+
+def test_a_diffusion_model_as_judge_is_named_before_transformers_asks_to_run_its_code(model_folder):
+    from hf_mdlm.evaluation import load_judge
+
+    with pytest.raises(ValueError, match="is an hf_mdlm \\(diffusion\\) model: the judge scores text with a causal LM"):
+        load_judge(str(model_folder))

@@ -823,7 +823,7 @@ def test_non_finite_logits_are_a_clear_error(bad, kv_cache):
 
     model.register_forward_hook(corrupt)
     with pytest.raises(ValueError, match=r"non-finite logit \(NaN or inf\) for row 0, canvas position 4 \(block 0\): "
-                                         "its weights or inputs are broken"):
+                                         "the model's weights or inputs are broken"):
         model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache)
     out = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, kv_cache=kv_cache, check_logits=False)
     assert out.shape == (1, 12)  # opted out: no error (the caller's risk)
@@ -1262,3 +1262,16 @@ def test_confidence_rules_need_a_confidence(remasking):
     for rule in (dict(threshold=0.9), dict(factor=1.0)):
         with pytest.raises(ValueError, match=f"remasking='{remasking}' ranks them without a confidence"):
             model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, remasking=remasking, **rule)
+
+
+def test_numpy_integers_work_and_mistakes_of_calling_convention_are_named():
+    import numpy as np
+
+    model = make_model()
+    ids = torch.tensor([PROMPTS[0]])
+    assert torch.equal(model.generate(ids, max_new_tokens=np.int64(8), steps=np.int64(4), generator=np.int64(3)),
+                       model.generate(ids, max_new_tokens=8, steps=4, generator=3))
+    with pytest.raises(ValueError, match="cfg_scale must be a finite number >= 0, got inf"):
+        model.generate(ids, max_new_tokens=8, cfg_scale=float("inf"))
+    with pytest.raises(ValueError, match="pass the generation config as generation_config="):
+        model.generate(ids, MDLMGenerationConfig(max_new_tokens=8))  # transformers' second positional argument

@@ -400,6 +400,9 @@ def test_blocks_see_themselves_and_earlier_blocks_only():
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="flash attention .* cannot apply the block-causal mask"):
         model(input_ids=ids)
+    model.config._attn_implementation = "flex_attention"  # refused with a mask on the CPU, where it aborts
+    with pytest.raises(ValueError, match="flex_attention cannot apply a padding or block mask on the CPU"):
+        model(input_ids=ids)
 
 
 def test_block_boundaries_follow_real_tokens_under_left_padding():

@@ -14,6 +14,8 @@ def test_refuses_bad_arguments(tmp_path):
         MDLMTrainingArguments(output_dir=str(tmp_path), slack_rule="sometimes")
     with pytest.raises(ValueError, match="not both 0"):
         MDLMTrainingArguments(output_dir=str(tmp_path), ce_weight=0.0, ctc_weight=0.0)
+    with pytest.raises(ValueError, match=r"--time_eps 0.0 must be in \(0, 1\)"):  # named, not the schedule's eps
+        MDLMTrainingArguments(output_dir=str(tmp_path), time_eps=0.0)
 
 
 def test_one_rule_says_when_a_run_needs_slack(tmp_path):

@@ -49,7 +49,7 @@ class MDLMTrainingArguments(TrainingArguments):
         noise_schedule (`str`, defaults to `"linear"`):
             The masking schedule m(t): `"linear"` or `"cosine"`.
         time_eps (`float`, defaults to `1e-3`):
-            The smallest mask probability m(0), in [0, 1).
+            The smallest mask probability m(0), in (0, 1).
         antithetic_time (`bool`, defaults to `True`):
             Stratify the times t over the global batch (low-discrepancy sampling, as in MDLM).
 
@@ -139,6 +139,6 @@ class MDLMTrainingArguments(TrainingArguments):
             raise ValueError(f"canvas_padding={self.canvas_padding!r}: expected one of {CANVAS_PADDINGS}")
         if self.loss_normalization not in NORMALIZATIONS:
             raise ValueError(f"loss_normalization={self.loss_normalization!r}: expected one of {NORMALIZATIONS}")
-        if not 0.0 <= self.time_eps < 1.0:
-            raise ValueError(f"time_eps={self.time_eps} must be in [0, 1)")
+        if not 0.0 < self.time_eps < 1.0:  # 0 would give t = 0 examples nothing masked to learn from
+            raise ValueError(f"--time_eps {self.time_eps} must be in (0, 1)")
         get_schedule(self.noise_schedule, self.time_eps)  # raises on an unknown name
