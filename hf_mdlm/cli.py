@@ -31,26 +31,24 @@ def add_bool_flag(parser, flag: str, *, default: bool | None = False, help: str 
                                help=help, **kwargs)
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (a batch size, a canvas length): 0 is an error, never a silent default."""
+def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {lowest}, got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {lowest}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a batch size, a canvas length): 0 is an error, never a silent default."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (a count where 0 means none): a negative one is an error, never silently none."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def parse_numbers(text: str, what: str = "values", below: float | None = None) -> list[float]:
