@@ -196,8 +196,11 @@ class MDLMGenerationConfig(GenerationConfig):
             greedy decoding of such a model otherwise commits `<slack>` almost everywhere.
         shift_rate (`float` in [0, 1)): positional-shift intervention: each token about to be committed at
             position i is committed, with this probability, at the adjacent still-masked position instead (i+1,
-            else i-1; with absolute blocks, inside the row's block); position i stays masked. "Still masked" means masked before the step, not chosen for
-            commitment in this step and not already the target of another shift.
+            else i-1; with absolute blocks, inside the row's block); position i stays masked. "Still masked" means
+            masked before the step, not chosen for commitment in this step and not already the target of another
+            shift. With a KV cache ("prefix", "dual") a shift in one row can move the block's first masked column,
+            where the cached calls start, so a row's approximate logits may depend on the batch
+            (`kv_cache_refresh=1`, or no cache, keeps rows independent).
 
     Speed:
         kv_cache (`str`, *optional*): None (every step runs the whole canvas through the model: exact), "prefix"
@@ -828,9 +831,11 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
         if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
             shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
             raise ValueError(f"attention_mask has shape {shape}, expected the shape of input_ids {tuple(input_ids.shape)}")
-        # one read of the device for both checks
-        not_binary, right_padded = torch.stack([((attention_mask != 0) & (attention_mask != 1)).any(),
-                                                (attention_mask[:, 1:] < attention_mask[:, :-1]).any()]).tolist()
+        # one read of the device for the checks and the longest real prompt
+        not_binary, right_padded, longest = torch.stack([
+            ((attention_mask != 0) & (attention_mask != 1)).any().long(),
+            (attention_mask[:, 1:] < attention_mask[:, :-1]).any().long(),
+            (attention_mask != 0).long().sum(-1).max()]).tolist()
         if not_binary:
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
         if right_padded:
@@ -846,10 +851,12 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
                             "was given: padding is read as prompt tokens; pass the tokenizer's attention_mask")
 
     gen_length = config.max_new_tokens
+    # positions count real tokens only: left padding takes none
+    longest = prompt_length if attention_mask is None else longest
     max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions is not None and prompt_length + gen_length > max_positions:
+    if max_positions is not None and longest + gen_length > max_positions:
         raise ValueError(
-            f"prompt length {prompt_length} + max_new_tokens {gen_length} = {prompt_length + gen_length} exceeds "
+            f"prompt length {longest} + max_new_tokens {gen_length} = {longest + gen_length} exceeds "
             f"the model's max_position_embeddings={max_positions}"
         )
     if config.mask_token_id is None:

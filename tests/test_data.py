@@ -242,6 +242,15 @@ def test_chat_turn_with_nothing_before_it_is_a_counted_skip(chat_tok):
     assert stats.skipped_no_prompt == 1 and stats.examples == 0
 
 
+def test_an_empty_assistant_turn_is_a_counted_skip(chat_tok):
+    """Its rendered response would be the template's end-of-turn text alone, trained as an answer."""
+    for content in (None, "", "  \n"):
+        chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": content}]
+        ds, stats = quiet_preprocess([{"messages": chat}, {"messages": chat[:1] + [
+            {"role": "assistant", "content": "Hello"}]}], chat_tok, args())
+        assert stats.skipped_empty_response == 1 and len(ds) == 1, content
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)

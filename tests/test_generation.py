@@ -1275,3 +1275,15 @@ def test_numpy_integers_work_and_mistakes_of_calling_convention_are_named():
         model.generate(ids, max_new_tokens=8, cfg_scale=float("inf"))
     with pytest.raises(ValueError, match="pass the generation config as generation_config="):
         model.generate(ids, MDLMGenerationConfig(max_new_tokens=8))  # transformers' second positional argument
+
+
+def test_left_padding_takes_no_positions_from_the_limit():
+    """Positions count real tokens: a padded batch whose rows fit is not refused for its padding columns."""
+    model = make_model()  # max_position_embeddings 128
+    ids, mask = left_pad([[5] * 4, [6] * 100])
+    padded = torch.cat([torch.full((2, 20), PAD), ids], dim=1)
+    padded_mask = torch.cat([torch.zeros(2, 20, dtype=torch.long), mask], dim=1)
+    assert torch.equal(model.generate(padded, attention_mask=padded_mask, max_new_tokens=28, steps=7)[:, 20:],
+                       model.generate(ids, attention_mask=mask, max_new_tokens=28, steps=7))
+    with pytest.raises(ValueError, match="prompt length 100 \\+ max_new_tokens 32 = 132 exceeds"):
+        model.generate(padded, attention_mask=padded_mask, max_new_tokens=32)

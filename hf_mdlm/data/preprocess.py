@@ -269,6 +269,11 @@ def _chat_pairs(tokenizer, messages: list[dict], all_turns: bool, stats: Preproc
         if i == 0:  # nothing before it to render as the prompt (chat templates refuse an empty conversation)
             stats.skipped_no_prompt += 1
             continue
+        content = messages[i].get("content")
+        if content is None or (isinstance(content, str) and not content.strip()):
+            # the template's end-of-turn text alone would be the response: the model would learn to say nothing
+            stats.skipped_empty_response += 1
+            continue
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         whole = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not whole.startswith(prefix):
