@@ -217,6 +217,10 @@ def test_finetune_checks_every_output_before_the_work(tmp_path, monkeypatch):
         script.main(TINY + ["--output_dir", str(tmp_path / "run3")])
     with pytest.raises(OutputFolderError, match="holds no complete checkpoint"):
         script.main(TINY + ["--output_dir", str(tmp_path / "run4"), "--resume_from_checkpoint", "true"])
+    # a logging integration that cannot start (wandb not installed) would fail after the model and data loaded
+    monkeypatch.setattr("transformers.integrations.integration_utils.is_wandb_available", lambda: False)
+    with pytest.raises(OutputFolderError, match="--report_to wandb: WandbCallback requires wandb"):
+        script.main(TINY + ["--output_dir", str(tmp_path / "run6"), "--report_to", "wandb"])
     # offline mode (HF_HUB_OFFLINE) would fail the upload after the whole run: refused first
     monkeypatch.setattr(outputs, "hub_offline", offline)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)

@@ -293,6 +293,19 @@ class RunOutputs:
         self.close()
 
 
+def check_reporting(training_args) -> None:
+    """Fail now, naming the missing package, when a `--report_to` integration cannot start (e.g. wandb not
+    installed): Trainer would find out only after the model and data are loaded."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    for callback in get_reporting_integration_callbacks(getattr(training_args, "report_to", None) or []):
+        try:
+            callback()
+        except (RuntimeError, ImportError) as error:
+            raise OutputFolderError(f"--report_to {callback.__name__.removesuffix('Callback').lower()}: {error}") \
+                from None
+
+
 def hub_offline() -> bool:
     """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE), where every upload fails."""
     from huggingface_hub import constants
@@ -315,6 +328,7 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict 
     from .upload import detach_hub_settings
 
     hub = detach_hub_settings(training_args)
+    check_reporting(training_args)
     output_dir = str(training_args.output_dir)
     for flag, path in (inputs or {}).items():
         if path and Path(path).exists():
