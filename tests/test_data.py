@@ -638,3 +638,13 @@ def test_fuzz_preprocessing_gives_well_formed_examples_or_a_value_error(chat_tok
             assert mask_id not in response and slack_id not in response, (case, example)
         outcomes["ok"] += 1
     assert outcomes["ok"] > 50 and outcomes["error"] > 10
+
+
+def test_a_name_that_is_neither_a_local_path_nor_reachable_on_the_hub_says_both(tmp_path, monkeypatch):
+    """`--dataset mydata` (a mistyped local folder) used to fail with datasets' "Couldn't reach 'mydata' on the Hub"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="dataset 'mydata': no local file or folder by that name, and loading it "
+                                         "from the Hub failed"):
+        load_raw_datasets("mydata", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="dataset file or folder not found: './mydata.jsonl'"):
+        load_raw_datasets("./mydata.jsonl", cache_dir=str(tmp_path / "cache"))

@@ -205,7 +205,11 @@ def load_raw_datasets(source: Any, config: str | None = None, cache_dir: str | N
         return _load_local(f"data folder {path}", path, config, cache_dir=cache_dir)
     if path.startswith((".", "/", "~")) or path.endswith(_JSON_SUFFIXES + _TEXT_SUFFIXES + (".parquet", ".gz")):
         raise FileNotFoundError(f"dataset file or folder not found: {path!r}")
-    return datasets.load_dataset(path, config, cache_dir=cache_dir)
+    try:  # a Hub dataset id, or a local name mistyped: say both
+        return datasets.load_dataset(path, config, cache_dir=cache_dir)
+    except Exception as error:  # offline, not found, no access: datasets' messages speak of the Hub only
+        raise ValueError(f"dataset {path!r}: no local file or folder by that name, and loading it from the Hub "
+                         f"failed ({type(error).__name__}: {error})") from error
 
 
 def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, max_length: int | None = None):
