@@ -78,6 +78,16 @@ def test_loss_parts_are_logged_and_eval_uses_diffusion_loss(tmp_path):
     assert "eval_loss_ctc" in first and first["eval_loss_ctc"] <= first["eval_loss_ce"] + 1e-6
 
 
+@pytest.mark.parametrize("normalization", ["canvas", "masked", "batch_tokens"])
+def test_the_weighted_loss_parts_add_up_to_the_loss(tmp_path, normalization):
+    """Logged in the loss's own unit (with batch_tokens: per response token, not per example), so that they can be
+    read against it and against each other."""
+    trainer = make_trainer(tmp_path, loss_normalization=normalization)
+    trainer.train()
+    for log in (e for e in trainer.state.log_history if "loss" in e):
+        assert log["loss_ce_weighted"] + log["loss_ctc_weighted"] == pytest.approx(log["loss"], rel=1e-4)
+
+
 def test_ce_only_baseline_needs_no_slack(tmp_path):
     model = MDLMForMaskedLM(tiny_config(slack_token_id=None))
     trainer = make_trainer(tmp_path, model, ctc_weight=0.0, slack_rule="none")

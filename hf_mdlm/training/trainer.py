@@ -152,7 +152,7 @@ class MDLMTrainer(Trainer):
         self._micro_step += 1
         if self._micro_step >= self._accumulation:  # the optimizer step is complete
             self._step_examples = None
-        self._record(result, num_slack, "train")
+        self._record(result, num_slack, inputs["response_lengths"], "train")
         return (loss, {"loss": loss}) if return_outputs else loss
 
     # ---- evaluation with the diffusion loss ----------------------------------------------------------------
@@ -171,7 +171,7 @@ class MDLMTrainer(Trainer):
         with torch.no_grad():
             # A fixed pseudo-step makes every evaluation draw the same noise: losses are comparable over time.
             result, num_slack, (logits, labels) = self.diffusion_forward(model, inputs, -1, positions, max(batch, 1))
-        self._record(result, num_slack, "eval")
+        self._record(result, num_slack, inputs["response_lengths"], "eval")
         denominator = (
             float(inputs["response_lengths"].sum()) / batch if self.args.loss_normalization == "batch_tokens" else 1.0
         )
@@ -188,8 +188,10 @@ class MDLMTrainer(Trainer):
         return output
 
     # ---- logging -------------------------------------------------------------------------------------------
-    def _record(self, result, num_slack, phase):
-        """Accumulate the loss parts (per example, averaged at the next log) for `phase` 'train' or 'eval'."""
+    def _record(self, result, num_slack, response_lengths, phase):
+        """Accumulate the loss parts for `phase` 'train' or 'eval', averaged at the next log over examples, or over
+        response tokens with `loss_normalization="batch_tokens"` (the loss's own unit: its weighted parts add up to
+        it)."""
         normalizer = result.normalizer
         parts = {"loss_ce": result.ce / normalizer,
                  "loss_ce_weighted": self.args.ce_weight * result.weight * result.ce / normalizer}
@@ -202,18 +204,21 @@ class MDLMTrainer(Trainer):
         for name, values in parts.items():  # tensor sums: no host sync until the next log
             sums[name] = sums[name] + values.detach().double().sum()
         sums["count"] += int(result.ce.shape[0])
+        if self.args.loss_normalization == "batch_tokens":  # the loss is per response token: so are its parts
+            sums["tokens"] = sums["tokens"] + response_lengths.detach().double().sum()
 
     def _flush_metrics(self, phase):
         """Means since the last flush, over all processes (every process calls this: it is a collective)."""
         sums = self._metrics[phase]
         self._metrics[phase] = defaultdict(float)
-        names = sorted(n for n in sums if n != "count")
+        names = sorted(n for n in sums if n not in ("count", "tokens"))
         values = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).to(self.args.device)
-                              for n in names + ["count"]])
+                              for n in names + ["count", "tokens"]])
         if self.args.world_size > 1:
             values = self.accelerator.reduce(values, reduction="sum")
-        count = values[-1].item()
-        return {n: round(v / count, 6) for n, v in zip(names, values[:-1].tolist())} if count else {}
+        *totals, count, tokens = values.tolist()
+        per = {n: tokens if tokens and n.startswith("loss_") else count for n in names}  # loss parts per token
+        return {n: round(v / per[n], 6) for n, v in zip(names, totals)} if count else {}
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:  # a training log: add the loss parts averaged since the previous one
