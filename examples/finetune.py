@@ -83,7 +83,8 @@ def main(argv=None):
     # the arguments Trainer sees (it would pickle it into training_args.bin), the checkpoint to resume from.
     inputs = {"--model_name_or_path": model_args.model_name_or_path, "--tokenizer_name": model_args.tokenizer_name,
               "--dataset": data_args.dataset, "--eval_split": data_args.eval_split}
-    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir, inputs=inputs) as outputs:
+    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir, inputs=inputs,
+                             lora_r=model_args.lora_r) as outputs:
         return run(model_args, data_args, training_args, extra, outputs)
 
 

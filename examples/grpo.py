@@ -110,7 +110,8 @@ def main(argv=None):
     rewards = reward_functions(reward_args.reward_funcs)  # before any work, as every other input
     inputs = {"--model_name_or_path": model_args.model_name_or_path, "--tokenizer_name": model_args.tokenizer_name,
               "--dataset": reward_args.dataset}
-    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir, inputs=inputs) as outputs:
+    with prepare_run_outputs(training_args, overwrite=extra.overwrite_output_dir, inputs=inputs,
+                             lora_r=model_args.lora_r) as outputs:
         return run(model_args, reward_args, training_args, rewards, outputs)
 
 

@@ -621,3 +621,23 @@ def test_a_full_disk_during_a_save_names_the_file_and_keeps_the_earlier_folder(t
     assert str(out / ".hf_mdlm-saving") in message and "File too large" in message
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert not (out / ".hf_mdlm-saving").exists()
+
+
+def test_a_checkpoint_resumes_only_into_a_run_of_its_kind(tmp_path):
+    """A LoRA checkpoint resumed as a full fine-tune (or the reverse, or at another rank) failed deep inside
+    transformers or torch: "missing keys", "a parameter group that doesn't match the size"."""
+    from hf_mdlm.hub import OutputFolderError
+    from hf_mdlm.hub.outputs import check_checkpoint_kind
+
+    full, adapter = tmp_path / "full", tmp_path / "adapter"
+    full.mkdir()
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    check_checkpoint_kind(full, 0)
+    check_checkpoint_kind(adapter, 8)
+    with pytest.raises(OutputFolderError, match="holds a full fine-tune: resume it with no --lora_r"):
+        check_checkpoint_kind(full, 4)
+    with pytest.raises(OutputFolderError, match="holds a LoRA adapter of rank 8: resume it with --lora_r 8"):
+        check_checkpoint_kind(adapter, 0)
+    with pytest.raises(OutputFolderError, match="holds a LoRA adapter of rank 8: resume it with --lora_r 8"):
+        check_checkpoint_kind(adapter, 4)

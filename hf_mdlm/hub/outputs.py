@@ -313,7 +313,8 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict | None = None) -> RunOutputs:
+def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict | None = None,
+                        lora_r: int | None = None) -> RunOutputs:
     """Everything a training run will write, checked before any work (call it first thing).
 
     Takes `push_to_hub`/`hub_token` out of `training_args` (`detach_hub_settings`), resolves
@@ -323,7 +324,8 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict 
     export folder `<output_dir>-hub` is writable and empty (`overwrite` empties an earlier export).
 
     `inputs` ({flag: path}, e.g. the model, data and tokenizer) are what the run reads: neither output folder may be
-    one of them, contain one or lie inside one (a local path; Hub ids are not checked).
+    one of them, contain one or lie inside one (a local path; Hub ids are not checked). `lora_r` (0 for a full
+    fine-tune) is checked against the checkpoint to resume, which must be of the same kind and rank.
     """
     from .upload import detach_hub_settings
 
@@ -337,6 +339,8 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict 
     resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     if resume is not None and Path(output_dir).resolve() not in Path(resume).resolve().parents:
         check_same_objective(resume, training_args)  # another run's checkpoint: it must train the same thing
+    if resume is not None and lora_r is not None:
+        check_checkpoint_kind(resume, lora_r)
     training_args.resume_from_checkpoint = resume
     folder = hub_dir = None
     # The other processes wait until the main one has checked (and, with overwrite, emptied) the folder.
@@ -360,6 +364,18 @@ def prepare_run_outputs(training_args, *, overwrite: bool = False, inputs: dict 
                 folder.close()
                 raise
     return RunOutputs(folder, resume, hub, hub_dir)
+
+
+def check_checkpoint_kind(checkpoint, lora_r: int) -> None:
+    """A LoRA run resumes from a checkpoint of its adapter (same rank), a full fine-tune from a full checkpoint: the
+    other kind fails deep inside transformers or torch (missing keys, optimizer groups of another size)."""
+    config = Path(checkpoint) / "adapter_config.json"
+    saved = json.loads(config.read_text()).get("r") if config.is_file() else 0
+    if bool(saved) != bool(lora_r) or (saved and lora_r and saved != lora_r):
+        holds = f"a LoRA adapter of rank {saved}" if saved else "a full fine-tune"
+        wants = f"--lora_r {saved}" if saved else "no --lora_r"
+        raise OutputFolderError(f"--resume_from_checkpoint {checkpoint} holds {holds}: resume it with {wants}, as the "
+                                "run that saved it (or start a new run from a saved model with --model_name_or_path)")
 
 
 def check_same_objective(checkpoint, training_args) -> None:
