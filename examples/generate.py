@@ -10,7 +10,7 @@ Examples::
 
 Every setting of `MDLMGenerationConfig` is a flag (`--steps`, `--block_length`, `--remasking`, `--threshold`,
 `--shift_rate`, `--suppress_slack`, ...); a flag that is not given keeps the model's `generation_config.json`
-value. Prompts are left-padded and batched; the chat template is applied when the tokenizer has one
+value, and `none` switches an optional one off (`--kv_cache none`, `--threshold none`). Prompts are left-padded and batched; the chat template is applied when the tokenizer has one
 (`--no_chat_template` to disable). The printed text has `<slack>` removed and is cut at the first EOS.
 """
 
@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from hf_mdlm.cli import add_bool_flag, check_generation_settings, positive_int
-from hf_mdlm.generation_mdlm import GENERATION_FIELDS, REMASKING_STRATEGIES, mix_seed, strip_generation
+from hf_mdlm.cli import (add_bool_flag, add_generation_flags, check_generation_settings, generation_settings,
+                         positive_int)
+from hf_mdlm.generation_mdlm import mix_seed, strip_generation
 from hf_mdlm.loading import load_for_inference
 from hf_mdlm.visualization import DenoisingRecorder, TerminalRenderer, check_animation_path, write_animation
-
-CHOICES = {"remasking": REMASKING_STRATEGIES}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,20 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool_flag(parser, "--visualize", help="redraw the first prompt's canvas at every step")
     parser.add_argument("--animate", metavar="PATH", help="save the first prompt's steps: .gif, .html, .png (mid step)")
 
-    group = parser.add_argument_group("generation settings (MDLMGenerationConfig; default: the model's)")
-    for name, (kind, default) in GENERATION_FIELDS.items():
-        flag = f"--{name}"
-        helptext = f"default: the model's generation_config.json (MDLMGenerationConfig default: {default})"
-        if name == "return_dict_in_generate":
-            helptext = "accepted for completeness; this script always asks for the dict output"
-        elif name == "output_history":
-            helptext = "print the raw canvas of the first sequence after every step"
-        if kind is bool:
-            add_bool_flag(group, flag, default=None, help=helptext)
-        elif name == "eos_token_id":
-            group.add_argument(flag, type=int, nargs="+", default=None, help=helptext)
-        else:
-            group.add_argument(flag, type=kind, default=None, choices=CHOICES.get(name), help=helptext)
+    add_generation_flags(parser, helps={
+        "return_dict_in_generate": "accepted for completeness; this script always asks for the dict output",
+        "output_history": "print the raw canvas of the first sequence after every step"})
     return parser
 
 
@@ -107,9 +95,7 @@ def main(argv=None) -> list[str]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    settings = {name: getattr(args, name) for name in GENERATION_FIELDS if getattr(args, name) is not None}
-    if "eos_token_id" in settings and len(settings["eos_token_id"]) == 1:
-        settings["eos_token_id"] = settings["eos_token_id"][0]
+    settings = generation_settings(args)  # the flags given; `--kv_cache none` etc. switch a saved setting off
     settings["return_dict_in_generate"] = True
     check_generation_settings(model, settings)
     config = model.generation_config

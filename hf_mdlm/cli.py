@@ -118,3 +118,53 @@ def check_generation_settings(model, settings: dict) -> None:
         model._prepare_generation_config(None, dict(settings))
     except ValueError as error:
         raise SystemExit(f"generation settings: {error}") from None
+
+
+class _Unset:
+    """The value of `--flag none`: switch off a setting the model folder saved (not the same as leaving it)."""
+
+    def __repr__(self):
+        return "none"
+
+
+UNSET = _Unset()
+
+
+def _or_none(kind):
+    def parse(text: str):
+        return UNSET if text.strip().lower() == "none" else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def add_generation_flags(parser, helps: dict | None = None):
+    """One flag per `MDLMGenerationConfig` setting, each defaulting to the model folder's saved value; a setting
+    whose default is None (`--kv_cache`, `--threshold`, `--block_length`, ...) also takes `none`, which switches off
+    what the folder saved. `generation_settings(args)` collects the flags given."""
+    from .generation_mdlm import GENERATION_FIELDS, REMASKING_STRATEGIES
+
+    group = parser.add_argument_group("generation settings (MDLMGenerationConfig; default: the model's)")
+    for name, (kind, default) in GENERATION_FIELDS.items():
+        flag = f"--{name}"
+        helptext = (helps or {}).get(name) or (
+            f"default: the model's generation_config.json (MDLMGenerationConfig default: {default})"
+            + ("; none switches the saved value off" if default is None else ""))
+        if kind is bool:
+            add_bool_flag(group, flag, default=None, help=helptext)
+        elif name == "eos_token_id":
+            group.add_argument(flag, type=int, nargs="+", default=None, help=helptext)
+        else:
+            choices = (*REMASKING_STRATEGIES,) if name == "remasking" else None
+            group.add_argument(flag, type=_or_none(kind) if default is None else kind, default=None, choices=choices,
+                               help=helptext)
+    return group
+
+
+def generation_settings(args) -> dict:
+    """The generation flags given (`add_generation_flags`), `none` as None: the keyword arguments of `generate`."""
+    from .generation_mdlm import GENERATION_FIELDS
+
+    settings = {name: getattr(args, name) for name in GENERATION_FIELDS if getattr(args, name, None) is not None}
+    if len(settings.get("eos_token_id") or ()) == 1:
+        settings["eos_token_id"] = settings["eos_token_id"][0]
+    return {name: None if value is UNSET else value for name, value in settings.items()}

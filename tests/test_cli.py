@@ -58,3 +58,17 @@ def test_counts_and_sizes_refuse_what_they_cannot_mean():
         non_negative_int("-1")  # --num_samples -1 used to draw none, silently
     with pytest.raises(argparse.ArgumentTypeError, match="must be an integer >= 1, got 0"):
         positive_int("0")
+
+
+def test_generation_flags_default_to_the_folder_and_none_switches_a_saved_setting_off():
+    from hf_mdlm.cli import add_generation_flags, generation_settings
+
+    parser = argparse.ArgumentParser()
+    add_generation_flags(parser)
+    assert generation_settings(parser.parse_args([])) == {}  # nothing given: the folder's own settings
+    given = parser.parse_args(["--kv_cache", "none", "--threshold", "None", "--steps", "8", "--eos_token_id", "3",
+                               "--suppress_slack", "--temperature", "0.5"])
+    assert generation_settings(given) == {"kv_cache": None, "threshold": None, "steps": 8, "eos_token_id": 3,
+                                          "suppress_slack": True, "temperature": 0.5}
+    with pytest.raises(SystemExit):  # a setting with a value as its default has no "none"
+        parser.parse_args(["--temperature", "none"])
