@@ -24,7 +24,8 @@ from transformers import HfArgumentParser, set_seed
 from hf_mdlm import strip_generation
 from hf_mdlm.cli import add_bool_flag, non_negative_int
 from hf_mdlm.data import DataArguments, DiffusionCollator, prepare_datasets
-from hf_mdlm.hub import check_remote_code_loads, gathered_state_dict, prepare_run_outputs, save_model_folder
+from hf_mdlm.hub import (check_remote_code_loads, fit_generation_config, gathered_state_dict, prepare_run_outputs,
+                         save_model_folder)
 from hf_mdlm.hub.remote_code import load_model
 from hf_mdlm.loading import ModelArguments, apply_lora, load_model_and_tokenizer, position_limit
 from hf_mdlm.tokenization import diffusion_token_ids
@@ -99,6 +100,7 @@ def run(model_args, data_args, training_args, extra, outputs):
     if tokenizer.pad_token_id is None:
         source = "the model config's pad_token_id" if getattr(model.config, "pad_token_id", None) == pad_id else "EOS"
         logger.info("the tokenizer has no pad token: batches are padded with id %d (%s)", pad_id, source)
+    fit_generation_config(model, training_args, data_args.canvas_length)  # checkpoints sample as the final model
     if model_args.lora_r > 0:
         model = apply_lora(model, model_args)
 

@@ -172,6 +172,10 @@ def test_push_to_hub_token_is_never_written_and_only_our_checked_export_is_uploa
     assert uploaded == sorted(p.relative_to(export).as_posix() for p in all_files(export))
     assert "training_args.bin" not in uploaded and "README.md" in uploaded
     assert seen_max_length == [1024]  # the model's position limit reaches the preprocessing (item 8)
+    # a checkpoint samples as the final model does (before, it kept the base's defaults, e.g. 128 new tokens)
+    generation = [{k: v for k, v in json.loads((folder / "generation_config.json").read_text()).items()
+                   if k != "transformers_version"} for folder in (out / "checkpoint-2", out)]
+    assert generation[0] == generation[1]
 
     # --resume_from_checkpoint true resumes from the last checkpoint of the output folder (item 8)
     resumed = script.main(TINY + ["--output_dir", str(out), "--max_steps", "3", "--save_strategy", "no",

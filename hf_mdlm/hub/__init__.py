@@ -22,7 +22,7 @@ from .cards import render_model_card
 from .checks import check_hub_folder, hub_files
 from .export import export_for_hub
 from .files import HUB_CODE_FILES, TOKENIZER_FILES, copy_hub_code
-from .folder import check_remote_code_loads, gathered_state_dict, save_model_folder
+from .folder import check_remote_code_loads, fit_generation_config, gathered_state_dict, save_model_folder
 from .outputs import (
     OutputFolder,
     OutputFolderError,
@@ -46,6 +46,7 @@ __all__ = [
     "copy_hub_code",
     "detach_hub_settings",
     "export_for_hub",
+    "fit_generation_config",
     "gathered_state_dict",
     "hub_files",
     "prepare_fresh_folder",

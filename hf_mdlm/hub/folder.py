@@ -33,15 +33,7 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
     if lora:
         model.save_pretrained(staging / "adapter")
         model = model.merge_and_unload()
-    model.generation_config = trained_generation_config(
-        model.generation_config, model.config, canvas_length or data_args.canvas_length,
-        # A model trained with <slack> in its canvases, decoded greedily, commits that predictable filler first and
-        # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
-        # So does a model whose base did (trained so earlier, e.g. the SFT model a GRPO run starts from).
-        suppress_slack=model.config.slack_token_id is not None and (
-            getattr(trainer.args, "canvas_holds_slack", False)
-            or bool(getattr(model.generation_config, "suppress_slack", False))),
-    )
+    fit_generation_config(model, trainer.args, canvas_length or data_args.canvas_length)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -57,6 +49,20 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
             f"({error.strerror}); {output_dir} keeps what it held before. Free space and save again") from error
     publish_staged(staging, output_dir)
     return model
+
+
+def fit_generation_config(model, training_args, canvas_length: int) -> None:
+    """Give `model` the sampling defaults of a model fine-tuned on `canvas_length` (`trained_generation_config`):
+    before training, so that checkpoints carry the same as the final folder, and again at the save (a no-op then)."""
+    model.generation_config = trained_generation_config(
+        model.generation_config, model.config, canvas_length,
+        # A model trained with <slack> in its canvases, decoded greedily, commits that predictable filler first and
+        # returns almost nothing (experiments/eos_study.py, both corpora): its default decoding leaves <slack> out.
+        # So does a model whose base did (trained so earlier, e.g. the SFT model a GRPO run starts from).
+        suppress_slack=model.config.slack_token_id is not None and (
+            getattr(training_args, "canvas_holds_slack", False)
+            or bool(getattr(model.generation_config, "suppress_slack", False))),
+    )
 
 
 def trained_generation_config(base, config, canvas: int, *, suppress_slack: bool) -> MDLMGenerationConfig:
