@@ -295,11 +295,11 @@ class MDLMGenerationConfig(GenerationConfig):
             raise ValueError(f"threshold must be in (0, 1] or None, got {self.threshold!r}")
         if self.factor is not None and (not _is_number(self.factor) or not 0 < self.factor < math.inf):
             raise ValueError(f"factor must be a finite number > 0 or None, got {self.factor!r}")
-        if (self.threshold is not None or self.factor is not None) and self.remasking in ("random", "left_to_right"):
+        if (self.threshold is not None or self.factor is not None) and self.remasking == "left_to_right":
             rule = f"threshold={self.threshold}" if self.threshold is not None else f"factor={self.factor}"
-            raise ValueError(f"{rule} commits the tokens the model is confident about, but remasking="
-                             f"{self.remasking!r} ranks them without a confidence: use low_confidence, entropy or "
-                             "margin (or drop the rule)")
+            raise ValueError(f"{rule} commits the positions whose score passes it, but remasking='left_to_right' "
+                             "scores every position 1 (all would pass: a whole block per step): use low_confidence, "
+                             "entropy, margin or random (or drop the rule)")
         if self.factor is not None and self.threshold is not None:
             raise ValueError(f"threshold={self.threshold} and factor={self.factor} are two rules for how many tokens "
                              "a step commits: set one of them")

@@ -261,10 +261,10 @@ def hub_calls(monkeypatch):
     def recorder(name):
         def record(self, *args, **kwargs):
             calls.append((name, args, kwargs))
-            return SimpleNamespace(commit_url=f"https://huggingface.co/{REPO}/commit/0", repo_id=REPO)
+            return SimpleNamespace(commit_url=f"https://huggingface.co/{REPO}/commit/0", repo_id=REPO, private=True)
         return record
 
-    for name in ("create_repo", "create_commit", "upload_folder", "create_branch", "upload_file"):
+    for name in ("create_repo", "create_commit", "upload_folder", "create_branch", "upload_file", "repo_info"):
         monkeypatch.setattr(HfApi, name, recorder(name))
     monkeypatch.setattr("hf_mdlm.hub.outputs.hub_offline", lambda: False)  # the fakes are a reachable Hub
     return calls

@@ -97,6 +97,9 @@ def test_lora_keeps_new_token_rows_trainable_and_saves_adapter(tmp_path):
     assert any("trainable_tokens" in n and "embed_tokens" in n for n in saved)
     assert any("trainable_tokens" in n and "lm_head" in n for n in saved)
     assert (out / "model.safetensors").exists()  # the merged, self-contained model
+    # the adapter's card applies the adapter's generation config to its base: the run's sampling defaults
+    assert json.loads((out / "adapter" / "generation_config.json").read_text()) == json.loads(
+        (out / "generation_config.json").read_text())
 
 
 def test_lora_pattern_that_matches_nothing_is_an_error(tmp_path):
@@ -119,6 +122,8 @@ class HubRecorder:
         for name in ("create_repo", "create_branch", "create_commit", "upload_folder", "upload_file",
                      "create_pull_request", "whoami"):
             monkeypatch.setattr(HfApi, name, self._recorder(name), raising=False)
+        # a private repository: what a --private upload checks (not recorded: it sends nothing)
+        monkeypatch.setattr(HfApi, "repo_info", lambda api, *a, **k: __import__("types").SimpleNamespace(private=True))
         monkeypatch.setattr("hf_mdlm.hub.outputs.hub_offline", lambda: False)  # the fakes are a reachable Hub
 
     def _recorder(self, name):

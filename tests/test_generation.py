@@ -1254,14 +1254,14 @@ def test_stopping_criteria_read_the_finished_text_only():
     assert first.num_model_calls == 8 and torch.equal(first.sequences[:, :P + 8], full.sequences[:, :P + 8])
 
 
-@pytest.mark.parametrize("remasking", ["random", "left_to_right"])
-def test_confidence_rules_need_a_confidence(remasking):
-    """threshold/factor commit what the model is sure of; random or left-to-right ranking has no such score (a
-    threshold would pass every position at once)."""
+def test_threshold_rules_need_scores_that_can_fail_them():
+    """left_to_right scores every position 1: a threshold or factor would pass all of them, a whole block per step.
+    (random scores are uniform draws: a threshold on them commits at random, as asked.)"""
     model = make_model()
     for rule in (dict(threshold=0.9), dict(factor=1.0)):
-        with pytest.raises(ValueError, match=f"remasking='{remasking}' ranks them without a confidence"):
-            model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, remasking=remasking, **rule)
+        with pytest.raises(ValueError, match="remasking='left_to_right' scores every position 1"):
+            model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, remasking="left_to_right", **rule)
+        model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=8, remasking="random", generator=0, **rule)
 
 
 def test_numpy_integers_work_and_mistakes_of_calling_convention_are_named():

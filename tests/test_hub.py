@@ -114,6 +114,31 @@ def test_export_from_a_saved_folder(exported, tokenizer, training_args, tmp_path
         export_for_hub(run, None, out, repo_id=REPO)
 
 
+def test_export_from_a_folder_of_links_as_in_the_hub_cache(exported, tokenizer, tmp_path):
+    """A Hub cache snapshot holds relative links into blobs/: hard-linking the link itself left a dangling one (the
+    export crashed, its staging folder left behind); the export holds the blob's bytes."""
+    run, blobs = tmp_path / "snapshots" / "abc", tmp_path / "blobs"
+    exported.model.save_pretrained(str(run))
+    tokenizer.save_pretrained(str(run))
+    blobs.mkdir()
+    weights = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").rename(blobs / "f00d")
+    (run / "model.safetensors").symlink_to(Path("..", "..", "blobs", "f00d"))
+    out = export_for_hub(run, None, tmp_path / "out", repo_id=REPO)
+    assert (out / "model.safetensors").read_bytes() == weights and not (out / "model.safetensors").is_symlink()
+
+
+def test_a_killed_exports_leftovers_do_not_block_the_next(tmp_path):
+    from hf_mdlm.hub import prepare_fresh_folder
+    from hf_mdlm.hub.outputs import PROBE_PREFIX, STAGING_NAME
+
+    out = tmp_path / "run-hub"
+    (out / STAGING_NAME).mkdir(parents=True)
+    (out / STAGING_NAME / "model.safetensors").write_bytes(b"half")
+    (out / f"{PROBE_PREFIX}1234").write_text("")
+    assert prepare_fresh_folder(out) == out and list(out.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_card_snippets_run_where_hf_mdlm_is_not_installed(exported, adapter_exported, tokenizer, tmp_path):
     """The one subprocess: both cards' usage snippets, by repo id from an offline HF cache, print the text that
@@ -150,16 +175,30 @@ def test_card_snippets_run_where_hf_mdlm_is_not_installed(exported, adapter_expo
 def test_push_creates_the_repo_and_uploads_every_file_in_one_commit(exported, hub_calls, capsys):
     info = push_to_hub(exported.folder, REPO, private=True, token=TOKEN)
     assert info.repo_id == REPO
-    assert [name for name, _, _ in hub_calls] == ["create_repo", "create_commit"]
+    assert [name for name, _, _ in hub_calls] == ["create_repo", "repo_info", "create_commit"]
     _, args, kwargs = hub_calls[0]
     assert args == (REPO,) and kwargs["private"] is True and kwargs["exist_ok"] is True
-    _, args, kwargs = hub_calls[1]
+    _, args, kwargs = hub_calls[2]
     assert args == (REPO,)
     assert sorted(op.path_in_repo for op in kwargs["operations"]) == FULL_FILES
     assert kwargs["revision"] is None and kwargs["commit_message"]
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err
     assert files_containing(exported.folder, TOKEN) == []
+
+
+def test_a_private_upload_never_goes_into_an_existing_public_repo(exported, hub_calls, monkeypatch):
+    """create_repo(private=True, exist_ok=True) leaves an existing repository public: the files would be public."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, *a, **k: SimpleNamespace(private=False))
+    with pytest.raises(ValueError, match=f"{REPO} already exists and is public: asked for a private upload"):
+        push_to_hub(exported.folder, REPO, private=True, token=TOKEN)
+    assert [name for name, _, _ in hub_calls] == ["create_repo"]  # nothing committed
+    push_to_hub(exported.folder, REPO, token=TOKEN)  # without --private: the repository's visibility, as it is
+    assert [name for name, _, _ in hub_calls][-1] == "create_commit"
 
 
 def _drop_auto_map(folder):
@@ -423,7 +462,7 @@ def test_the_final_save_is_staged_and_a_killed_save_leaves_no_loadable_folder(to
     with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):
         with OutputFolder(out):
             assert not (out / ".hf_mdlm-saving").exists()
-    assert "unfinished final save" in caplog.text
+    assert "the unfinished save of a process that was killed" in caplog.text
     (out / ".tmpq1w2e3").write_bytes(b"x" * 1000)  # a hidden temporary file of another tool: reported
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_mdlm.hub.outputs"):

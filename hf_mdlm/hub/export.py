@@ -37,8 +37,8 @@ def _copy_files(src: Path, dst: Path, names) -> None:
     for name in names:
         if (src / name).is_file():
             if name.endswith(".safetensors"):
-                with contextlib.suppress(OSError):
-                    os.link(src / name, dst / name)
+                with contextlib.suppress(OSError):  # the target of a link (a Hub cache snapshot is links to blobs/)
+                    os.link(os.path.realpath(src / name), dst / name)
                     continue
             shutil.copyfile(src / name, dst / name)
 
@@ -179,6 +179,9 @@ def export_for_hub(
         is_adapter = (source / "adapter_config.json").exists()
         if is_adapter:
             _copy_files(source, out, ADAPTER_FILES + ("generation_config.json",))
+            if not (out / "generation_config.json").exists() and (source.parent / "config.json").exists():
+                # the adapter/ of a run saved before it carried one: the run's sampling defaults, not the class's
+                _copy_files(source.parent, out, ("generation_config.json",))
         else:
             _copy_files(source, out, _model_dir_files(source))
             if (source / "adapter" / "adapter_config.json").exists():  # trained with LoRA, then merged

@@ -34,6 +34,8 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         model.save_pretrained(staging / "adapter")
         model = model.merge_and_unload()
     fit_generation_config(model, trainer.args, canvas_length or data_args.canvas_length)
+    if lora:  # the adapter's card applies these to its base: the run's sampling defaults, not the class's
+        model.generation_config.save_pretrained(staging / "adapter")
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -162,14 +162,7 @@ class OutputFolder:
         self._handle = handle
 
     def _clean_leftovers(self) -> None:
-        staging = self.path / STAGING_NAME
-        if staging.exists():
-            size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-            logger.warning("removing %s (%.1f MB): the unfinished final save of a run that was killed", staging,
-                           size / 1e6)
-            shutil.rmtree(staging)
-        for probe in self.path.glob(PROBE_PREFIX + "*"):  # left by a process killed between writing and removing it
-            probe.unlink(missing_ok=True)
+        remove_leftovers(self.path)
         hidden = [p.name for p in self.path.iterdir()
                   if p.name.startswith(".") and p.name != LOCK_NAME and not is_run_output(p.name)
                   and not p.name.startswith(PROBE_PREFIX)]
@@ -217,13 +210,26 @@ class OutputFolder:
         self.close()
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Remove what a killed save or export leaves in `folder`: its staging folder and writability probes."""
+    staging = folder / STAGING_NAME
+    if staging.exists():
+        size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        logger.warning("removing %s (%.1f MB): the unfinished save of a process that was killed", staging, size / 1e6)
+        shutil.rmtree(staging)
+    for probe in folder.glob(PROBE_PREFIX + "*"):  # left by a process killed between writing and removing it
+        probe.unlink(missing_ok=True)
+
+
 def prepare_fresh_folder(path, *, overwrite: bool = False, what: str = "folder",
                          flag: str = "--overwrite_output_dir") -> Path:
     """A folder that a later step will fill (e.g. the `<output_dir>-hub` export folder): writable and empty now.
 
-    An existing non-empty folder is an error, unless `overwrite` and it holds only files a run or an export writes
-    (then it is emptied)."""
+    A killed save's leftovers are removed first; then an existing non-empty folder is an error, unless `overwrite`
+    and it holds only files a run or an export writes (then it is emptied)."""
     path = Path(path)
+    if path.is_dir():
+        remove_leftovers(path)
     if path.is_dir() and any(path.iterdir()):
         entries = sorted(p.name for p in path.iterdir())
         foreign = [name for name in entries if not is_run_output(name)]

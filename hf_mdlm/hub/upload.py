@@ -23,7 +23,8 @@ def push_to_hub(
 
     `check_hub_folder` runs first, and so does a scan for the token in the files: with any problem a ValueError
     lists them all and nothing touches the network. Then the repository is created if needed (`private`:
-    None keeps the Hub's default / the existing visibility) and every file of the folder is committed at once.
+    None keeps the Hub's default / the existing visibility; True refuses an existing public repository) and every
+    file of the folder is committed at once.
     `token`: None lets huggingface_hub use `HF_TOKEN` or the login cache. It is never printed or written.
     """
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
@@ -40,6 +41,10 @@ def push_to_hub(
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    # create_repo leaves an existing repository's visibility as it is: `private` must not upload into a public one
+    if private and not api.repo_info(repo_id, repo_type="model").private:
+        raise ValueError(f"{repo_id} already exists and is public: asked for a private upload, nothing was sent. Make "
+                         "it private on the Hub (Settings) or choose another repository")
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in names]
