@@ -91,6 +91,9 @@ def load_prompts(reward_args, needs):
         raise ValueError(f"--dataset {reward_args.dataset} has no column {missing} (it has {dataset.column_names})")
     if reward_args.max_train_samples is not None:
         dataset = dataset.select(range(min(reward_args.max_train_samples, len(dataset))))
+    if len(dataset) == 0:  # training on nothing would save the start model as a GRPO model
+        raise ValueError(f"--dataset {reward_args.dataset} gives no prompts (with --max_train_samples "
+                         f"{reward_args.max_train_samples})")
     return dataset
 
 
@@ -107,6 +110,9 @@ def main(argv=None):
                         format="%(asctime)s %(name)s: %(message)s")
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required: GRPO starts from a fine-tuned model (examples/finetune.py)")
+    if training_args.eval_strategy != "no":
+        raise ValueError("--eval_strategy: this script has no evaluation prompts; evaluate the saved model with "
+                         "examples/evaluate.py, or call MDLMGRPOTrainer with an eval_dataset")
     rewards = reward_functions(reward_args.reward_funcs)  # before any work, as every other input
     inputs = {"--model_name_or_path": model_args.model_name_or_path, "--tokenizer_name": model_args.tokenizer_name,
               "--dataset": reward_args.dataset}

@@ -64,6 +64,7 @@ def test_grpo_runs_end_to_end_logs_rewards_exports_and_reloads(start_model, task
     facts = json.loads((out / "run_info.json").read_text())["reinforcement"]
     assert facts == {"method": "GRPO", "start_model": str(start_model), "rewards": ["exact_answer", "answer_format"],
                      "estimator": estimator, "dataset": str(task["prompts"])}
+    assert not any(out.rglob("README.md"))  # TRL's card (a causal LM, "fine-tuned version of None") is not written
     card = (export_for_hub(out, None, tmp_path / "hub", repo_id="org/sort-grpo") / "README.md").read_text()
     assert "Trained with GRPO" in card and "exact_answer, answer_format" in card
     assert f"| Per-token log-probabilities (`log_prob_estimator`) | {estimator} |" in card and '- "grpo"' in card
@@ -141,6 +142,24 @@ def test_bad_settings_and_inputs_are_named_before_any_work(start_model, task, tm
         MDLMGRPOConfig(output_dir=str(tmp_path / "x"), coupled_min_mask_rate=0.9, coupled_max_mask_rate=0.1)
     with pytest.raises(ValueError, match="use_vllm"):
         MDLMGRPOConfig(output_dir=str(tmp_path / "x"), use_vllm=True)
+    # settings the rollouts are scored under belong to GRPO; what the sampler cannot apply is refused
+    with pytest.raises(ValueError, match="--temperature must be > 0"):
+        MDLMGRPOConfig(output_dir=str(tmp_path / "x"), temperature=0.0)
+    for setting in (dict(repetition_penalty=1.3), dict(min_p=0.1)):
+        with pytest.raises(ValueError, match="--repetition_penalty and --min_p are not applied"):
+            MDLMGRPOConfig(output_dir=str(tmp_path / "x"), **setting)
+    with pytest.raises(ValueError, match="--generation_kwargs sets \['num_return_sequences', 'temperature'\]"):
+        MDLMGRPOConfig(output_dir=str(tmp_path / "x"), generation_kwargs={"temperature": 0, "num_return_sequences": 2})
+    with pytest.raises(ValueError, match="\['kv_cach'\] are not MDLMGenerationConfig settings"):
+        MDLMGRPOConfig(output_dir=str(tmp_path / "x"), generation_kwargs={"kv_cach": "dual"})
+    if not torch.cuda.is_available():  # TRL defaults to bf16, which fails on a CPU
+        assert MDLMGRPOConfig(output_dir=str(tmp_path / "x")).bf16 is False
+    with pytest.raises(ValueError, match="--eval_strategy: this script has no evaluation prompts"):
+        example("grpo").main(TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset", str(task["prompts"]),
+                                          "--output_dir", str(tmp_path / "e"), "--eval_strategy", "steps"])
+    with pytest.raises(ValueError, match="gives no prompts"):
+        example("grpo").main(TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset", str(task["prompts"]),
+                                          "--output_dir", str(tmp_path / "z"), "--max_train_samples", "0"])
     with pytest.raises(ValueError, match="unknown \\['length'\\].*known: exact_answer, answer_format"):
         grpo(start_model, task, tmp_path / "r", "--reward_funcs", "exact_answer,length")
     with pytest.raises(ValueError, match="--model_name_or_path is required"):

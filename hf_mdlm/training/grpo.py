@@ -29,7 +29,7 @@ try:
 except ImportError as error:  # pragma: no cover (the `rl` extra is not installed)
     raise ImportError('MDLMGRPOTrainer needs TRL: pip install -e ".[rl]" (or pip install trl)') from error
 
-from ..generation_mdlm import MDLMGenerationConfig, mix_seed
+from ..generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, mix_seed
 from .policy_log_probs import ESTIMATORS, completion_log_probs
 
 
@@ -84,7 +84,24 @@ class MDLMGRPOConfig(GRPOConfig):
         if self.use_vllm or self.use_transformers_continuous_batching:
             raise ValueError("use_vllm / use_transformers_continuous_batching sample autoregressively: a masked "
                              "diffusion LM's rollouts come from its own sampler (leave them off)")
+        if not self.temperature > 0:  # the rollouts are scored under the distribution they were drawn from
+            raise ValueError(f"--temperature must be > 0 (got {self.temperature}): GRPO needs sampled rollouts, and "
+                             "greedy ones make every completion of a prompt the same")
+        if self.repetition_penalty != 1.0 or self.min_p:
+            raise ValueError("--repetition_penalty and --min_p are not applied by the diffusion sampler (its settings: "
+                             "--temperature, --top_p, --top_k, --generation_kwargs)")
+        if self.bf16 is None and not torch.cuda.is_available():  # TRL's default (bf16) cannot run on the CPU
+            self.bf16 = False
         super().__post_init__()
+        settings = self.generation_kwargs or {}
+        owned = sorted(set(settings) & {"temperature", "top_p", "top_k", "do_sample", "max_new_tokens", "max_length",
+                                        "num_return_sequences", "return_dict_in_generate"})
+        if owned:
+            raise ValueError(f"--generation_kwargs sets {owned}, which GRPO sets itself (rollouts are scored under "
+                             "them): use --temperature, --top_p, --top_k, --max_completion_length, --num_generations")
+        unknown = sorted(set(settings) - set(GENERATION_FIELDS))
+        if unknown:
+            raise ValueError(f"--generation_kwargs: {unknown} are not MDLMGenerationConfig settings")
 
 
 class MDLMGRPOTrainer(GRPOTrainer):
@@ -130,7 +147,12 @@ class MDLMGRPOTrainer(GRPOTrainer):
         self._fill_token_id = base.config.eos_token_id if base.config.eos_token_id is not None else \
             self.eos_token_ids[0]
 
+    def create_model_card(self, *args, **kwargs):
+        """Writes nothing: TRL's card describes a causal LM (a text-generation pipeline, "fine-tuned version of
+        None"); this model's card is rendered when it is exported (`hf_mdlm.hub.export_for_hub`)."""
+
     # ---- rollouts ----------------------------------------------------------------------------------------------
+
     def _rollout_seeds(self, rows: int) -> torch.Tensor:
         """(rows,) seeds of this process's rollouts: mixed from (seed, optimizer step, index in the global batch).
         TRL's sampler lays the global generation batch out over processes in order, so a row's index (and its
