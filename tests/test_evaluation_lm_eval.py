@@ -163,8 +163,16 @@ def test_generate_until_samples_when_asked_and_runs_block_diffusion_models(model
     greedy = answers(lm, max_gen_toks=8, do_sample=False)
     assert answers(lm, max_gen_toks=8, do_sample=True) == answers(lm, max_gen_toks=8, temperature=1.0)
     assert answers(lm, max_gen_toks=8, do_sample=True) != greedy
+    with pytest.raises(ValueError, match="\\['steps'\\] are set per request"):  # they were silently overwritten
+        MDLMEvalLM(model, tokenizer, steps=4)
+    with pytest.raises(ValueError, match="request 0: 'steps' is set per request from tokens_per_step"):
+        answers(lm, max_gen_toks=8, steps=2)
     torch.manual_seed(0)
     blocks = MDLMForMaskedLM(bundled_config(tokenizer, block_size=4)).eval()
+    # is_greedy on a continuation that is not whole blocks (it asked for steps the blocks do not divide)
+    scored = MDLMEvalLM(blocks, tokenizer, mc_num=2, compute_is_greedy=True).loglikelihood(
+        [request("Now is the", " winter of our discontent")], disable_tqdm=True)
+    assert isinstance(scored[0][1], bool)
     for max_gen_toks in (3, 4, 8):
         for block_length in (None, 4):
             [text] = MDLMEvalLM(blocks, tokenizer, block_length=block_length).generate_until(

@@ -117,6 +117,10 @@ class MDLMEvalLM(TemplateLM):
         if unknown:
             raise ValueError(f"unknown argument(s) {unknown}: expected adapter arguments or MDLMGenerationConfig "
                              f"fields ({sorted(GENERATION_FIELDS)})")
+        derived = sorted(set(generation_kwargs) & {"steps", "max_new_tokens"})
+        if derived:  # each request's canvas and steps come from its max_gen_toks and tokens_per_step
+            raise ValueError(f"{derived} are set per request (from the task's max_gen_toks and tokens_per_step): "
+                             "pass tokens_per_step instead")
         if isinstance(pretrained, str):
             torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
             # An hf_mdlm folder loads with the installed classes; another folder's code runs only when trusted.
@@ -243,9 +247,9 @@ class MDLMEvalLM(TemplateLM):
         # Our sampler's defaults (not the folder's saved ones): temperature 0, low-confidence, one token per step.
         config = MDLMGenerationConfig.from_model_config(self.model.config)
         prompt = torch.tensor([context], dtype=torch.long, device=self.model.device)
-        canvas = self.model.generate(prompt, generation_config=config, max_new_tokens=len(continuation),
-                                     steps=len(continuation))
-        return canvas[0, len(context):].tolist() == continuation
+        # (steps unset: one token per step, whole blocks for a block-diffusion model, which may run past the end)
+        canvas = self.model.generate(prompt, generation_config=config, max_new_tokens=len(continuation))
+        return canvas[0, len(context):len(context) + len(continuation)].tolist() == continuation
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         out = []
@@ -282,6 +286,8 @@ class MDLMEvalLM(TemplateLM):
         unknown = sorted(set(gen_kwargs) - _HARNESS_GEN_KEYS - set(GENERATION_FIELDS))
         if unknown:
             raise ValueError(f"{what}: unsupported generation argument(s) {unknown}")
+        if "steps" in gen_kwargs:  # it would be overwritten below
+            raise ValueError(f"{what}: 'steps' is set per request from tokens_per_step (an adapter argument)")
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         canvas = int(gen_kwargs.pop("max_gen_toks", None) or gen_kwargs.pop("max_new_tokens", None) or 256)
