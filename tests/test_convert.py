@@ -435,3 +435,26 @@ def test_a_conversion_killed_at_any_moment_leaves_nothing_that_loads(tmp_path):
         visible = [p.name for p in folder.iterdir() if not p.name.startswith(".")] if folder.exists() else []
         main(["llada", str(LLADA_TINY), str(folder)] + (["--overwrite"] if visible else []))
         assert not (folder / ".hf_mdlm-saving").exists() and MDLMForMaskedLM.from_pretrained(folder) is not None
+
+
+def test_a_tokenizer_that_names_its_own_code_converts_to_one_that_loads_without_it(tmp_path):
+    """Dream's tokenizer_config.json names tokenization_dream.py (auto_map); the converted folder does not carry the
+    code, so its tokenizer did not load (and would only have run with trust_remote_code)."""
+    from conftest import TOKENIZER_DIR
+    from transformers import AutoTokenizer
+
+    from hf_mdlm.hub.remote_code import load_tokenizer
+
+    src = tmp_path / "dream"
+    shutil.copytree(FIXTURES / "dream-tiny", src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER_DIR / name, src / name)
+    settings = json.loads((src / "tokenizer_config.json").read_text())
+    settings.update(tokenizer_class="DreamTokenizer", auto_map={"AutoTokenizer": [None, "tokenization_dream.DreamTokenizer"]})
+    (src / "tokenizer_config.json").write_text(json.dumps(settings))
+    (src / "tokenization_dream.py").write_text("raise RuntimeError('the source code ran')\n")
+    convert_checkpoint(src, tmp_path / "out")
+    converted = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert "auto_map" not in converted and converted["tokenizer_class"] == "PreTrainedTokenizerFast"
+    text = "Now is the winter of our discontent"
+    assert load_tokenizer(tmp_path / "out")(text).input_ids == AutoTokenizer.from_pretrained(TOKENIZER_DIR)(text).input_ids

@@ -140,8 +140,32 @@ def write_converted(src, dst, config: MDLMConfig, rename: KeyRenamer, generation
         for name in TOKENIZER_FILES:
             if (src / name).exists():
                 shutil.copyfile(src / name, dst / name)
+        _standard_tokenizer_class(dst)
     logger.info("converted the %s checkpoint %s into %s", family, src, dst)
     return config
+
+
+def _standard_tokenizer_class(folder: Path) -> None:
+    """A tokenizer that names its own code (`auto_map`, e.g. Dream's tokenization_dream.py) gets a transformers class
+    that reads the same files instead: the converted folder never needs the source's code (which is not copied and
+    would only run with trust_remote_code). tokenizer.json: the generic fast tokenizer; vocab.json + merges.txt (a
+    byte-level BPE, as Dream's, built on Qwen2's): Qwen2's."""
+    path = folder / "tokenizer_config.json"
+    settings = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not settings.get("auto_map"):
+        return
+    if (folder / "tokenizer.json").exists():
+        standard = "PreTrainedTokenizerFast"
+    elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        standard = "Qwen2Tokenizer"
+    else:
+        logger.warning("%s names tokenizer code (%s) that the converted folder does not carry, and no standard "
+                       "tokenizer files: pass --tokenizer_name when training", path, settings["auto_map"])
+        return
+    logger.info("the source tokenizer names its own code (%s): the converted folder uses %s on the same files",
+                settings.pop("auto_map"), standard)
+    settings["tokenizer_class"] = standard
+    path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def refuse(family: str, source: dict, field: str, allowed) -> None:
