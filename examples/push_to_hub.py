@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
 from hf_mdlm.cli import add_bool_flag
-from hf_mdlm.hub import OutputFolderError, export_for_hub, hub_files, push_to_hub
+from hf_mdlm.hub import export_for_hub, hub_files, push_to_hub
 from hf_mdlm.hub.outputs import check_apart, prepare_fresh_folder
 from hf_mdlm.hub.upload import DEFAULT_COMMIT_MESSAGE
 
@@ -61,18 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
 def build_folder(args, out_dir: Path) -> Path:
     """Export MODEL_DIR (or its adapter) into `out_dir`, with the card written for REPO_ID."""
     model_dir = Path(args.model_dir)
-    if not model_dir.is_dir():
-        raise SystemExit(f"--model_dir {model_dir} is not a folder")
     source = model_dir
     if args.adapter and not (model_dir / "adapter_config.json").exists():
         source = model_dir / "adapter"
         if not (source / "adapter_config.json").exists():
             raise SystemExit(f"--adapter: neither {model_dir} nor {source} holds an adapter_config.json")
-    # The tokenizer and the run's records live in MODEL_DIR, also when the adapter is its subfolder.
-    tokenizer = model_dir if (model_dir / "tokenizer_config.json").exists() and source != model_dir else None
+    run_dir = model_dir
+    if source == model_dir and (model_dir / "adapter_config.json").exists() and \
+            (model_dir.parent / "config.json").exists():  # the adapter/ of a run folder: the run is its parent
+        run_dir = model_dir.parent
+    # The tokenizer and the run's records live in the run folder, also when the adapter is its subfolder.
+    tokenizer = run_dir if (run_dir / "tokenizer_config.json").exists() and source != run_dir else None
     return export_for_hub(
         source, tokenizer, out_dir, repo_id=args.repo_id, base_model=args.base_model, datasets=args.datasets,
-        license=args.license, eval_results=args.eval_results, run_dir=model_dir,
+        license=args.license, eval_results=args.eval_results, run_dir=run_dir,
     )
 
 
@@ -90,7 +93,10 @@ def publish_base(args) -> None:
         Path(args.model_dir) / "adapter"
     if not args.adapter or not (adapter / "adapter_config.json").exists():
         raise SystemExit("--push_base needs --adapter and a folder holding an adapter")
-    base_dir = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_dir = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_dir:
+        raise SystemExit("--push_base: the adapter records no base model (trained from scratch?): there is no base to "
+                         "publish; name one with --base_model")
     if not (Path(base_dir) / "config.json").exists():
         raise SystemExit(f"--push_base: the adapter's base {base_dir} is not a local folder; name it with --base_model")
     base_args = argparse.Namespace(**{**vars(args), "model_dir": base_dir, "repo_id": args.push_base, "adapter": False,
@@ -104,33 +110,38 @@ def main(argv=None):
     args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
     if args.dry_run and args.out_dir is None:
         raise SystemExit("--dry_run needs --out_dir (the folder to build and inspect)")
-    if args.push_base:
-        publish_base(args)
-    if args.out_dir is not None:
+    if not Path(args.model_dir).is_dir():
+        raise SystemExit(f"--model_dir {args.model_dir} is not a folder")
+    try:  # a refused folder, file or upload is one line naming it
+        if args.push_base:
+            publish_base(args)
+        if args.out_dir is None:  # beside the model folder: its weights are hard-linked there, not copied elsewhere
+            beside = Path(args.model_dir).resolve().parent
+            with tempfile.TemporaryDirectory(prefix=".hf_mdlm-upload-",
+                                             dir=beside if os.access(beside, os.W_OK) else None) as tmp:
+                return publish(args, Path(tmp) / "upload")
         out_dir = Path(args.out_dir)
-        try:  # before anything is deleted: never the model folder, a folder holding it, or one inside it; and
-            # --overwrite empties an earlier export only (a folder holding anything else is refused, nothing deleted)
-            check_apart(out_dir, args.model_dir)
-            prepare_fresh_folder(out_dir, overwrite=args.overwrite, what="--out_dir", flag="--overwrite")
-        except OutputFolderError as error:
-            raise SystemExit(str(error)) from None
-        folder = build_folder(args, out_dir)
-        if args.dry_run:
-            print_files(folder, args.repo_id, "would upload")
-            print("dry run: nothing was uploaded")
-            return folder
-        print_files(folder, args.repo_id, "uploading")
-        info = push_to_hub(folder, args.repo_id, private=args.private or None, revision=args.revision,
-                           commit_message=args.commit_message)
-        print(f"uploaded: {info.commit_url}")
-        return info
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_folder(args, Path(tmp) / "upload")
-        print_files(folder, args.repo_id, "uploading")
-        info = push_to_hub(folder, args.repo_id, private=args.private or None, revision=args.revision,
-                           commit_message=args.commit_message)
-        print(f"uploaded: {info.commit_url}")
-        return info
+        # before anything is deleted: never the model folder, a folder holding it, or one inside it; and
+        # --overwrite empties an earlier export only (a folder holding anything else is refused, nothing deleted)
+        check_apart(out_dir, args.model_dir)
+        prepare_fresh_folder(out_dir, overwrite=args.overwrite, what="--out_dir", flag="--overwrite")
+        return publish(args, out_dir)
+    except (ValueError, FileNotFoundError) as error:  # OutputFolderError is a ValueError
+        raise SystemExit(f"push_to_hub.py: {error}") from None
+
+
+def publish(args, out_dir: Path):
+    """Build the upload folder in `out_dir`; list it (--dry_run) or upload it."""
+    folder = build_folder(args, out_dir)
+    if args.dry_run:
+        print_files(folder, args.repo_id, "would upload")
+        print("dry run: nothing was uploaded")
+        return folder
+    print_files(folder, args.repo_id, "uploading")
+    info = push_to_hub(folder, args.repo_id, private=args.private or None, revision=args.revision,
+                       commit_message=args.commit_message)
+    print(f"uploaded: {info.commit_url}")
+    return info
 
 
 if __name__ == "__main__":

@@ -605,6 +605,20 @@ def test_script_dry_run_lists_the_files_and_uploads_nothing(exported, adapter_ex
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "me/base"
     assert 'AutoModel.from_pretrained("me/base"' in (out / "README.md").read_text() and hub_calls == []
 
+    # the adapter folder itself as MODEL_DIR: the tokenizer and the records come from its run folder
+    out = script.main(["--model_dir", str(run / "adapter"), "--repo_id", ADAPTER_REPO, "--base_model", BASE_REPO,
+                       "--dry_run", "--out_dir", str(tmp_path / "up-adapter-dir")])
+    assert check_hub_folder(out) == [] and (out / "tokenizer.json").exists() and (out / "trainer_state.json").exists()
+    # an adapter that records no base (trained from scratch) has none to publish: said so, no TypeError
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(SystemExit, match="--push_base: the adapter records no base model"):
+        script.main(["--model_dir", str(run), "--repo_id", ADAPTER_REPO, "--adapter", "--push_base", "me/base",
+                     "--dry_run", "--out_dir", str(tmp_path / "up-nobase")])
+    with pytest.raises(SystemExit, match="push_to_hub.py: .*missing.json"):  # a refused input is one line
+        script.main(["--model_dir", str(run), "--repo_id", REPO, "--eval_results", str(tmp_path / "missing.json"),
+                     "--dry_run", "--out_dir", str(tmp_path / "up-missing")])
+
 
 @pytest.mark.parametrize("where", ["same", "parent", "inside"])
 def test_push_to_hub_overwrite_never_deletes_the_model(model_folder, tmp_path, where):
