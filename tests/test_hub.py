@@ -128,6 +128,19 @@ def test_export_from_a_folder_of_links_as_in_the_hub_cache(exported, tokenizer, 
     assert (out / "model.safetensors").read_bytes() == weights and not (out / "model.safetensors").is_symlink()
 
 
+def test_records_written_elsewhere_are_exported_without_tokens(exported, tokenizer, tmp_path):
+    """Only this session's token was scanned for: a record holding another one (an older login) was uploaded."""
+    run = tmp_path / "run"
+    exported.model.save_pretrained(str(run))
+    tokenizer.save_pretrained(str(run))
+    other = "hf_" + "Q" * 30
+    (run / "training_args.json").write_text(json.dumps({"hub_token": other, "report_to": [f"see {other}"]}))
+    out = export_for_hub(run, None, tmp_path / "out", repo_id=REPO)
+    assert other not in (out / "training_args.json").read_text()
+    assert json.loads((out / "training_args.json").read_text()) == {"hub_token": "<HUB_TOKEN>",
+                                                                    "report_to": ["see <TOKEN>"]}
+
+
 def test_a_killed_exports_leftovers_do_not_block_the_next(tmp_path):
     from hf_mdlm.hub import prepare_fresh_folder
     from hf_mdlm.hub.outputs import PROBE_PREFIX, STAGING_NAME

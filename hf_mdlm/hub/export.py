@@ -219,6 +219,15 @@ def export_for_hub(
     run_dir = Path(run_dir) if run_dir is not None else source
     if run_dir is not None:
         _copy_files(run_dir, out, RUN_FILES)
+        for name in RUN_FILES:  # records written elsewhere may hold a token (any hf_... string): blanked, as ours are
+            if name.endswith(".json") and (out / name).is_file():
+                try:
+                    record = json.loads((out / name).read_text(encoding="utf-8"))
+                except ValueError:
+                    continue  # not JSON: left to check_hub_folder's token scan
+                if _blank_secrets(record) != record:
+                    (out / name).write_text(json.dumps(_blank_secrets(record), indent=2, sort_keys=True) + "\n",
+                                            encoding="utf-8")
     if trainer_state is not None:
         _write_trainer_state(trainer_state, out)
     if training_args is not None:
