@@ -881,14 +881,7 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
     if config.kv_cache is not None and "cache_position" not in inspect.signature(type(model).forward).parameters:
         raise ValueError(f"kv_cache={config.kv_cache!r} needs a model whose forward takes a cache and "
                          f"cache_position; {type(model).__name__} does not")
-    model_block = getattr(model.config, "block_size", None)
-    if model_block is not None and (config.block_alignment != "absolute" or config.block_length != model_block):
-        raise ValueError(f"this model attends in blocks of block_size={model_block}, so it samples with "
-                         f"block_alignment='absolute' and block_length={model_block}; got block_alignment="
-                         f"{config.block_alignment!r} and block_length={config.block_length}")
-    if config.compile and getattr(model.config, "num_experts", 0):
-        raise ValueError("compile=True needs a dense model: a mixture of experts dispatches tokens to experts with "
-                         "data-dependent shapes, which a full-graph compile cannot hold")
+    check_config_fits_model(config, model.config)
     device = model.device
     row_seeds = torch.tensor(_row_seeds(generator, batch, config.num_return_sequences), dtype=torch.long,
                              device=device)
@@ -936,6 +929,18 @@ def _prepare_state(model, config, input_ids, attention_mask, generator, streamer
         eos_ids=eos_ids,
         cache=cache,
     )
+
+
+def check_config_fits_model(config, model_config) -> None:
+    """Raise a ValueError for a generation config that this model's architecture cannot sample with."""
+    model_block = getattr(model_config, "block_size", None)
+    if model_block is not None and (config.block_alignment != "absolute" or config.block_length != model_block):
+        raise ValueError(f"this model attends in blocks of block_size={model_block}, so it samples with "
+                         f"block_alignment='absolute' and block_length={model_block}; got block_alignment="
+                         f"{config.block_alignment!r} and block_length={config.block_length}")
+    if config.compile and getattr(model_config, "num_experts", 0):
+        raise ValueError("compile=True needs a dense model: a mixture of experts dispatches tokens to experts with "
+                         "data-dependent shapes, which a full-graph compile cannot hold")
 
 
 def _seed_of(source) -> int:

@@ -72,3 +72,19 @@ def test_generation_flags_default_to_the_folder_and_none_switches_a_saved_settin
                                           "suppress_slack": True, "temperature": 0.5}
     with pytest.raises(SystemExit):  # a setting with a value as its default has no "none"
         parser.parse_args(["--temperature", "none"])
+
+
+def test_generation_settings_are_checked_against_the_model_before_any_prompt():
+    import torch
+
+    from conftest import tiny_config
+    from hf_mdlm import MDLMForMaskedLM
+    from hf_mdlm.cli import check_generation_settings
+
+    torch.manual_seed(0)
+    blocks = MDLMForMaskedLM(tiny_config(block_size=4))
+    check_generation_settings(blocks, {"max_new_tokens": 6})  # its own blocks: fine
+    with pytest.raises(SystemExit, match="generation settings: this model attends in blocks of block_size=4"):
+        check_generation_settings(blocks, {"block_length": 8})
+    with pytest.raises(SystemExit, match="generation settings: threshold must be in"):
+        check_generation_settings(blocks, {"threshold": 1.5})
