@@ -173,3 +173,15 @@ def test_an_adapter_folder_passed_as_a_model_says_what_it_is(adapter_exported, t
                  lambda: load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder)), tmp_path / "out")):
         with pytest.raises(ValueError, match=f"{folder} is a LoRA adapter .* pass the merged model folder"):
             load()
+
+
+def test_a_mistyped_folder_is_named_as_a_missing_folder(tmp_path):
+    """transformers said "Repo id must be in the form 'repo_name' or 'namespace/repo_name'" for a path."""
+    from hf_mdlm.evaluation import load_judge
+    from hf_mdlm.loading import ModelArguments, load_for_inference, load_model_and_tokenizer
+
+    missing = tmp_path / "runs" / "nomodel"
+    for load in (lambda: load_for_inference(str(missing)), lambda: load_judge(str(missing)),
+                 lambda: load_model_and_tokenizer(ModelArguments(model_name_or_path=str(missing)), tmp_path / "out")):
+        with pytest.raises(FileNotFoundError, match=f"{missing} is not a model folder \\(no such folder\\)"):
+            load()

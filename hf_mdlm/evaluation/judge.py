@@ -363,8 +363,10 @@ def load_judge(path, device="cpu"):
     """(causal LM in eval mode on `device`, its tokenizer) from a folder or Hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..hub.checks import check_folder_files
     from ..hub.remote_code import is_mdlm_source
 
+    check_folder_files(path)  # a mistyped folder is named as one, not as a bad Hub id
     if is_mdlm_source(path):  # transformers would ask to run its code, then fail: it is not a causal LM
         raise ValueError(f"--judge {path} is an hf_mdlm (diffusion) model: the judge scores text with a causal LM "
                          "(e.g. a GPT-2 or Qwen folder)")

@@ -54,6 +54,9 @@ def check_folder_files(folder) -> None:
     dependency without naming the file (or, for `generation_config.json`, drop it silently)."""
     folder = Path(folder)
     if not folder.is_dir():
+        text = str(folder)  # a path, not an ORG/NAME Hub id: transformers would say "Repo id must be in the form..."
+        if text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or (folder.exists() and not folder.is_dir()):
+            raise FileNotFoundError(f"{folder} is not a model folder (no such folder)")
         return
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         # transformers would try to load the adapter's base by its auto_map (asking to run its code): say what it is
