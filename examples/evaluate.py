@@ -29,7 +29,8 @@ from hf_mdlm.evaluation import (
     reference_quality,
     write_report,
 )
-from hf_mdlm.cli import add_bool_flag, parse_fast_samplers, parse_rates, positive_int, require_plotting
+from hf_mdlm.cli import (add_bool_flag, device_flag, parse_fast_samplers, parse_rates, positive_int,
+                         probability_below_one, require_plotting)
 from hf_mdlm.evaluation.suite import DEFAULT_SHIFT_RATES, SAMPLERS, evaluate_fast_samplers, parse_samplers
 from hf_mdlm.evaluation.report import REPORT_FILES
 from hf_mdlm.hub import OutputFolder, OutputFolderError
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--elbo_examples", type=positive_int, default=256,
                     help="held-out examples for the ELBO (spread evenly)")
     ev.add_argument("--elbo_samples", type=positive_int, default=8, help="Monte-Carlo replicates of the ELBO")
-    ev.add_argument("--elbo_slack_prob", type=float, default=0.1,
+    ev.add_argument("--elbo_slack_prob", type=probability_below_one, default=0.1,
                     help="also bound the likelihood summed over <slack> alignments, with this insertion "
                          "probability as the proposal (models with a slack token only; 0: skip)")
     ev.add_argument("--num_prompts", type=positive_int, default=64, help="held-out prompts sampled (spread evenly)")
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--samplers", type=parse_samplers, default=parse_samplers("ancestral,greedy"),
                      help="comma-separated: " + ", ".join(f"{k} ({v})" for k, v in SAMPLERS.items())
                      + ", or NAME:REMASKING:TEMPERATURE")
-    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: canvas_length)")
-    gen.add_argument("--block_length", type=int, default=None)
+    gen.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: canvas_length)")
+    gen.add_argument("--block_length", type=positive_int, default=None)
     gen.add_argument("--fast_samplers", type=parse_fast_samplers, default=[],
                      help="also sample with these approximations of the exact sampler and compare them with it "
                           "(agreement, judged win rate, gen-PPL, time): comma-separated, each a cache mode (prefix, "
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "by '+', e.g. 'prefix,dual,dual+kv_cache_refresh=4,factor=1'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=positive_int, default=32)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_flag, default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from hf_mdlm.cli import (add_bool_flag, add_generation_flags, check_generation_settings, generation_settings,
-                         positive_int)
+from hf_mdlm.cli import (add_bool_flag, add_generation_flags, check_generation_settings, device_flag,
+                         generation_settings, positive_int)
 from hf_mdlm.generation_mdlm import mix_seed, strip_generation
 from hf_mdlm.loading import load_for_inference
 from hf_mdlm.visualization import DenoisingRecorder, TerminalRenderer, check_animation_path, write_animation
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=positive_int, default=8, help="prompts per generate() call")
     add_bool_flag(parser, "--trust_remote_code",
                         help="run the Python files of a model folder that is not an hf_mdlm one")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_flag, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     add_bool_flag(parser, "--stream", help="print the blocks as they are final (one prompt only)")
     add_bool_flag(parser, "--show_raw", help="also print the raw canvas, slack included")

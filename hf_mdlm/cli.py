@@ -63,6 +63,28 @@ def parse_numbers(text: str, what: str = "values", below: float | None = None) -
     return values
 
 
+def probability_below_one(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def device_flag(text: str) -> str:
+    """A torch device that this machine has: `--device cuda` without CUDA is an error here, not an assertion deep in
+    torch after the model loaded."""
+    import torch
+
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this torch has no CUDA device (torch.cuda.is_available() is "
+                                         "False); use cpu")
+    return text
+
+
 def parse_rates(text: str) -> list[float]:
     """Comma-separated shift rates in [0, 1)."""
     return parse_numbers(text, "shift rates", below=1)

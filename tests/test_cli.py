@@ -88,3 +88,17 @@ def test_generation_settings_are_checked_against_the_model_before_any_prompt():
         check_generation_settings(blocks, {"block_length": 8})
     with pytest.raises(SystemExit, match="generation settings: threshold must be in"):
         check_generation_settings(blocks, {"threshold": 1.5})
+
+
+def test_probabilities_and_devices_are_checked_when_parsed(monkeypatch):
+    import torch
+
+    from hf_mdlm.cli import device_flag, probability_below_one
+
+    assert probability_below_one("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match="must be in \\[0, 1\\), got 1.5"):
+        probability_below_one("1.5")  # --elbo_slack_prob 1.5 used to fail after the model and data loaded
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_flag("cpu") == "cpu"
+    with pytest.raises(argparse.ArgumentTypeError, match="'cuda:1': this torch has no CUDA device"):
+        device_flag("cuda:1")  # an AssertionError from torch after the model loaded
