@@ -157,6 +157,8 @@ def test_bad_settings_and_inputs_are_named_before_any_work(start_model, task, tm
     with pytest.raises(ValueError, match="--eval_strategy: this script has no evaluation prompts"):
         example("grpo").main(TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset", str(task["prompts"]),
                                           "--output_dir", str(tmp_path / "e"), "--eval_strategy", "steps"])
+    with pytest.raises(ValueError, match="the rollout settings .* cannot sample: kv_cache must be None"):
+        grpo(start_model, task, tmp_path / "k", "--generation_kwargs", '{"kv_cache": "full"}')  # at init, not rollout
     with pytest.raises(ValueError, match="gives no prompts"):
         example("grpo").main(TINY_GRPO + ["--model_name_or_path", str(start_model), "--dataset", str(task["prompts"]),
                                           "--output_dir", str(tmp_path / "z"), "--max_train_samples", "0"])

@@ -29,7 +29,7 @@ try:
 except ImportError as error:  # pragma: no cover (the `rl` extra is not installed)
     raise ImportError('MDLMGRPOTrainer needs TRL: pip install -e ".[rl]" (or pip install trl)') from error
 
-from ..generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, mix_seed
+from ..generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, check_config_fits_model, mix_seed
 from .policy_log_probs import ESTIMATORS, completion_log_probs
 
 
@@ -104,6 +104,14 @@ class MDLMGRPOConfig(GRPOConfig):
             raise ValueError(f"--generation_kwargs: {unknown} are not MDLMGenerationConfig settings")
 
 
+def _rollout_settings(args) -> dict:
+    """The `generate` settings of the rollouts: GRPO's own sampling fields, then `generation_kwargs`."""
+    settings = dict(max_new_tokens=args.max_completion_length, temperature=args.temperature,
+                    top_p=args.top_p if args.top_p < 1.0 else None, top_k=args.top_k or None)
+    settings.update(args.generation_kwargs or {})
+    return settings
+
+
 class MDLMGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` whose rollouts are drawn by masked-diffusion sampling and whose per-token log-probabilities are
     masked-diffusion estimates (see the module docstring). Takes the arguments of `GRPOTrainer`; `model` is an
@@ -129,6 +137,11 @@ class MDLMGRPOTrainer(GRPOTrainer):
                              "hf_mdlm.loading so that rollouts use the diffusion sampler")
         if args.max_completion_length is None:
             args.max_completion_length = generation.max_new_tokens
+        try:  # the rollouts' sampler settings, checked now rather than at the first rollout
+            check_config_fits_model(base._prepare_generation_config(None, _rollout_settings(args)), base.config)
+        except ValueError as error:
+            raise ValueError(f"the rollout settings (--max_completion_length, --temperature, --top_p, --top_k, "
+                             f"--generation_kwargs, on the model's generation config) cannot sample: {error}") from None
         self._mask_token_id = base.config.mask_token_id
         self._row_seeds = None  # the seeds of the rows being drawn or scored (set around each call)
         self._mask_iteration = 0  # which of a rollout's masks scores it (one per update made from it)
@@ -198,9 +211,7 @@ class MDLMGRPOTrainer(GRPOTrainer):
         input_ids, attention_mask = prompts["input_ids"].to(self.accelerator.device), prompts["attention_mask"]
         width = input_ids.shape[1]
         args = self.args
-        settings = dict(max_new_tokens=args.max_completion_length, temperature=args.temperature,
-                        top_p=args.top_p if args.top_p < 1.0 else None, top_k=args.top_k or None)
-        settings.update(args.generation_kwargs or {})
+        settings = _rollout_settings(args)
         started = time.perf_counter()
         with (
             _trl_grpo.unwrap_model_for_generation(
