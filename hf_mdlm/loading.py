@@ -138,6 +138,8 @@ def set_block_size(model, block_size: int | None):
     attention, and a generation config that samples those blocks."""
     if block_size is None:
         return model
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"--block_size must be a positive integer (tokens per attention block), got {block_size!r}")
     if not hasattr(model.config, "block_size"):
         raise ValueError(f"--block_size needs an hf_mdlm model; {type(model).__name__} has no block-causal attention")
     model.config.block_size = block_size

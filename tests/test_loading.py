@@ -185,3 +185,17 @@ def test_a_mistyped_folder_is_named_as_a_missing_folder(tmp_path):
                  lambda: load_model_and_tokenizer(ModelArguments(model_name_or_path=str(missing)), tmp_path / "out")):
         with pytest.raises(FileNotFoundError, match=f"{missing} is not a model folder \\(no such folder\\)"):
             load()
+
+
+def test_block_size_must_be_a_positive_integer():
+    import torch
+
+    from conftest import tiny_config
+    from hf_mdlm import MDLMForMaskedLM
+    from hf_mdlm.loading import set_block_size
+
+    torch.manual_seed(0)
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="--block_size must be a positive integer"):
+            set_block_size(MDLMForMaskedLM(tiny_config()), bad)
+    assert set_block_size(MDLMForMaskedLM(tiny_config()), 4).config.block_size == 4
