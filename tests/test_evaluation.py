@@ -488,3 +488,20 @@ def test_a_diffusion_model_as_judge_is_named_before_transformers_asks_to_run_its
 
     with pytest.raises(ValueError, match="is an hf_mdlm \\(diffusion\\) model: the judge scores text with a causal LM"):
         load_judge(str(model_folder))
+
+
+def test_every_sampler_setting_is_checked_before_the_elbo():
+    """A block model with --steps its blocks do not divide (or a rule a sampler cannot apply) failed after the ELBO,
+    the slow part on a real model."""
+    from hf_mdlm import MDLMForMaskedLM
+    from hf_mdlm.evaluation.suite import SAMPLERS, check_samplers
+
+    torch.manual_seed(0)
+    plain, blocks = MDLMForMaskedLM(tiny_config()), MDLMForMaskedLM(tiny_config(block_size=4))
+    defaults = {name: SAMPLERS[name] for name in ("ancestral", "greedy")}
+    check_samplers(plain, 16, defaults, [{"kv_cache": "dual"}, {"factor": 1.0}])  # the default samplers: fine
+    check_samplers(blocks, 16, defaults, [{"kv_cache": "dual"}])
+    with pytest.raises(ValueError, match="sampler ancestral: steps=3 must be a multiple of the number of blocks"):
+        check_samplers(blocks, 16, defaults, steps=3)
+    with pytest.raises(ValueError, match="sampler l2r with threshold=0.9: threshold=0.9 commits"):
+        check_samplers(plain, 16, {"l2r": {"remasking": "left_to_right", "temperature": 0.0}}, [{"threshold": 0.9}])

@@ -9,7 +9,7 @@ import time
 
 from ..data.loading import spread_indices
 from ..cli import describe_settings
-from ..generation_mdlm import REMASKING_STRATEGIES
+from ..generation_mdlm import REMASKING_STRATEGIES, check_config_fits_model
 from .judge import generative_perplexity, win_rate
 from .likelihood import elbo_perplexity
 from .shift import shift_robustness
@@ -91,6 +91,26 @@ def evaluate_model(model, tokenizer, heldout, *, canvas_length, judge=None, judg
     return out
 
 
+def _sampler_settings(model, canvas_length, steps, block_length, sampler, fast) -> dict:
+    gen = generation_settings(canvas_length, steps, block_length, **sampler, **fast)
+    if getattr(model.config, "block_size", None):  # a block-diffusion model samples its own blocks
+        gen.update(block_length=model.config.block_size, block_alignment="absolute")
+    return gen
+
+
+def check_samplers(model, canvas_length, samplers=None, fast_samplers=(), steps=None, block_length=None) -> None:
+    """Every sampler, alone and with each fast sampler, checked against the model before any work (the ELBO that
+    comes first takes long on a real model): a ValueError naming the sampler."""
+    for name, sampler in (samplers or {"ancestral": SAMPLERS["ancestral"]}).items():
+        for fast in [{}, *fast_samplers]:
+            gen = _sampler_settings(model, canvas_length, steps, block_length, sampler, fast)
+            try:
+                check_config_fits_model(model._prepare_generation_config(None, dict(gen)), model.config)
+            except ValueError as error:
+                where = f"sampler {name}" + (f" with {describe_settings(fast)}" if fast else "")
+                raise ValueError(f"{where}: {error}") from None
+
+
 def _samples(model, tokenizer, heldout, canvas_length, judge, judge_tokenizer, num_prompts, shift_rates, samplers,
              steps, block_length, seed, batch_size, num_bootstrap, fast):
     """{"samplers": one shift-robustness curve per named sampler}."""
@@ -98,9 +118,7 @@ def _samples(model, tokenizer, heldout, canvas_length, judge, judge_tokenizer, n
     out = {"samplers": {}}
     for name, sampler in (samplers or {"ancestral": SAMPLERS["ancestral"]}).items():
         t0 = time.time()
-        gen = generation_settings(canvas_length, steps, block_length, **sampler, **fast)
-        if getattr(model.config, "block_size", None):  # a block-diffusion model samples its own blocks
-            gen.update(block_length=model.config.block_size, block_alignment="absolute")
+        gen = _sampler_settings(model, canvas_length, steps, block_length, sampler, fast)
         curve = shift_robustness(
             model, tokenizer, prompts, shift_rates=shift_rates, judge_model=judge, judge_tokenizer=judge_tokenizer,
             generation_kwargs=gen, seed=seed, batch_size=batch_size, num_bootstrap=num_bootstrap,
@@ -148,6 +166,9 @@ def evaluate_fast_samplers(model, tokenizer, heldout, name, fast_samplers, *, ju
     ELBO is computed once (the likelihood uses no sampler). Returns {"models": {entry name: results},
     "extra_tables": {...}} with, given a judge, each fast sampler's agreement with the exact samples, its win rate
     against them and the model calls it made."""
+    if judge is not None:  # the samplers run after the ELBO: their settings are checked first
+        check_samplers(model, kwargs.get("canvas_length"), kwargs.get("samplers"), fast_samplers,
+                       kwargs.get("steps"), kwargs.get("block_length"))
     exact = evaluate_model(model, tokenizer, heldout, judge=judge, judge_tokenizer=judge_tokenizer, **kwargs)
     models = {name: exact}
     rows = ["| fast sampler | sampler | identical texts | identical tokens | win rate vs exact [95% CI] | W/T/L | "
