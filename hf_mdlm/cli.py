@@ -136,10 +136,8 @@ def require_plotting(what: str) -> None:
 def check_generation_settings(model, settings: dict) -> None:
     """Exit with one line naming the problem when the generation flags given (`settings`) cannot work with `model`'s
     saved generation config: before any prompt runs, instead of a traceback from inside `generate`."""
-    from .generation_mdlm import check_config_fits_model
-
     try:
-        check_config_fits_model(model._prepare_generation_config(None, dict(settings)), model.config)
+        model._checked_generation_config(settings)
     except ValueError as error:
         raise SystemExit(f"generation settings: {error}") from None
 

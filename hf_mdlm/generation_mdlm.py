@@ -494,8 +494,7 @@ class MDLMGenerationMixin:
             if not isinstance(generation_config, GenerationConfig):
                 raise ValueError(f"generation_config must be an MDLMGenerationConfig or a transformers "
                                  f"GenerationConfig, got {type(generation_config).__name__}")
-            settings.update({key: value for key, value in generation_config.to_dict().items()
-                             if value is not None and key not in ("transformers_version", "_from_model_config")})
+            settings.update({key: value for key, value in generation_config.to_dict().items() if value is not None})
         # None in a call means "not set" for the fields whose default is a value (temperature=None: the config's)
         settings.update({key: value for key, value in kwargs.items()
                          if value is not None or key not in GENERATION_FIELDS or GENERATION_FIELDS[key][1] is None})
@@ -536,6 +535,13 @@ class MDLMGenerationMixin:
             if getattr(config, name, None) is None and getattr(self.config, name, None) is not None:
                 setattr(config, name, getattr(self.config, name))
         config.validate()
+        return config
+
+    def _checked_generation_config(self, settings: dict) -> MDLMGenerationConfig:
+        """The config `generate(**settings)` would sample with, checked against this model: for callers that check
+        their settings before any work (scripts, trainers, evaluations)."""
+        config = self._prepare_generation_config(None, dict(settings))
+        check_config_fits_model(config, self.config)
         return config
 
     def _get_logits_processor(self, config, logits_processor=None) -> LogitsProcessorList:

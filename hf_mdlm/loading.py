@@ -16,7 +16,6 @@ from .configuration_mdlm import MDLMConfig
 from .convert.families import native_folder
 from .data.loading import bundled_corpus_files
 from .generation_mdlm import block_sampling
-from .hub.checks import check_folder_files
 from .hub.remote_code import load_model, load_tokenizer
 from .modeling_mdlm import MDLMForMaskedLM
 from .tokenization import SLACK_TOKEN, add_diffusion_tokens
@@ -161,7 +160,6 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir):
     if model_args.model_name_or_path is None:
         return model_from_scratch(model_args)
     dtype = getattr(torch, model_args.dtype) if model_args.dtype else None
-    check_folder_files(model_args.model_name_or_path)  # before converting: a broken file or an adapter, named
     source = native_folder(model_args.model_name_or_path, dtype=dtype)  # LLaDA, LLaDA-MoE, Dream, A2D: converted
     if model_args.tokenizer_name is None and not (Path(source) / "tokenizer_config.json").exists() \
             and os.path.isdir(source):

@@ -93,10 +93,12 @@ def native_folder(source, dtype=None) -> str:
     `$HF_MDLM_CACHE/converted` (default ~/.cache/hf_mdlm) under a key of the source's path, sizes and times, so that
     the same checkpoint is converted once. Converting reads config.json and the weights; no code of the folder runs.
     """
+    check_folder_files(source)  # a corrupt file, an adapter or a mistyped path is named before anything
     folder = _local_folder(source)
     if folder is None:
         return str(source)
-    check_folder_files(folder)  # a corrupt file is named here, before any conversion or load
+    if not os.path.isdir(source):
+        check_folder_files(folder)  # the Hub snapshot
     config = json.loads((folder / "config.json").read_text())
     try:
         family = detect_family(config)

@@ -9,7 +9,7 @@ import time
 
 from ..data.loading import spread_indices
 from ..cli import describe_settings
-from ..generation_mdlm import REMASKING_STRATEGIES, check_config_fits_model
+from ..generation_mdlm import REMASKING_STRATEGIES
 from .judge import generative_perplexity, win_rate
 from .likelihood import elbo_perplexity
 from .shift import shift_robustness
@@ -105,7 +105,7 @@ def check_samplers(model, canvas_length, samplers=None, fast_samplers=(), steps=
         for fast in [{}, *fast_samplers]:
             gen = _sampler_settings(model, canvas_length, steps, block_length, sampler, fast)
             try:
-                check_config_fits_model(model._prepare_generation_config(None, dict(gen)), model.config)
+                model._checked_generation_config(gen)
             except ValueError as error:
                 where = f"sampler {name}" + (f" with {describe_settings(fast)}" if fast else "")
                 raise ValueError(f"{where}: {error}") from None

@@ -29,7 +29,7 @@ try:
 except ImportError as error:  # pragma: no cover (the `rl` extra is not installed)
     raise ImportError('MDLMGRPOTrainer needs TRL: pip install -e ".[rl]" (or pip install trl)') from error
 
-from ..generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, check_config_fits_model, mix_seed
+from ..generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, mix_seed
 from .policy_log_probs import ESTIMATORS, completion_log_probs
 
 
@@ -138,7 +138,7 @@ class MDLMGRPOTrainer(GRPOTrainer):
         if args.max_completion_length is None:
             args.max_completion_length = generation.max_new_tokens
         try:  # the rollouts' sampler settings, checked now rather than at the first rollout
-            check_config_fits_model(base._prepare_generation_config(None, _rollout_settings(args)), base.config)
+            base._checked_generation_config(_rollout_settings(args))
         except ValueError as error:
             raise ValueError(f"the rollout settings (--max_completion_length, --temperature, --top_p, --top_k, "
                              f"--generation_kwargs, on the model's generation config) cannot sample: {error}") from None
