@@ -458,3 +458,17 @@ def test_a_tokenizer_that_names_its_own_code_converts_to_one_that_loads_without_
     assert "auto_map" not in converted and converted["tokenizer_class"] == "PreTrainedTokenizerFast"
     text = "Now is the winter of our discontent"
     assert load_tokenizer(tmp_path / "out")(text).input_ids == AutoTokenizer.from_pretrained(TOKENIZER_DIR)(text).input_ids
+
+
+
+def test_a_tokenizer_naming_its_code_without_standard_files_is_left_with_a_warning(tmp_path, caplog):
+    import logging
+
+    src = tmp_path / "dream"
+    shutil.copytree(FIXTURES / "dream-tiny", src)
+    settings = {"tokenizer_class": "DreamTokenizer", "auto_map": {"AutoTokenizer": [None, "tokenization_dream.X"]}}
+    (src / "tokenizer_config.json").write_text(json.dumps(settings))
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.convert.common"):
+        convert_checkpoint(src, tmp_path / "out")
+    assert "names tokenizer code" in caplog.text and "pass --tokenizer_name when training" in caplog.text
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text()) == settings

@@ -615,6 +615,8 @@ def test_script_dry_run_lists_the_files_and_uploads_nothing(exported, adapter_ex
     with pytest.raises(SystemExit, match="--push_base: the adapter records no base model"):
         script.main(["--model_dir", str(run), "--repo_id", ADAPTER_REPO, "--adapter", "--push_base", "me/base",
                      "--dry_run", "--out_dir", str(tmp_path / "up-nobase")])
+    with pytest.raises(SystemExit, match=f"--model_dir {tmp_path / 'nowhere'} is not a folder"):
+        script.main(["--model_dir", str(tmp_path / "nowhere"), "--repo_id", REPO])
     with pytest.raises(SystemExit, match="push_to_hub.py: .*missing.json"):  # a refused input is one line
         script.main(["--model_dir", str(run), "--repo_id", REPO, "--eval_results", str(tmp_path / "missing.json"),
                      "--dry_run", "--out_dir", str(tmp_path / "up-missing")])

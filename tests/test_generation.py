@@ -1275,6 +1275,9 @@ def test_numpy_integers_work_and_mistakes_of_calling_convention_are_named():
         model.generate(ids, max_new_tokens=8, cfg_scale=float("inf"))
     with pytest.raises(ValueError, match="pass the generation config as generation_config="):
         model.generate(ids, MDLMGenerationConfig(max_new_tokens=8))  # transformers' second positional argument
+    with pytest.raises(ValueError, match="generation_config must be an MDLMGenerationConfig or a transformers "
+                                         "GenerationConfig, got dict"):
+        model.generate(ids, generation_config={"max_new_tokens": 8})
 
 
 def test_left_padding_takes_no_positions_from_the_limit():
