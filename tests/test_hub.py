@@ -450,7 +450,36 @@ def test_a_second_run_into_the_same_folder_fails_at_once(tmp_path):
             OutputFolder(out)
         with pytest.raises(OutputFolderError, match="in use by another run"):
             example("finetune").main(TINY + ["--output_dir", str(out), "--max_steps", "1"])
+    assert not (out / ".hf_mdlm.lock").exists()  # a finished folder holds only what the run wrote
     OutputFolder(out).close()  # released: the next run may go
+
+
+def test_a_lock_taken_on_the_file_a_finishing_run_removed_is_taken_again(tmp_path, monkeypatch):
+    """A run that opens the lock file just before its holder ends, removes the file and lets go, would lock a file
+    no longer there while a third run locks the new one: the lock is taken again on the file at the path."""
+    import fcntl
+
+    from hf_mdlm.hub import OutputFolder, OutputFolderError
+
+    out = tmp_path / "run"
+    holder = OutputFolder(out)
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_the_holder_ends(fd, operation):
+        calls.append(operation)
+        if len(calls) == 1:
+            holder.close()  # the holder ends between our open and our lock: it removes the file we opened
+            (out / ".hf_mdlm.lock").write_text("pid of a third run\n")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_ends)
+    folder = OutputFolder(out)
+    assert len(calls) == 2  # locked the removed file, then the one at the path
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    with pytest.raises(OutputFolderError, match="in use by another run"):
+        OutputFolder(out)
+    folder.close()
+    assert not (out / ".hf_mdlm.lock").exists()
 
 
 def test_the_final_save_is_staged_and_a_killed_save_leaves_no_loadable_folder(tokenizer, tmp_path, caplog):

@@ -161,18 +161,25 @@ def test_a_corrupt_file_of_a_model_folder_is_named_before_loading(model_folder, 
         load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder)), tmp_path / "out")
 
 
-def test_an_adapter_folder_passed_as_a_model_says_what_it_is(adapter_exported, tmp_path):
+def test_an_adapter_folder_passed_as_a_model_says_what_it_is(adapter_exported, tmp_path, monkeypatch):
     """An adapter has no config.json: transformers followed its base's auto_map (and asked, interactively, to run
-    that code) or the tokenizer check failed; now the adapter is named, with what to pass instead."""
+    that code) or the tokenizer check failed; now the adapter is named, with what to pass instead, as a folder or
+    by its Hub id."""
+    import huggingface_hub
+
     from hf_mdlm.loading import ModelArguments, load_for_inference, load_model_and_tokenizer
+    from hub_cache import install_in_hf_cache
 
     folder = tmp_path / "adapter"
     shutil.copytree(adapter_exported.folder, folder)
     assert (folder / "adapter_config.json").is_file() and not (folder / "config.json").exists()
-    for load in (lambda: load_for_inference(str(folder)),
-                 lambda: load_model_and_tokenizer(ModelArguments(model_name_or_path=str(folder)), tmp_path / "out")):
-        with pytest.raises(ValueError, match=f"{folder} is a LoRA adapter .* pass the merged model folder"):
-            load()
+    install_in_hf_cache(folder, "me/an-adapter", tmp_path / "hf_home")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    for name in (str(folder), "me/an-adapter"):
+        for load in (lambda: load_for_inference(name),
+                     lambda: load_model_and_tokenizer(ModelArguments(model_name_or_path=name), tmp_path / "out")):
+            with pytest.raises(ValueError, match=f"^{name} is a LoRA adapter .* pass the merged model folder"):
+                load()
 
 
 def test_a_mistyped_folder_is_named_as_a_missing_folder(tmp_path):

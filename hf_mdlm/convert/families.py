@@ -73,8 +73,8 @@ def _conversion_cache() -> Path:
 
 
 def _local_folder(source) -> Path | None:
-    """`source` as a local folder: itself, or a Hub snapshot of its config, tokenizer and safetensors files. None
-    when it has no config.json (then the caller's loader reports it)."""
+    """`source` as a local folder: itself, or a Hub snapshot of its config, tokenizer and safetensors files (checked
+    as a local folder is). None when it has no config.json (then the caller's loader reports it)."""
     if os.path.isdir(source):
         return Path(source) if (Path(source) / "config.json").exists() else None
     from huggingface_hub import snapshot_download
@@ -84,6 +84,7 @@ def _local_folder(source) -> Path | None:
                                                                      "*.jinja", "*.tiktoken"]))
     except Exception:  # not a Hub id either: the caller's loader gives its own error
         return None
+    check_folder_files(folder, name=source)  # e.g. an adapter repo, named as one
     return folder if (folder / "config.json").exists() else None
 
 
@@ -97,8 +98,6 @@ def native_folder(source, dtype=None) -> str:
     folder = _local_folder(source)
     if folder is None:
         return str(source)
-    if not os.path.isdir(source):
-        check_folder_files(folder)  # the Hub snapshot
     config = json.loads((folder / "config.json").read_text())
     try:
         family = detect_family(config)

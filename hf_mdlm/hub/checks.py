@@ -48,11 +48,13 @@ _FOLDER_JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json",
                       "model.safetensors.index.json")
 
 
-def check_folder_files(folder) -> None:
+def check_folder_files(folder, name=None) -> None:
     """Raise a ValueError naming the file when a local model folder holds a JSON file that does not parse, or a
     safetensors file whose header is broken or disagrees with its size. Loading would otherwise fail deep inside a
-    dependency without naming the file (or, for `generation_config.json`, drop it silently)."""
+    dependency without naming the file (or, for `generation_config.json`, drop it silently). `name`: what the user
+    passed, when `folder` is its Hub snapshot."""
     folder = Path(folder)
+    name = name or folder
     if not folder.is_dir():
         text = str(folder)  # a path, not an ORG/NAME Hub id: transformers would say "Repo id must be in the form..."
         if text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or (folder.exists() and not folder.is_dir()):
@@ -60,7 +62,7 @@ def check_folder_files(folder) -> None:
         return
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         # transformers would try to load the adapter's base by its auto_map (asking to run its code): say what it is
-        raise ValueError(f"{folder} is a LoRA adapter (adapter_config.json, no config.json), not a model: pass the "
+        raise ValueError(f"{name} is a LoRA adapter (adapter_config.json, no config.json), not a model: pass the "
                          "merged model folder (finetune.py's --output_dir), or load the adapter onto its base with "
                          "peft.PeftModel.from_pretrained, as its model card shows")
     problems = []
@@ -73,7 +75,7 @@ def check_folder_files(folder) -> None:
     problems += [problem for path in sorted(folder.glob("*.safetensors"))
                  for problem in [_safetensors_problem(path, path.name)] if problem]
     if problems:
-        raise ValueError(f"the model folder {folder} cannot be loaded: " + "; ".join(problems))
+        raise ValueError(f"the model folder {name} cannot be loaded: " + "; ".join(problems))
 
 
 def hub_files(folder) -> list[str]:

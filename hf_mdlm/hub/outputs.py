@@ -137,24 +137,30 @@ class OutputFolder:
 
     def _lock(self) -> None:
         lock_path = self.path / LOCK_NAME
-        handle = open(lock_path, "a+")
         try:
             import fcntl
         except ImportError:  # pragma: no cover (Windows): no advisory locks, the other checks still hold
-            self._handle = handle
+            self._handle = open(lock_path, "a+")
             return
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+        while True:
+            handle = open(lock_path, "a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise OutputFolderError(
+                    f"{self.path} is in use by another run ({holder}): wait for it to finish or choose another "
+                    "output folder"
+                ) from None
+            # The run that held it removes the file when it ends (see close): a lock taken on the removed file
+            # guards nothing, so take it again on the file now there.
+            if _same_file(handle, lock_path):
+                break
             handle.close()
-            raise OutputFolderError(
-                f"{self.path} is in use by another run ({holder}): wait for it to finish or choose another "
-                "output folder"
-            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -199,7 +205,10 @@ class OutputFolder:
         logger.info("%s: removed the earlier run's files from %s", self.flag, self.path)
 
     def close(self) -> None:
+        """Release the lock and remove its file, so that a finished folder holds only what the run wrote."""
         if self._handle is not None:
+            if _same_file(self._handle, self.path / LOCK_NAME):
+                (self.path / LOCK_NAME).unlink(missing_ok=True)  # while still held: no one else can be using it
             self._handle.close()  # releases the lock
             self._handle = None
 
@@ -208,6 +217,13 @@ class OutputFolder:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def remove_leftovers(folder: Path) -> None:
