@@ -174,6 +174,8 @@ def main(argv=None):
                         help="the accelerator's dense bf16 peak for MFU (H100/H200 SXM: 989)")
     add_bool_flag(parser, "--header", help="print the table header first")
     args = parser.parse_args(argv)
+    if not args.tiny and not torch.cuda.is_available():  # an 8B model would fill (or kill) a CPU machine's memory
+        parser.error("CUDA is not available: this check measures a GPU; pass --tiny for the code path on the CPU")
     if args.header:
         print(HEADER)
     print(run(args.kind, args.tiny, args.steps, args.batch, args.canvas, args.peak_tflops), flush=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accelerator check: one script, about 10 minutes on one H200, every section bounded by its own timeout.
-#   bash bench/device_check.sh        (prints Markdown tables; paste them into the README's GPU section)
+#   bash bench/device_check.sh        (prints Markdown tables for docs/benchmarks.md)
 #   SECTIONS="0 1 3" bash bench/device_check.sh   (only those sections)
 # 0. the Triton lattice kernels against the CPU loops (pytest); 1. the losses in bf16 at LLaDA's vocabulary
 # (126464); 2. generate with KV caches at batch 1/8/32 in bf16, with sdpa and (when flash-attn is installed)
@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || { echo "CUDA is not available: bench/device_check.sh measures a GPU" >&2; exit 1; }
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
 
 want() { [[ " ${SECTIONS:-0 1 2 3 5 6 7} " == *" $1 "* ]]; }
 

@@ -19,6 +19,7 @@ windowed like `examples/finetune.py` does by default (32-token prompts, continua
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would evaluate everything, into one folder
+        raise SystemExit("evaluate.py runs in one process: start it with python, not accelerate launch or torchrun "
+                         "(for several processes, use lm-eval with the hf_mdlm model: docs/evaluation.md)")
     if args.fast_samplers and not args.judge:  # they change samples only; the likelihood uses no sampler
         raise SystemExit("--fast_samplers compares their samples with the exact sampler's, which needs --judge "
                          "(without one only the ELBO is computed, and no sampler takes part in it)")

@@ -116,7 +116,7 @@ def run(model_args, data_args, training_args, extra, outputs):
     logger.info("trained with %d process(es)", training_args.world_size)
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    if losses:
+    if losses and trainer.is_world_process_zero():
         print(f"training loss: first logged {losses[0]:.4f}, last logged {losses[-1]:.4f}")
     # sharded weights (FSDP, ZeRO-3) are gathered by every process; the main process writes the folder
     state_dict = gathered_state_dict(trainer.model_wrapped, trainer.accelerator)

@@ -134,7 +134,7 @@ def run(model_args, reward_args, training_args, rewards, outputs):
                               processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=outputs.resume)
     rewarded = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-    if rewarded:
+    if rewarded and trainer.is_world_process_zero():
         print(f"mean reward: first logged {rewarded[0]:.4f}, last logged {rewarded[-1]:.4f}")
     state_dict = gathered_state_dict(trainer.model_wrapped, trainer.accelerator)
     if trainer.is_world_process_zero():

@@ -172,6 +172,21 @@ class MDLMConfig(PretrainedConfig):
         )
         self._check()
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # What from_pretrained builds the config from. transformers only warns about another model_type, then builds
+        # a model of default shape with random weights (or drops the weights it does not know): another family's
+        # checkpoint is converted first, not loaded as it is.
+        source_type = config_dict.get("model_type")
+        if source_type != cls.model_type:
+            raise ValueError(
+                f"the config has model_type={source_type!r}, not {cls.model_type!r}: not an hf_mdlm model. Convert "
+                "the checkpoint with hf_mdlm first (python -m hf_mdlm.convert FAMILY SRC DST; "
+                "hf_mdlm.loading.load_for_inference and finetune.py convert it once on the fly) and load the "
+                "converted folder"
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def prediction_shift(self) -> int:
         """1 when position i predicts token i + 1 ("next_token"), else 0."""
@@ -192,6 +207,10 @@ class MDLMConfig(PretrainedConfig):
                 f"MDLMConfig.num_attention_heads={self.num_attention_heads} does not divide "
                 f"hidden_size={self.hidden_size}; set head_dim explicitly or change one of them"
             )
+        if not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or self.head_dim <= 0:
+            raise ValueError(f"MDLMConfig.head_dim must be a positive integer, got {self.head_dim!r}")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"MDLMConfig.initializer_range must be >= 0, got {self.initializer_range!r}")
         if self.head_dim % 2:
             raise ValueError(f"MDLMConfig.head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -236,6 +255,10 @@ class MDLMConfig(PretrainedConfig):
                     self.num_experts_per_tok:
                 raise ValueError(f"MDLMConfig.router_topk_groups={best!r} must be in [1, router_groups={groups}] and "
                                  f"hold at least num_experts_per_tok={self.num_experts_per_tok} experts")
+            shared = self.shared_expert_intermediate_size
+            if shared is not None and (not isinstance(shared, int) or isinstance(shared, bool) or shared < 1):
+                raise ValueError(f"MDLMConfig.shared_expert_intermediate_size must be None or a positive integer, got "
+                                 f"{shared!r}")
             bad = [i for i in self.moe_layers or [] if not isinstance(i, int) or not 0 <= i < self.num_hidden_layers]
             if bad:
                 raise ValueError(f"MDLMConfig.moe_layers holds {bad}, not layer indices in [0, {self.num_hidden_layers})")
@@ -246,6 +269,9 @@ class MDLMConfig(PretrainedConfig):
             check_token_id("eos_token_id", token, self.vocab_size)
         if self.mask_token_id is not None and self.mask_token_id == self.slack_token_id:
             raise ValueError(f"MDLMConfig.slack_token_id must differ from mask_token_id ({self.mask_token_id})")
+        if self.mask_token_id is not None and self.mask_token_id in (eos if isinstance(eos, (list, tuple)) else [eos]):
+            # the canvas is filled with EOS after the response: a [MASK] there could not be told from noise
+            raise ValueError(f"MDLMConfig.eos_token_id must differ from mask_token_id ({self.mask_token_id})")
 
 
 def _div_or_none(a, b):

@@ -71,7 +71,8 @@ class ModelArguments:
             Dropout on the LoRA input.
         lora_target_modules (`str`, defaults to every attention and MLP projection):
             Comma-separated module name patterns (fnmatch on the full name or its last part); each must match at
-            least one `Linear` module, or the error lists the module names.
+            least one `Linear` module, or the error lists the module names. `all-linear`: every `Linear` module but
+            the output head, as in PEFT.
     """
 
     model_name_or_path: str | None = field(
@@ -108,7 +109,7 @@ class ModelArguments:
     lora_target_modules: str = field(
         default=DEFAULT_LORA_TARGETS,
         metadata={"help": "Comma-separated module name patterns (fnmatch on the full name or the last part); "
-                          "each must match at least one module."},
+                          "each must match at least one module. all-linear: every Linear module but the output head."},
     )
 
 
@@ -202,12 +203,16 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def lora_targets(model, patterns) -> list[str]:
-    """The Linear modules matched by `patterns` (comma-separated string or list); a pattern that matches none is
-    an error listing the model's Linear layer names, so a typo never silently trains nothing."""
+    """The Linear modules matched by `patterns` (comma-separated string or list; `"all-linear"`, as in PEFT, is
+    every Linear module but the output head); a pattern that matches none is an error listing the model's Linear
+    layer names, so a typo never silently trains nothing."""
     if isinstance(patterns, str):
         patterns = patterns.split(",")
     patterns = [p.strip() for p in patterns if p.strip()]
     names = _linear_names(model)
+    if patterns == ["all-linear"]:
+        head = model.get_output_embeddings()
+        return [name for name in names if model.get_submodule(name) is not head]
     unmatched = [p for p in patterns if not any(_matches(n, p) for n in names)]
     if unmatched:
         examples = sorted({n.rsplit(".", 1)[-1] for n in names})[:12]

@@ -147,8 +147,8 @@ class MDLMAttention(nn.Module):
         implementation = self.config._attn_implementation
         if output_attentions or implementation == "eager":
             attend = eager_attention_forward
-        else:
-            attend = ALL_ATTENTION_FUNCTIONS[implementation]
+        else:  # (get_interface is also what lets transformers' set_attn_implementation switch this model)
+            attend = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         mask = masks.get("flash" if implementation.startswith("flash") else "flex" if implementation == "flex_attention"
                          else "dense") if not (output_attentions or implementation == "eager") else masks.get("dense")
         out, weights = attend(self, q, k, v, mask, scaling=self.scaling, is_causal=False,
@@ -509,7 +509,9 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
         **kwargs,
     ):
         r"""
-        labels: (B, Q) token ids, -100 where not scored: the plain cross-entropy over labelled positions.
+        labels: (B, Q) the token of each position, -100 where not scored: the plain cross-entropy of predicting them,
+            read where the model predicts each token (a next-token model, e.g. Dream: position i - 1 predicts
+            token i, so position 0's label is not scored).
         logits_to_keep (`int`, `slice` or 1-D `torch.Tensor`, defaults to 0): compute the LM head only where it is
             needed: an int k > 0 keeps the last k positions, a slice or a tensor of indices keeps those positions,
             0 keeps all. The sampler keeps only the current block, which saves the vocabulary projection of the
@@ -545,7 +547,9 @@ class MDLMForMaskedLM(MDLMGenerationMixin, MDLMPreTrainedModel):
             if labels.shape != logits.shape[:2]:
                 raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}")
             # Plain CE over labelled positions, in float32 whatever the model's dtype.
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device), ignore_index=-100)
+            shift = self.config.prediction_shift
+            scoring, scored = logits[:, : logits.shape[1] - shift], labels[:, shift:]
+            loss = F.cross_entropy(scoring.float().flatten(0, 1), scored.flatten().to(logits.device), ignore_index=-100)
         # The body's output names the cache `cache` (transformers >= 5.2x) or `past_key_values` (before).
         cache = next((outputs[name] for name in ("cache", "past_key_values") if name in outputs.keys()), None)
         output = MDLMMaskedLMOutput(loss, logits, cache, outputs.hidden_states, outputs.attentions)

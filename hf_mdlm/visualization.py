@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -176,14 +177,19 @@ class TerminalRenderer:
 
 
 def check_animation_path(path) -> Path:
-    """`path` as a Path, or a ValueError (unknown suffix, missing folder) / ImportError (no Pillow) up front,
-    before minutes of sampling."""
+    """`path` as a Path, or a ValueError (unknown suffix, missing or unwritable folder, a folder at the path) /
+    ImportError (no Pillow) up front, before minutes of sampling."""
     path = Path(path)
     if path.suffix.lower() not in ANIMATION_SUFFIXES:
         raise ValueError(f"cannot write an animation to {str(path)!r}: the suffix must be one of "
                          f"{', '.join(ANIMATION_SUFFIXES)}")
     if not path.parent.is_dir():
-        raise ValueError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"cannot write {str(path)!r}: {str(path.parent)!r} {what}")
+    if path.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: it is a folder")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"cannot write {str(path)!r}: no permission to write there")
     if path.suffix.lower() != ".html":
         _pillow()
     return path

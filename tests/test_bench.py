@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,13 @@ def test_device_check_training_paths_run_tiny():
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 12 and float(cells[6]) > 0 and 0 < float(cells[8].rstrip("%")) <= 100, row
         assert cells[11].endswith("GiB"), row
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_device_check_refuses_a_machine_without_cuda():
+    """It built LLaDA-8B's shape in CPU memory (killed for memory on a 24 GB machine) or trained on the CPU."""
+    with pytest.raises(SystemExit):
+        _load("device_check").main(["llada8b"])
 
 
 def test_cache_table_runs_and_agrees_on_the_uncached_row(capsys):

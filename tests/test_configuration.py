@@ -18,11 +18,30 @@ from conftest import tiny_config
         (dict(num_hidden_layers=0), "num_hidden_layers"),
         (dict(slack_token_id=95), "slack_token_id"),
         (dict(rope_theta=0.0), "rope_theta"),
+        (dict(eos_token_id=95), "eos_token_id must differ from mask_token_id"),
+        (dict(eos_token_id=[93, 95]), "eos_token_id must differ from mask_token_id"),
+        (dict(head_dim=4.0), "head_dim must be a positive integer"),
+        (dict(head_dim=0), "head_dim must be a positive integer"),
+        (dict(initializer_range=-0.02), "initializer_range"),
+        (dict(num_experts=4, moe_intermediate_size=8, shared_expert_intermediate_size=-8),
+         "shared_expert_intermediate_size"),
     ],
 )
 def test_config_rejects_contradictions(overrides, field):
     with pytest.raises(ValueError, match=field):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("fixture", ["llada-tiny", "dream-tiny"])
+def test_another_familys_checkpoint_is_refused_not_loaded_as_a_random_model(fixture):
+    """transformers only warned: LLaDA's folder (no model_type) loaded as a 12-layer model of random weights, Dream's
+    dropped its q/k/v biases and its next-token alignment. The error says to convert it."""
+    from conftest import FIXTURES
+    from hf_mdlm import MDLMForMaskedLM
+
+    for load in (MDLMConfig.from_pretrained, MDLMForMaskedLM.from_pretrained):
+        with pytest.raises(ValueError, match="not an hf_mdlm model. Convert .*python -m hf_mdlm.convert"):
+            load(FIXTURES / fixture)
 
 
 def test_config_round_trip(tmp_path):

@@ -157,8 +157,10 @@ def test_the_converter_refuses_tensors_its_config_does_not_describe(tmp_path):
 
 def test_converter_config_errors_name_the_problem(tmp_path):
     moe = json.loads((FIXTURES / "llada-moe-tiny" / "config.json").read_text())
-    with pytest.raises(ValueError, match="names no mask token .* pass mask_token_id"):
+    with pytest.raises(ValueError, match="names no mask token .* pass mask_token_id .*config.json.*tokenizer"):
         llada_moe_config_to_mdlm(moe)
+    with pytest.raises(ValueError, match=r"\[MASK\] from config.json's mask_token_id: id=400 is not a token id"):
+        llada_moe_config_to_mdlm({**moe, "mask_token_id": 400})
     dream = json.loads((FIXTURES / "dream-tiny" / "config.json").read_text())
     with pytest.raises(ValueError, match="Dream config has no mask_token_id"):
         dream_config_to_mdlm({**dream, "mask_token_id": None})
@@ -278,6 +280,76 @@ def test_two_processes_converting_the_same_checkpoint_make_one_entry(tmp_path):
     entries = sorted(p.name for p in (tmp_path / "converted").iterdir())
     assert [e for e in entries if not e.endswith(".lock")] == [Path(first).name]
     assert (Path(first) / "config.json").exists() and (Path(first) / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- the [MASK] of LLaDA-MoE and LLaDA2
+
+# Their config.json names no [MASK] and the released models' (156895) is outside the fixtures' 320 ids.
+_MASKLESS = {"llada-moe": (FIXTURES / "llada-moe-tiny", 300), "llada2": (FIXTURES / "llada2-tiny", 317)}  # + eos
+
+
+def _maskless_copy(tmp_path, family, tokenizer_mask=None, config_mask=None):
+    """A copy of the family's fixture with a tokenizer whose mask token has id `tokenizer_mask` and/or a
+    "mask_token_id" in its config.json."""
+    fixture, eos = _MASKLESS[family]
+    src = tmp_path / fixture.name
+    shutil.copytree(fixture, src)
+    if tokenizer_mask is not None:
+        _tokenizer(tokenizer_mask, 302, eos).save_pretrained(src)
+    if config_mask is not None:
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**config, "mask_token_id": config_mask}))
+    return src
+
+
+@pytest.mark.parametrize("family", ["llada-moe", "llada2"])
+def test_the_mask_id_is_the_argument_else_config_json_else_the_tokenizers(tmp_path, family):
+    src = _maskless_copy(tmp_path, family, tokenizer_mask=303)
+    assert convert_checkpoint(src, tmp_path / "tokenizer", family).mask_token_id == 303
+    assert MDLMGenerationConfig.from_pretrained(tmp_path / "tokenizer").mask_token_id == 303
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "mask_token_id": 304}))
+    assert convert_checkpoint(src, tmp_path / "config", family).mask_token_id == 304
+    assert convert_checkpoint(src, tmp_path / "argument", family, mask_token_id=305).mask_token_id == 305
+
+
+def test_the_tokenizers_mask_is_read_from_its_json_files(tmp_path, caplog):
+    """The mask token named by special_tokens_map.json (an AddedToken) or tokenizer_config.json, its id from the
+    tokenizer's JSON files; the folder's tokenizer code (auto_map) never runs."""
+    import logging
+
+    from hf_mdlm.convert.common import tokenizer_mask_token_id
+
+    (tmp_path / "tokenization_x.py").write_text("raise RuntimeError('the source code ran')\n")
+    settings = {"auto_map": {"AutoTokenizer": [None, "tokenization_x.X"]}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert tokenizer_mask_token_id(tmp_path) is None  # no mask token named
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"mask_token": {"content": "<|mask|>"}}))
+    settings["added_tokens_decoder"] = {"7": {"content": "<|mask|>", "special": True}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert list(tokenizer_mask_token_id(tmp_path).values()) == [7]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "mask_token": "<m>"}))
+    (tmp_path / "vocab.json").write_text(json.dumps({"<m>": 9}))
+    assert list(tokenizer_mask_token_id(tmp_path).values()) == [9]
+    (tmp_path / "vocab.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.convert.common"):
+        assert tokenizer_mask_token_id(tmp_path) is None
+    assert "names the mask token '<m>'" in caplog.text
+
+
+@pytest.mark.parametrize("family", ["llada-moe", "llada2"])
+def test_a_smaller_checkpoint_converts_on_the_fly_with_its_own_mask(tmp_path, monkeypatch, family):
+    """examples/finetune.py converts through native_folder, which takes no mask_token_id: the folder names it."""
+    from hf_mdlm.convert.families import native_folder
+    from hf_mdlm.hub.remote_code import load_tokenizer
+
+    monkeypatch.setenv("HF_MDLM_CACHE", str(tmp_path / "cache"))
+    src = _maskless_copy(tmp_path, family, tokenizer_mask=319)
+    folder = native_folder(str(src))
+    assert MDLMForMaskedLM.from_pretrained(folder).config.mask_token_id == 319
+    assert load_tokenizer(folder).mask_token_id == 319
+    config_named = native_folder(str(_maskless_copy(tmp_path / "config", family, config_mask=303)))
+    assert json.loads((Path(config_named) / "config.json").read_text())["mask_token_id"] == 303
 
 
 # ----------------------------------------------------------------------------- every family through the pipeline

@@ -535,6 +535,15 @@ def test_evaluate_refuses_fast_samplers_without_a_judge(tmp_path):
                                   "--fast_samplers", "dual"])
 
 
+def test_evaluate_refuses_to_run_in_several_processes(tmp_path, monkeypatch):
+    """Under accelerate launch every process evaluated everything and the second failed on the first's folder lock
+    ("in use by another run"), naming its sibling's pid."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="evaluate.py runs in one process"):
+        example("evaluate").main(["--model", str(tmp_path / "m"), "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 def test_evaluate_checks_its_output_first(tmp_path, monkeypatch):
     a_file = tmp_path / "results"
     a_file.write_text("x")

@@ -206,3 +206,20 @@ def test_block_size_must_be_a_positive_integer():
         with pytest.raises(ValueError, match="--block_size must be a positive integer"):
             set_block_size(MDLMForMaskedLM(tiny_config()), bad)
     assert set_block_size(MDLMForMaskedLM(tiny_config()), 4).config.block_size == 4
+
+
+def test_all_linear_targets_every_linear_module_but_the_output_head():
+    """PEFT's "all-linear" shorthand was refused as a pattern matching nothing."""
+    import torch
+
+    from conftest import tiny_config
+    from hf_mdlm import MDLMForMaskedLM
+    from hf_mdlm.loading import lora_targets
+
+    for config in (tiny_config(), tiny_config(num_experts=4, moe_intermediate_size=16)):
+        model = MDLMForMaskedLM(config)
+        linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+        assert "lm_head" in linear
+        assert lora_targets(model, "all-linear") == [name for name in linear if name != "lm_head"]
+    with pytest.raises(ValueError, match="match no Linear module"):
+        lora_targets(model, "all-linear,nothing_here")

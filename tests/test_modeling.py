@@ -60,6 +60,19 @@ def test_labels_give_plain_cross_entropy(tiny_model):
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_labels_of_a_next_token_model_are_scored_where_it_predicts_them():
+    """Dream-style (next_token) models predict token i at position i - 1: the labels' loss reads it there (it read
+    position i, the loss of a same-token model)."""
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config(prediction_alignment="next_token")).eval()
+    ids = torch.randint(0, 90, (2, 6))
+    labels = ids.clone()
+    labels[0, 3] = -100
+    out = model(ids, labels=labels)
+    logits, targets = out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits, targets, ignore_index=-100))
+
+
 def test_logits_to_keep_projects_only_the_kept_positions(tiny_model):
     ids = torch.randint(0, 90, (2, 9))
     with torch.no_grad():
@@ -192,6 +205,8 @@ def test_eager_is_really_eager_and_returns_attention_weights():
     finally:
         modeling.eager_attention_forward = original
     assert calls == [1, 1]  # eager's two layers, none for sdpa
+    sdpa.set_attn_implementation("eager")  # transformers' switch (it only logged that this model could not switch)
+    assert sdpa.config._attn_implementation == "eager"
 
 
 def test_return_dict_false_gives_tuples(tiny_model):

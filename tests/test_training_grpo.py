@@ -288,7 +288,7 @@ def test_the_trainer_and_the_task_name_what_is_wrong(tokenizer, task, tmp_path):
     from transformers import GenerationConfig
 
     plain.generation_config = GenerationConfig()
-    with pytest.raises(ValueError, match="not an MDLMGenerationConfig"):
+    with pytest.raises(ValueError, match="not hf_mdlm.s MDLMGenerationConfig .*load_for_inference"):
         MDLMGRPOTrainer(plain, args=args)
     with pytest.raises(AttributeError, match="no_such_function is gone"):
         with grpo_module._patched(grpo_module._trl_grpo, "no_such_function", None):

@@ -800,6 +800,86 @@ def test_diffusion_loss_errors():
         diffusion_loss(logits, inputs, clean, **{**kw, "masked": outside})
     with pytest.raises(ValueError, match=r"\(2,\)"):
         diffusion_loss(logits, inputs, clean, **{**kw, "t": t[:1]})
+    # what MDLMTrainingArguments refuses is refused here too (the loss is public API)
+    for weights, message in (({"ce_weight": 0.0, "ctc_weight": 0.0}, "both 0"), ({"ce_weight": -1.0}, "ce_weight"),
+                             ({"ctc_weight": float("nan")}, "ctc_weight")):
+        with pytest.raises(ValueError, match=message):
+            diffusion_loss(logits, inputs, clean, **kw, **weights)
+    with pytest.raises(ValueError, match=r"t must lie in \(0, 1\]"):
+        diffusion_loss(logits, inputs, clean, **{**kw, "t": torch.tensor([-0.9, 0.5], dtype=torch.float64)})
+
+
+def test_a_minus_inf_logit_at_a_clean_token_is_named_or_left_out():
+    """Position 0's anchor token 1 has logit -inf; the alignment (slack, 1, 2) still exists. Pure slack-CTC
+    (ce_weight 0) gives its finite value, log 56 = -log(1/7 * 1/8) (was NaN: 0 * inf); a CE that counts is an error
+    naming the example (was +inf, silently)."""
+    import math
+
+    mask, slack = 6, 5
+    clean, noised = torch.tensor([[1, slack, 2]]), torch.tensor([[mask, mask, 2]])
+    loss_mask = torch.ones(1, 3, dtype=torch.bool)
+    logits = torch.zeros(1, 3, 8, dtype=torch.float64, requires_grad=True)
+    logits.data[0, 0, 1] = float("-inf")
+    kw = dict(masked=noised == mask, loss_mask=loss_mask, t=torch.tensor([1.0]), schedule=LinearSchedule(),
+              mask_token_id=mask, slack_token_id=slack)
+    out = diffusion_loss(logits, noised, clean, **kw, ce_weight=0.0, ctc_weight=1.0)
+    assert out.per_example.item() == pytest.approx(math.log(56) / 3, abs=1e-12)
+    out.per_example.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    for weights in ({"ce_weight": 1.0, "ctc_weight": 1.0}, {"ce_weight": 1.0, "ctc_weight": 0.0}):
+        with pytest.raises(ValueError, match=r"CE is not finite for example\(s\) \[0\].*-inf"):
+            diffusion_loss(logits, noised, clean, **kw, **weights)
+
+
+def test_per_block_errors_name_the_example_and_an_empty_canvas_still_backpropagates():
+    mask, slack = 6, 5
+    clean = torch.tensor([[1, slack, 2, 3]] * 3)
+    loss_mask = torch.ones(3, 4, dtype=torch.bool)
+    noised = torch.where(loss_mask, mask, clean)
+    noised[1, 0] = 4  # example 1 pins a token its target lacks: no alignment
+    blocks = (torch.arange(4) // 2)[None].expand(3, -1)
+    kw = dict(t=torch.full((3,), 0.5), schedule=LinearSchedule(), mask_token_id=mask, slack_token_id=slack)
+    for per_block in (None, blocks):  # the same message with and without blocks (was "example 2": a block's index)
+        with pytest.raises(ValueError, match="infeasible example 1:"):
+            diffusion_loss(torch.zeros(3, 4, 8), noised, clean, masked=noised == mask, loss_mask=loss_mask, **kw,
+                           blocks=per_block)
+    logits = torch.zeros(3, 4, 8, requires_grad=True)
+    nothing = torch.zeros(3, 4, dtype=torch.bool)
+    out = diffusion_loss(logits, clean, clean, masked=nothing, loss_mask=nothing, **kw, blocks=blocks)
+    out.per_example.sum().backward()  # raised "does not require grad" (the whole-canvas path did not)
+    assert out.per_example.tolist() == [0.0] * 3 and logits.grad.abs().sum() == 0
+
+
+def test_the_per_block_loss_reads_the_logits_in_place(monkeypatch):
+    """Each block's lattice selects its log-probabilities from the batch's logits: no (blocks, block, V) copy of the
+    logits is made (it doubled the loss's peak memory: 512 against 265 MiB at canvas 1024, vocabulary 126k)."""
+    read = []
+    selected = losses._selected_log_probs
+
+    def recording(logits, *args):
+        read.append(logits)
+        return selected(logits, *args)
+
+    monkeypatch.setattr(losses, "_selected_log_probs", recording)
+    mask, slack = 6, 5
+    clean = torch.tensor([[1, slack, 2, 3, 2, slack], [3, 3, slack, 1, 2, 2]])
+    loss_mask = torch.ones(2, 6, dtype=torch.bool)
+    noised = torch.where(torch.tensor([[1, 1, 0, 1, 1, 1], [1, 0, 1, 1, 1, 0]]).bool(), mask, clean)
+    logits = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(0))
+    kw = dict(masked=noised == mask, loss_mask=loss_mask, t=torch.full((2,), 0.5), schedule=LinearSchedule(),
+              mask_token_id=mask, slack_token_id=slack, blocks=(torch.arange(6) // 3)[None].expand(2, -1))
+    diffusion_loss(logits, noised, clean, **kw)
+    assert read and all(tensor is logits for tensor in read)
+
+
+def test_second_derivatives_of_the_slack_ctc_are_refused_by_name():
+    """create_graph=True failed with "logaddexp(): functions with out=... don't support automatic differentiation"."""
+    logits, inputs, clean, loss_mask, masked, t, mask, slack, a, b = _tiny_diffusion_case()
+    logits.requires_grad_(True)
+    out = diffusion_loss(logits, inputs, clean, masked=masked, loss_mask=loss_mask, t=t, schedule=LinearSchedule(),
+                         mask_token_id=mask, slack_token_id=slack)
+    with pytest.raises(RuntimeError, match="slack-CTC has no second derivatives"):
+        torch.autograd.grad(out.per_example.sum(), logits, create_graph=True)
 
 
 # ----------------------------------------------------------------------------- fuzz

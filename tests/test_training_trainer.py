@@ -1,6 +1,7 @@
 """Tests of `hf_mdlm/training/trainer.py`: MDLMTrainer's updates, logs, resumption, seeds and positions, its
 standard-CTC ablation, and its refusals (no slack or mask token, a Hub token or push in its arguments)."""
 
+import copy
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from datasets import Dataset
 
 from hf_mdlm import MDLMForMaskedLM, convert_llada_checkpoint
 from hf_mdlm.data import DiffusionCollator
+from hf_mdlm.tokenization import add_diffusion_tokens
 from hf_mdlm.training.arguments import MDLMTrainingArguments
 from hf_mdlm.training.trainer import MDLMTrainer
 from conftest import LLADA_TINY, TOKEN, tiny_config, tiny_model_for
@@ -242,7 +244,74 @@ def test_eval_noise_differs_between_processes(tmp_path, monkeypatch):
         return float(trainer.prediction_step(trainer.model, dict(batch), prediction_loss_only=True)[0])
 
     single, rank0, rank1 = eval_loss(1, 0), eval_loss(2, 0), eval_loss(2, 1)
-    assert single == rank0 and rank1 != rank0
+    assert single == rank0 and rank1 != rank0 and rank1 > 0  # (outside evaluate: no row is a repeat)
+
+
+@pytest.mark.parametrize("normalization", ["canvas", "batch_tokens"])
+def test_the_eval_loss_does_not_depend_on_the_eval_batch_size(tmp_path, normalization):
+    """The times are stratified over the whole eval set and each example's noise follows its index in it, so the
+    eval batch size changes nothing (before: times stratified per batch, and an eval batch of 1 gave every example
+    the same time; the eval loss moved several-fold). With `batch_tokens` the loss is per token of the whole set."""
+    losses = {}
+    for size in (1, 3, 8):
+        trainer = make_trainer(tmp_path / str(size), eval_dataset=toy_dataset(8, seed=1), per_device_eval_batch_size=size,
+                               loss_normalization=normalization)
+        metrics = trainer.evaluate()
+        assert trainer.evaluate()["eval_loss"] == metrics["eval_loss"]  # every evaluation draws the same noise
+        losses[size] = metrics["eval_loss"]
+    assert losses[1] == pytest.approx(losses[8], rel=1e-5) and losses[3] == pytest.approx(losses[8], rel=1e-5)
+
+
+def test_eval_rows_past_the_set_count_nowhere(tmp_path, monkeypatch):
+    """Several processes: accelerate fills the last eval batches up with repeats of the first examples. Those rows
+    (positions past the set) are left out of the loss and its logged parts, so every example is scored once (the
+    parts counted 6 examples of 5 under two processes, and no longer added up to the eval loss)."""
+    trainer = make_trainer(tmp_path, per_device_eval_batch_size=4)
+    rows = toy_dataset()
+    monkeypatch.setattr(MDLMTrainingArguments, "world_size", property(lambda self: 2))
+    monkeypatch.setattr(MDLMTrainingArguments, "process_index", property(lambda self: 1))
+
+    def eval_on(batch_rows):
+        trainer._eval_step, trainer._eval_total = 0, 5  # rank 1's first batch: positions 4, 5, ...
+        trainer._metrics["eval"].clear()
+        batch = trainer.data_collator([rows[i] for i in batch_rows])
+        loss = float(trainer.prediction_step(trainer.model, batch, prediction_loss_only=True)[0])
+        return loss, {name: float(value) for name, value in trainer._metrics["eval"].items()}
+
+    padded, alone = eval_on(range(4)), eval_on([0])  # position 4 is the set's last example; 5, 6, 7 are repeats
+    assert padded[1]["count"] == 1 and padded[0] == pytest.approx(alone[0], rel=1e-6)
+    assert padded[1] == pytest.approx(alone[1], rel=1e-6)
+
+
+def test_trainer_settings_it_would_ignore_or_break_on_are_refused(tmp_path):
+    for overrides, message in ((dict(label_smoothing_factor=0.1), "label_smoothing_factor"),
+                               (dict(accelerator_config={"split_batches": True}), "split_batches")):
+        with pytest.raises(ValueError, match=message):
+            make_trainer(tmp_path, **overrides)
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        MDLMTrainer(model=MDLMForMaskedLM(tiny_config()), args=MDLMTrainingArguments(output_dir=str(tmp_path)),
+                    data_collator=DiffusionCollator(pad_token_id=0, canvas_length=CANVAS), train_dataset=toy_dataset(),
+                    compute_loss_func=lambda *args: 0)
+    raw = Dataset.from_list([{"text": "a line of text"}])
+    with pytest.raises(ValueError, match=r"train_dataset has columns \['text'\].*hf_mdlm.data.preprocess_dataset"):
+        MDLMTrainer(model=MDLMForMaskedLM(tiny_config()), args=MDLMTrainingArguments(output_dir=str(tmp_path)),
+                    data_collator=DiffusionCollator(pad_token_id=0, canvas_length=CANVAS), train_dataset=raw)
+    with pytest.raises(NotImplementedError, match="hf_mdlm.hub.export_for_hub"):
+        make_trainer(tmp_path).push_to_hub()
+
+
+def test_the_trainer_records_the_token_ids_it_trained_with(tmp_path, tokenizer):
+    """A config without [MASK]/<slack> ids, trained with the tokenizer's: the ids go into the config, so that the
+    saved model's generate() suppresses and strips <slack> (it sampled all-<slack> rows)."""
+    config = tiny_config(vocab_size=len(tokenizer), mask_token_id=None, slack_token_id=None, eos_token_id=None,
+                         pad_token_id=None)
+    model = MDLMForMaskedLM(config)
+    tokenizer = copy.deepcopy(tokenizer)
+    add_diffusion_tokens(tokenizer)
+    MDLMTrainer(model=model, args=MDLMTrainingArguments(output_dir=str(tmp_path)), processing_class=tokenizer,
+                data_collator=DiffusionCollator(pad_token_id=0, canvas_length=CANVAS), train_dataset=toy_dataset())
+    assert model.config.mask_token_id == tokenizer.mask_token_id
+    assert model.config.slack_token_id == tokenizer.convert_tokens_to_ids("<slack>")
 
 
 def test_evaluation_follows_trainers_contract_for_compute_metrics(tmp_path):

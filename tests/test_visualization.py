@@ -188,6 +188,12 @@ def test_bad_paths_are_clear_errors(model, tokenizer, tmp_path, generate_script,
         write_animation(recorder.frames, tmp_path / "missing" / "a.html")
     with pytest.raises(ValueError, match="no frames"):
         write_animation([], tmp_path / "a.html")
+    (tmp_path / "made.gif").mkdir()  # these failed only after the sampling, with a raw OSError
+    (tmp_path / "file.gif").write_bytes(b"")
+    with pytest.raises(ValueError, match="file.gif' is not a folder"):
+        write_animation(recorder.frames, tmp_path / "file.gif" / "a.gif")
+    with pytest.raises(ValueError, match="made.gif': it is a folder"):
+        write_animation(recorder.frames, tmp_path / "made.gif")
     # generate.py refuses them before loading the model (this one does not exist).
     base = ["--model", str(tmp_path / "no-model"), "--prompt", "x"]
     with pytest.raises(SystemExit, match=r"--animate: .*movie\.mp4"):

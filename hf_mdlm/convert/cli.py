@@ -36,7 +36,8 @@ def main(argv=None):
                                  help="a block-diffusion model with blocks of this many positions (1: the causal LM)")
         if family in ("llada-moe", "llada2"):
             command.add_argument("--mask_token_id", type=int, default=None,
-                                 help="the [MASK] id (the config names none; default: the real models' 156895)")
+                                 help="the [MASK] id (default: config.json's mask_token_id, else the tokenizer's "
+                                      "mask token, else the real models' 156895)")
     args = parser.parse_args(argv)
     try:  # a mistake in the command is one line naming it, not a traceback (the library raises as usual)
         config = _convert(args)

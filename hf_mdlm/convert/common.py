@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..configuration_mdlm import MDLMConfig
+from ..configuration_mdlm import MDLMConfig, check_token_id
 from ..generation_mdlm import MDLMGenerationConfig
 from ..hub.files import TOKENIZER_FILES, copy_hub_code
 
@@ -173,6 +173,60 @@ def refuse(family: str, source: dict, field: str, allowed) -> None:
     if field in source and source[field] not in allowed:
         raise ValueError(f"{family} config field {field!r}={source[field]!r} cannot be represented by MDLMConfig "
                          f"(supported: {' or '.join(map(repr, allowed))})")
+
+
+def source_mask_token_id(family: str, source: dict, released_id: int, mask_token_id: int | None = None,
+                         src=None) -> int:
+    """The [MASK] id of a family whose released config.json names none (LLaDA-MoE, LLaDA2): `mask_token_id` when
+    given, else config.json's "mask_token_id", else the mask token of `src`'s tokenizer files, else the released
+    models' id when this vocabulary holds it. A smaller checkpoint (a fixture, a pruned model) converted on the fly,
+    where no argument can be passed, thus takes its [MASK] from its own folder."""
+    vocab = source["vocab_size"]
+    found = {"the mask_token_id argument": mask_token_id, "config.json's mask_token_id": source.get("mask_token_id")}
+    if src is not None and mask_token_id is None and source.get("mask_token_id") is None:
+        found.update(tokenizer_mask_token_id(Path(src)) or {})
+    for where, token_id in found.items():
+        if token_id is not None:
+            if where != "the mask_token_id argument":
+                logger.info("%s's [MASK] id is %s, from %s", family, token_id, where)
+            return check_token_id("id", token_id, vocab, owner=f"{family}'s [MASK] from {where}: ")
+    if vocab <= released_id:
+        raise ValueError(f"{family}'s config names no mask token and the released models' ({released_id}) is outside "
+                         f"this vocabulary of {vocab}: pass mask_token_id (also read: a \"mask_token_id\" in "
+                         "config.json, the mask token of the folder's tokenizer)")
+    return released_id
+
+
+def tokenizer_mask_token_id(src: Path) -> dict | None:
+    """{where: id} of the mask token a folder's tokenizer names ("mask_token" in tokenizer_config.json or
+    special_tokens_map.json), its id looked up in the tokenizer's JSON files: no code of the folder runs (a
+    tokenizer may name its own). None when no mask token is named, or (a warning) when no JSON file gives its id,
+    e.g. a sentencepiece-only tokenizer."""
+    def read(name):
+        path = src / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    settings = read("tokenizer_config.json")
+    where, token = "tokenizer_config.json", settings.get("mask_token")
+    if not token:
+        where, token = "special_tokens_map.json", read("special_tokens_map.json").get("mask_token")
+    if not token:
+        return None
+    token = token["content"] if isinstance(token, dict) else token  # an AddedToken, saved as a dict
+    ids = {entry["content"]: int(index) for index, entry in (settings.get("added_tokens_decoder") or {}).items()}
+    backend = read("tokenizer.json")
+    vocab = (backend.get("model") or {}).get("vocab") or {}
+    if isinstance(vocab, list):  # Unigram: [piece, score] pairs, the id is the position
+        vocab = {entry[0]: index for index, entry in enumerate(vocab)}
+    for table in ({entry["content"]: entry["id"] for entry in backend.get("added_tokens") or []}, vocab,
+                  read("added_tokens.json"), read("vocab.json")):
+        if token in table:
+            ids.setdefault(token, table[token])
+    if token not in ids:
+        logger.warning("%s names the mask token %r, which none of its tokenizer's JSON files gives an id: not used",
+                       src / where, token)
+        return None
+    return {f"the tokenizer's mask token {token!r} ({where})": ids[token]}
 
 
 def llada_generation_config(config: MDLMConfig) -> MDLMGenerationConfig:

@@ -20,11 +20,12 @@ import torch
 
 from ..configuration_mdlm import MDLMConfig
 from ..generation_mdlm import MDLMGenerationConfig, block_sampling
-from .common import read_source_config, refuse, write_converted
+from .common import read_source_config, refuse, source_mask_token_id, write_converted
 
 logger = logging.getLogger(__name__)
 
 # The released models' [MASK] and block length (their config.json names neither; the family's sampler is given them).
+# The [MASK] is the default when neither an argument, config.json nor the tokenizer names one.
 LLADA2_MASK_TOKEN_ID = 156895
 LLADA2_BLOCK_LENGTH = 32
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -47,11 +48,7 @@ def llada2_config_to_mdlm(source: dict, mask_token_id: int | None = None,
     refuse(family, source, "score_function", ("sigmoid",))
     refuse(family, source, "norm_head", (False,))
     vocab, layers = source["vocab_size"], source["num_hidden_layers"]
-    if mask_token_id is None:
-        if vocab <= LLADA2_MASK_TOKEN_ID:
-            raise ValueError(f"LLaDA2's config names no mask token and the released models' ({LLADA2_MASK_TOKEN_ID}) "
-                             f"is outside this vocabulary of {vocab}: pass mask_token_id")
-        mask_token_id = LLADA2_MASK_TOKEN_ID
+    mask_token_id = source_mask_token_id(family, source, LLADA2_MASK_TOKEN_ID, mask_token_id)
     heads = source["num_attention_heads"]
     head_dim = source.get("head_dim") or source["hidden_size"] // heads
     experts = source.get("num_experts") or 0
@@ -118,7 +115,9 @@ def convert_llada2_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None 
                               mask_token_id: int | None = None) -> MDLMConfig:
     """Convert a LLaDA2.0 / 2.1 folder into a block-diffusion hf_mdlm folder (`block_size` 32)."""
     source = read_source_config(Path(src_dir), "LLaDA2")
-    config = llada2_config_to_mdlm(source, mask_token_id)
+    # the folder's tokenizer may name the [MASK] (the config does not): what native_folder's conversion relies on
+    config = llada2_config_to_mdlm(source, source_mask_token_id("LLaDA2", source, LLADA2_MASK_TOKEN_ID, mask_token_id,
+                                                                src_dir))
     described = (f"num_hidden_layers={config.num_hidden_layers}, num_experts={config.num_experts}, "
                  f"first_k_dense_replace={source.get('first_k_dense_replace')}")
     return write_converted(src_dir, dst_dir, config, llada2_key_renamer(config), llada2_generation_config(config),

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from ..configuration_mdlm import MDLMConfig
-from .common import llada_generation_config, read_source_config, refuse, write_converted
+from .common import llada_generation_config, read_source_config, refuse, source_mask_token_id, write_converted
 
 logger = logging.getLogger(__name__)
 
-# The real models' [MASK] (their config.json does not name it; the reference sampler is given it).
+# The real models' [MASK] (their config.json does not name it; the reference sampler is given it): the default
+# when neither an argument, config.json nor the tokenizer names one.
 LLADA_MOE_MASK_TOKEN_ID = 156895
 _IGNORED_BY_THE_REFERENCE = ("norm_topk_prob", "moe_router_score_function", "routed_scaling_factor",
                              "router_num_group", "router_topk_group")
@@ -39,11 +40,7 @@ def llada_moe_config_to_mdlm(source: dict, mask_token_id: int | None = None) -> 
     if ignored:
         logger.info("LLaDA-MoE config fields the reference code ignores, ignored here too: %s", ignored)
     vocab = source["vocab_size"]
-    if mask_token_id is None:
-        if vocab <= LLADA_MOE_MASK_TOKEN_ID:
-            raise ValueError(f"LLaDA-MoE's config names no mask token and the real models' ({LLADA_MOE_MASK_TOKEN_ID}) "
-                             f"is outside this vocabulary of {vocab}: pass mask_token_id")
-        mask_token_id = LLADA_MOE_MASK_TOKEN_ID
+    mask_token_id = source_mask_token_id("LLaDA-MoE", source, LLADA_MOE_MASK_TOKEN_ID, mask_token_id)
     freq = source.get("moe_layer_freq", 1)
     layers = source["num_hidden_layers"]
     moe_layers = [i for i in range(layers) if (freq[i] if isinstance(freq, list) else freq)]
@@ -81,7 +78,9 @@ def convert_llada_moe_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | No
                                  mask_token_id: int | None = None) -> MDLMConfig:
     """Convert a LLaDA-MoE folder; it samples with LLaDA's sampler (blocks, low-confidence remasking)."""
     source = read_source_config(Path(src_dir), "LLaDA-MoE")
-    config = llada_moe_config_to_mdlm(source, mask_token_id)
+    # the folder's tokenizer may name the [MASK] (the config does not): what native_folder's conversion relies on
+    config = llada_moe_config_to_mdlm(source, source_mask_token_id(
+        "LLaDA-MoE", source, LLADA_MOE_MASK_TOKEN_ID, mask_token_id, src_dir))
     generation = llada_generation_config(config)
     described = (f"num_hidden_layers={config.num_hidden_layers}, moe_layer_freq={source.get('moe_layer_freq')}, "
                  f"num_experts={config.num_experts}")

@@ -41,7 +41,8 @@ class DiffusionCollator:
         prompts, responses = [], []
         for i, f in enumerate(features):
             if "prompt_ids" not in f or "response_ids" not in f:
-                raise KeyError(f"batch row {i} needs 'prompt_ids' and 'response_ids'; it has {sorted(f)}")
+                raise KeyError(f"batch row {i} needs 'prompt_ids' and 'response_ids'; it has {sorted(f)} (raw rows "
+                               "become them through hf_mdlm.data.preprocess_dataset)")
             p, r = _as_list(f["prompt_ids"]), _as_list(f["response_ids"])
             if len(r) > self.canvas_length:
                 ex = f.get("example_id", i)

@@ -66,12 +66,12 @@ def check_folder_files(folder, name=None) -> None:
                          "merged model folder (finetune.py's --output_dir), or load the adapter onto its base with "
                          "peft.PeftModel.from_pretrained, as its model card shows")
     problems = []
-    for name in _FOLDER_JSON_FILES:
-        if (folder / name).is_file():
+    for file in _FOLDER_JSON_FILES:
+        if (folder / file).is_file():
             try:
-                json.loads((folder / name).read_text(encoding="utf-8"))
+                json.loads((folder / file).read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError) as error:
-                problems.append(f"{name} is not valid JSON ({error})")
+                problems.append(f"{file} is not valid JSON ({error})")
     problems += [problem for path in sorted(folder.glob("*.safetensors"))
                  for problem in [_safetensors_problem(path, path.name)] if problem]
     if problems:

@@ -35,7 +35,7 @@ class MDLMTrainingArguments(TrainingArguments):
 
         slack_rule (`str`, defaults to `"bernoulli"`):
             How many `<slack>` go into a response: `"bernoulli"` (each of the n + 1 gaps gets one with probability
-            `slack_prob`), `"fixed"` (round(slack_prob * n) at random gaps) or `"none"`.
+            `slack_prob`), `"fixed"` (floor(slack_prob * n + 1/2) at random gaps) or `"none"`.
         slack_prob (`float`, defaults to `0.1`):
             The probability (`"bernoulli"`) or ratio (`"fixed"`) of `<slack>`, in [0, 1].
         canvas_padding (`str`, defaults to `"eos"`):
@@ -76,7 +76,8 @@ class MDLMTrainingArguments(TrainingArguments):
     slack_rule: str = field(
         default="bernoulli",
         metadata={"help": "How many <slack> to insert into a response: 'bernoulli' (each of the n+1 gaps gets one "
-                          "with probability slack_prob), 'fixed' (round(slack_prob*n) at random gaps) or 'none'."},
+                          "with probability slack_prob), 'fixed' (floor(slack_prob*n + 1/2) at random gaps) or "
+                          "'none'."},
     )
     slack_prob: float = field(
         default=0.1,

@@ -238,8 +238,8 @@ def mask_canvas(
     return noised, masked
 
 
-# How many <slack> a response gets (docs/objective.md §1): one per gap with probability p, round(p * n) at random
-# gaps, or none. And what fills the canvas after the response: EOS (LLaDA; the model learns to stop) or <slack>.
+# How many <slack> a response gets (docs/objective.md §1): one per gap with probability p, floor(p * n + 1/2) at
+# random gaps, or none. And what fills the canvas after the response: EOS (LLaDA; the model learns to stop) or <slack>.
 SLACK_RULES = ("bernoulli", "fixed", "none")
 CANVAS_PADDINGS = ("eos", "slack")
 

@@ -133,8 +133,10 @@ class MDLMGRPOTrainer(GRPOTrainer):
                              "LMs (hf_mdlm models)")
         generation = base.generation_config
         if not isinstance(generation, MDLMGenerationConfig):
-            raise ValueError("the model's generation_config is not an MDLMGenerationConfig: load the model with "
-                             "hf_mdlm.loading so that rollouts use the diffusion sampler")
+            raise ValueError("the model's generation_config is not hf_mdlm's MDLMGenerationConfig (a model loaded "
+                             "with AutoModel and trust_remote_code runs the folder's copy of the code, another class; "
+                             "or not a diffusion LM): load it with hf_mdlm.loading.load_for_inference(path) (or "
+                             "load_model_and_tokenizer) so that rollouts use hf_mdlm's diffusion sampler")
         if args.max_completion_length is None:
             args.max_completion_length = generation.max_new_tokens
         try:  # the rollouts' sampler settings, checked now rather than at the first rollout

@@ -23,6 +23,7 @@ pass over the band of slack counts s in [0, k].
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -95,7 +96,7 @@ class _SelectedLogSoftmax(torch.autograd.Function):
         flat_idx = batch_idx * seq + pos_idx
         untouched = torch.ones(batch * seq, dtype=torch.bool, device=logits.device)
         untouched[flat_idx] = False
-        grad_rows.index_fill_(0, untouched.nonzero()[:, 0], 0)
+        grad_rows.masked_fill_(untouched[:, None], 0)  # (no nonzero(): it would wait for the device)
         grad_out = grad_out.to(cdt)
         neg_total = -grad_out.sum(-1, keepdim=True)
         for sl in _row_chunks(batch_idx.numel(), vocab, logits.device):
@@ -190,9 +191,12 @@ def masked_cross_entropy(logits: torch.Tensor, clean_ids: torch.Tensor, masked: 
 
 
 class _Canvas:
-    """Canvas positions of each row gathered in order and padded to the batch maximum."""
+    """Canvas positions of each row gathered in order and padded to the batch maximum.
 
-    def __init__(self, input_ids, clean_ids, loss_mask, mask_id, slack_id):
+    `source` (rows, columns): where each lattice row and its columns lie in the logits, when the lattices are pieces
+    of the batch's rows (blocks); by default lattice row b is logits row b at the gathered positions."""
+
+    def __init__(self, input_ids, clean_ids, loss_mask, mask_id, slack_id, source=None):
         batch = loss_mask.shape[0]
         device = loss_mask.device
         self.lengths = loss_mask.sum(1)  # L_b
@@ -213,6 +217,14 @@ class _Canvas:
         target_order = torch.sort(~is_target, dim=1, stable=True).indices[:, :width]
         self.targets = self.clean.gather(1, target_order)  # y, garbage beyond U_b
         self.masked = self.valid & (self.noised == mask_id)
+        if source is None:
+            self.logit_rows, self.logit_positions = torch.arange(batch, device=device), self.positions
+        else:
+            self.logit_rows, self.logit_positions = source[0], source[1].gather(1, self.positions)
+
+    def selected_log_probs(self, logits, rows, cols, candidates):
+        """Log-probabilities of `candidates` (M, J) at the lattice cells (rows, cols)."""
+        return _selected_log_probs(logits, self.logit_rows[rows], self.logit_positions[rows, cols], candidates)
 
 
 def _band_emissions(canvas: _Canvas, logits, slack_id):
@@ -252,7 +264,7 @@ def _band_emissions(canvas: _Canvas, logits, slack_id):
     rows, cols = canvas.masked.nonzero(as_tuple=True)
     slack_col = torch.full((rows.numel(), 1), slack_id, dtype=target_tokens.dtype, device=device)
     candidates = torch.cat([target_tokens[rows, cols], slack_col], dim=1)  # (M, K+2)
-    log_probs = _selected_log_probs(logits, rows, canvas.positions[rows, cols], candidates)
+    log_probs = canvas.selected_log_probs(logits, rows, cols, candidates)
     e_target = e_target.index_put((rows, cols), torch.where(exists[rows, cols], log_probs[:, :width], neg_inf))
     e_slack = e_slack.index_put((rows, cols), log_probs[:, width])
 
@@ -320,6 +332,16 @@ def _backward_beta(e_target, e_slack, num_slack, log_scale):
     return beta
 
 
+class InfeasibleAlignment(ValueError):
+    """No alignment of the target agrees with the unmasked canvas tokens of `examples` (indices in the batch)."""
+
+    def __init__(self, what: str, examples):
+        self.what, self.examples = what, sorted(set(examples))
+        label = "example" if len(self.examples) == 1 else "examples"
+        super().__init__(f"{what}: infeasible {label} {', '.join(map(str, self.examples))}: no alignment of the target "
+                         "agrees with the unmasked canvas tokens (input_ids inconsistent with clean_ids?)")
+
+
 def _raise_infeasible(log_z, what="slack-CTC"):
     if not values_are_free(log_z):
         torch._assert_async((torch.isfinite(log_z) | torch.isnan(log_z)).all(),
@@ -327,11 +349,7 @@ def _raise_infeasible(log_z, what="slack-CTC"):
         return
     bad = (~torch.isfinite(log_z) & ~torch.isnan(log_z)).nonzero().flatten().tolist()
     if bad:
-        label = "example" if len(bad) == 1 else "examples"
-        raise ValueError(
-            f"{what}: infeasible {label} {', '.join(map(str, bad))}: no alignment of the target "
-            "agrees with the unmasked canvas tokens (input_ids inconsistent with clean_ids?)"
-        )
+        raise InfeasibleAlignment(what, bad)
 
 
 def _blame_the_model(error, canvas, logits, slack_id):
@@ -373,6 +391,9 @@ class _BandedSlackCTC(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: the posteriors below are not differentiated
+            raise RuntimeError("slack-CTC has no second derivatives (its gradient is computed from forward-backward "
+                               "posteriors): differentiate it once, without create_graph=True")
         e_target, e_slack, num_slack, alpha, log_scale, end = ctx.saved_tensors
         beta = _backward_beta(e_target, e_slack, num_slack, log_scale)
         # (B, L, K+1) pieces: state s before position i, s - 1 before it, s after it.
@@ -444,7 +465,7 @@ def _standard_ctc(canvas: _Canvas, logits, slack_id):
     rows, cols = canvas.masked.nonzero(as_tuple=True)
     slack_col = torch.full((rows.numel(), 1), slack_id, dtype=targets.dtype, device=device)
     candidates = torch.cat([targets[rows], slack_col], dim=1)  # (M, U+1)
-    log_probs = _selected_log_probs(logits, rows, canvas.positions[rows, cols], candidates)
+    log_probs = canvas.selected_log_probs(logits, rows, cols, candidates)
     # Map each state to its candidate column: blanks -> last column, target u -> column u.
     col_of_state = torch.full((states,), num_y, dtype=torch.long, device=device)
     col_of_state[2::2] = torch.arange(max_targets, device=device)
@@ -473,8 +494,9 @@ def _standard_ctc(canvas: _Canvas, logits, slack_id):
 # ----------------------------------------------------------------------------- public API
 
 
-def _slack_ctc_and_ce(logits, input_ids, clean_ids, mask_id, slack_id, loss_mask, collapse, backward, want_ce):
-    canvas = _Canvas(input_ids, clean_ids, loss_mask, mask_id, slack_id)
+def _slack_ctc_and_ce(logits, input_ids, clean_ids, mask_id, slack_id, loss_mask, collapse, backward, want_ce,
+                      source=None):
+    canvas = _Canvas(input_ids, clean_ids, loss_mask, mask_id, slack_id, source)
     if collapse == "ctc":
         return _standard_ctc(canvas, logits, slack_id), None
     e_target, e_slack, log_probs, rows, cols = _band_emissions(canvas, logits, slack_id)
@@ -495,17 +517,19 @@ def _slack_ctc_and_ce(logits, input_ids, clean_ids, mask_id, slack_id, loss_mask
         slack_before = torch.cumsum(canvas.is_slack.long(), dim=1) - canvas.is_slack.long()
         anchor_col = torch.where(canvas.is_slack, canvas.max_slack + 1, slack_before)[rows, cols]
         anchor_lp = log_probs.gather(1, anchor_col[:, None])[:, 0]
-        ce = torch.zeros(logits.shape[0], dtype=anchor_lp.dtype, device=logits.device).index_add(0, rows, -anchor_lp)
+        ce = torch.zeros(canvas.valid.shape[0], dtype=anchor_lp.dtype, device=logits.device)
+        ce = ce.index_add(0, rows, -anchor_lp)
     return ctc, ce
 
 
 def _per_block(logits, input_ids, clean_ids, loss_mask, blocks, loss_fn):
-    """`loss_fn` run on every (example, block) as an example of its own (the block's canvas positions gathered in
-    order), the results summed per example: a lattice per block."""
+    """`loss_fn(input_ids, clean_ids, loss_mask, source)` run on every (example, block) as an example of its own
+    (the block's canvas positions gathered in order; `source` says where they lie in `logits`, which is never
+    gathered), the results summed per example: a lattice per block."""
     _check_ids("blocks", blocks, logits.shape[:2], logits.device)
     rows, columns = loss_mask.nonzero(as_tuple=True)  # row-major: each row's canvas positions in order
-    if rows.numel() == 0:
-        zero = logits.new_zeros(logits.shape[0], dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    if rows.numel() == 0:  # nothing to score: zero, still differentiable (a backward must not fail)
+        zero = logits[:, 0, 0].to(_compute_dtype(logits.dtype)) * 0
         return zero, zero
     span = int(blocks.max()) - int(blocks.min()) + 1
     group_key = rows * span + (blocks[rows, columns] - blocks.min())
@@ -527,7 +551,10 @@ def _per_block(logits, input_ids, clean_ids, loss_mask, blocks, loss_fn):
     def per_example(values):
         return None if values is None else values.new_zeros(logits.shape[0]).index_add(0, owner, values)
 
-    ctc, ce = loss_fn(take(logits), take(input_ids), take(clean_ids), valid)
+    try:
+        ctc, ce = loss_fn(take(input_ids), take(clean_ids), valid, (owner, index))
+    except InfeasibleAlignment as error:  # name the examples, not the blocks
+        raise InfeasibleAlignment(error.what, owner[error.examples].tolist()) from None
     return per_example(ctc), per_example(ce)
 
 
@@ -661,6 +688,11 @@ def diffusion_loss(
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+    for name, value in (("ce_weight", ce_weight), ("ctc_weight", ctc_weight)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if ce_weight == 0 and ctc_weight == 0:
+        raise ValueError("ce_weight and ctc_weight are both 0: the loss would be 0 (nothing to learn)")
     _check_logits(logits)
     shape = logits.shape[:2]
     vocab = logits.shape[-1]
@@ -675,6 +707,8 @@ def diffusion_loss(
         t = t.expand(shape[0])
     if tuple(t.shape) != (shape[0],):
         raise ValueError(f"t must have shape ({shape[0]},), got {tuple(t.shape)}")
+    if values_are_free(t) and not bool(((t > 0) & (t <= 1)).all()):
+        raise ValueError(f"t must lie in (0, 1] (masking times), got {t.tolist()}")
 
     ctc = None
     if ctc_weight != 0:
@@ -693,13 +727,19 @@ def diffusion_loss(
                 want_ce=collapse == "slack",
             )
         else:
-            ctc, ce = _per_block(logits, input_ids, clean_ids, loss_mask, blocks, lambda *parts: _slack_ctc_and_ce(
-                *parts[:3], mask_id, slack_id, parts[3], collapse, "analytic", want_ce=collapse == "slack"))
+            ctc, ce = _per_block(logits, input_ids, clean_ids, loss_mask, blocks, lambda ids, clean, mask, source:
+                                 _slack_ctc_and_ce(logits, ids, clean, mask_id, slack_id, mask, collapse, "analytic",
+                                                   want_ce=collapse == "slack", source=source))
         if ce is None:
             ce = masked_cross_entropy(logits, clean_ids, masked)
     else:
         ce = masked_cross_entropy(logits, clean_ids, masked)
 
+    if ce_weight != 0 and values_are_free(ce) and not bool(torch.isfinite(ce).all()):
+        bad = (~torch.isfinite(ce)).nonzero().flatten().tolist()
+        raise ValueError(f"masked-diffusion CE is not finite for example(s) {bad}: the model gives log-probability "
+                         "-inf to a clean token at a masked position (a -inf logit, e.g. a suppressed token), or NaN "
+                         "logits")
     cdt = ce.dtype
     weight = schedule.weight(t).to(cdt)
     if normalization == "canvas":
@@ -708,7 +748,8 @@ def diffusion_loss(
         normalizer = masked.sum(1).clamp(min=1).to(cdt)
     else:
         normalizer = torch.ones(shape[0], dtype=cdt, device=logits.device)
-    total = ce_weight * ce
+    # ce_weight 0: the CE stays out (0 * inf would be NaN) but in the graph, so that a backward always works
+    total = ce_weight * ce if ce_weight != 0 else torch.where(torch.isfinite(ce), ce, 0.0) * 0
     if ctc is not None:
         total = total + ctc_weight * ctc
     return DiffusionLoss(

@@ -49,11 +49,15 @@ class MDLMTrainer(Trainer):
                 "hub_token=None, then publish with hf_mdlm.hub.export_for_hub and hf_mdlm.hub.push_to_hub "
                 "(hf_mdlm.hub.detach_hub_settings(args) takes both out; examples/finetune.py --push_to_hub does this)"
             )
+        _check_trainer_settings(args, kwargs)
         tokenizer = kwargs.get("processing_class")
+        config = getattr(model, "config", None)
         self.mask_id, self.slack_id, self.eos_id, _ = diffusion_token_ids(
-            tokenizer, getattr(model, "config", None), need_pad=False,
-            need_slack=args.needs_slack_token,
+            tokenizer, config, need_pad=False, need_slack=args.needs_slack_token,
         )
+        for name, value in (("mask_token_id", self.mask_id), ("slack_token_id", self.slack_id)):
+            if config is not None and value is not None and getattr(config, name, None) is None:
+                setattr(config, name, value)  # saved with the model: generate() suppresses and strips what it learnt
         if not isinstance(data_collator, DiffusionCollator):
             raise TypeError(
                 "MDLMTrainer needs data_collator=hf_mdlm.data.DiffusionCollator(pad_token_id, canvas_length) "
@@ -68,6 +72,12 @@ class MDLMTrainer(Trainer):
         self._step_examples = None  # examples and response tokens in the current optimizer step, all processes
         self._micro_step = 0
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}  # sums, plus a "count"
+
+    def push_to_hub(self, *args, **kwargs):
+        raise NotImplementedError(
+            "MDLMTrainer does not push to the Hub (Trainer would upload the output folder unchecked): publish the "
+            "saved folder with hf_mdlm.hub.export_for_hub and hf_mdlm.hub.push_to_hub (examples/push_to_hub.py)"
+        )
 
     # ---- global-batch bookkeeping --------------------------------------------------------------------------
     def get_batch_samples(self, *args, **kwargs):
@@ -156,56 +166,71 @@ class MDLMTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     # ---- evaluation with the diffusion loss ----------------------------------------------------------------
-    def evaluate(self, *args, **kwargs):
-        self._eval_step = 0
-        return super().evaluate(*args, **kwargs)
-
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         batch = inputs["input_ids"].shape[0]
-        # Global positions (every process draws different noise for its examples), the same in every evaluation.
+        # Each example's position in the evaluated set (every process draws different noise for its examples),
+        # the same in every evaluation and for every eval batch size.
         step = getattr(self, "_eval_step", 0)
         positions = global_positions(step, self.args.world_size, self.args.process_index,
                                      self.args.per_device_eval_batch_size, batch, inputs["input_ids"].device)
         self._eval_step = step + 1
         with torch.no_grad():
-            # A fixed pseudo-step makes every evaluation draw the same noise: losses are comparable over time.
-            result, num_slack, (logits, labels) = self.diffusion_forward(model, inputs, -1, positions, max(batch, 1))
-        self._record(result, num_slack, inputs["response_lengths"], "eval")
-        denominator = (
-            float(inputs["response_lengths"].sum()) / batch if self.args.loss_normalization == "batch_tokens" else 1.0
-        )
-        loss = result.per_example.mean() / max(denominator, 1.0)
+            # A fixed pseudo-step makes every evaluation draw the same noise: losses are comparable over time. The
+            # times are stratified over the whole evaluated set, not per batch (small eval batches gave few distinct
+            # times, and an eval loss that changed several-fold with the batch size).
+            size = getattr(self, "_eval_total", None)  # None: an iterable dataset (times stratified per batch)
+            result, num_slack, (logits, labels) = self.diffusion_forward(model, inputs, -1, positions, size or batch)
+        # With several processes the last batches are filled up with repeats of the first examples (positions past
+        # the set): they count nowhere, so that every example is scored once.
+        real = positions < size if size else torch.ones_like(positions, dtype=torch.bool)
+        self._record(result, num_slack, inputs["response_lengths"], "eval", real)
+        lengths = inputs["response_lengths"].to(result.per_example.dtype)
+        denominator = (lengths * real).sum() if self.args.loss_normalization == "batch_tokens" else real.sum()
+        loss = torch.where(real, result.per_example, 0.0).sum() / denominator.clamp(min=1)
         if prediction_loss_only:
             return loss.detach(), None, None
         return loss.detach(), logits.detach(), labels  # Trainer's contract: compute_metrics gets both
 
-    def evaluation_loop(self, *args, **kwargs):
-        output = super().evaluation_loop(*args, **kwargs)
+    def evaluation_loop(self, dataloader, *args, **kwargs):
+        self._eval_step = 0
+        try:
+            self._eval_total = len(dataloader.dataset)
+        except TypeError:  # an iterable dataset: times stratified per batch
+            self._eval_total = None
+        output = super().evaluation_loop(dataloader, *args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", "eval")
-        for name, value in self._flush_metrics("eval").items():
+        parts = self._flush_metrics("eval")
+        for name, value in parts.items():
             output.metrics[f"{prefix}_{name}"] = value
+        if self.args.loss_normalization == "batch_tokens" and parts:
+            # Trainer averages per-batch losses; per response token of the whole set, the loss is its parts' sum
+            output.metrics[f"{prefix}_loss"] = round(parts["loss_ce_weighted"] + parts.get("loss_ctc_weighted", 0.0), 6)
         return output
 
     # ---- logging -------------------------------------------------------------------------------------------
-    def _record(self, result, num_slack, response_lengths, phase):
+    def _record(self, result, num_slack, response_lengths, phase, rows=None):
         """Accumulate the loss parts for `phase` 'train' or 'eval', averaged at the next log over examples, or over
         response tokens with `loss_normalization="batch_tokens"` (the loss's own unit: its weighted parts add up to
-        it)."""
-        normalizer = result.normalizer
-        parts = {"loss_ce": result.ce / normalizer,
-                 "loss_ce_weighted": self.args.ce_weight * result.weight * result.ce / normalizer}
+        it). `rows`: which rows count (default all)."""
+        counts = torch.ones_like(result.ce, dtype=torch.bool) if rows is None else rows
+
+        def counted(values):
+            return torch.where(counts, values.detach().double(), 0.0).sum()
+
+        parts = {"loss_ce": result.ce / result.normalizer,
+                 "loss_ce_weighted": self.args.ce_weight * result.weight * result.ce / result.normalizer}
         if result.ctc is not None:
-            parts["loss_ctc"] = result.ctc / normalizer
-            parts["loss_ctc_weighted"] = self.args.ctc_weight * result.weight * result.ctc / normalizer
+            parts["loss_ctc"] = result.ctc / result.normalizer
+            parts["loss_ctc_weighted"] = self.args.ctc_weight * result.weight * result.ctc / result.normalizer
         if num_slack is not None:
-            parts["slack_per_example"] = num_slack.float()
+            parts["slack_per_example"] = num_slack
         sums = self._metrics[phase]
         for name, values in parts.items():  # tensor sums: no host sync until the next log
-            sums[name] = sums[name] + values.detach().double().sum()
-        sums["count"] += int(result.ce.shape[0])
+            sums[name] = sums[name] + counted(values)
+        sums["count"] = sums["count"] + counts.double().sum()
         if self.args.loss_normalization == "batch_tokens":  # the loss is per response token: so are its parts
-            sums["tokens"] = sums["tokens"] + response_lengths.detach().double().sum()
+            sums["tokens"] = sums["tokens"] + counted(response_lengths)
 
     def _flush_metrics(self, phase):
         """Means since the last flush, over all processes (every process calls this: it is a collective)."""
@@ -224,6 +249,31 @@ class MDLMTrainer(Trainer):
         if "loss" in logs:  # a training log: add the loss parts averaged since the previous one
             logs.update(self._flush_metrics("train"))
         return super().log(logs, *args, **kwargs)
+
+
+def _check_trainer_settings(args, kwargs) -> None:
+    """Refuse Trainer settings that MDLMTrainer would silently ignore or that break its exact global batch."""
+    if args.label_smoothing_factor:
+        raise ValueError(f"label_smoothing_factor={args.label_smoothing_factor}: MDLMTrainer's loss is the diffusion "
+                         "objective (masked CE + slack-CTC), which has no label smoothing; leave it at 0")
+    if kwargs.get("compute_loss_func") is not None:
+        raise ValueError("compute_loss_func: MDLMTrainer computes the diffusion objective itself; to change the loss, "
+                         "subclass MDLMTrainer and override compute_loss")
+    accelerator = args.accelerator_config
+    if getattr(accelerator, "split_batches", False):
+        # each example's noise is drawn from its position in the global batch, counted in per-device batches
+        raise ValueError("accelerator_config split_batches=True is not supported by MDLMTrainer: set "
+                         "per_device_train_batch_size to the per-process batch instead")
+    if args.world_size > 1 and not getattr(accelerator, "even_batches", True):
+        raise ValueError("accelerator_config even_batches=False with several processes: a process without a last "
+                         "batch would wait for the others forever; keep even_batches=True (the default)")
+    for name in ("train_dataset", "eval_dataset"):
+        datasets = kwargs.get(name)
+        for dataset in datasets.values() if isinstance(datasets, dict) else [datasets]:
+            columns = getattr(dataset, "column_names", None)
+            if isinstance(columns, list) and not {"prompt_ids", "response_ids"} <= set(columns):
+                raise ValueError(f"{name} has columns {columns}, not prompt_ids/response_ids: turn raw rows (text, "
+                                 "prompt/completion or messages) into them with hf_mdlm.data.preprocess_dataset")
 
 
 def sharded(trainer) -> bool:
