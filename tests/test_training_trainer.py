@@ -300,6 +300,15 @@ def test_trainer_settings_it_would_ignore_or_break_on_are_refused(tmp_path):
         make_trainer(tmp_path).push_to_hub()
 
 
+def test_ddp_searches_for_unused_parameters_only_where_some_can_be_unused(tmp_path):
+    """Trainer's default (search after every backward when gradient checkpointing is off) costs a graph traversal per
+    step; a dense model uses every weight, an MoE model may leave experts unused, and a set value is the user's."""
+    assert make_trainer(tmp_path / "dense").args.ddp_find_unused_parameters is False
+    moe = MDLMForMaskedLM(tiny_config(num_experts=4, moe_intermediate_size=16))
+    assert make_trainer(tmp_path / "moe", model=moe).args.ddp_find_unused_parameters is None
+    assert make_trainer(tmp_path / "set", ddp_find_unused_parameters=True).args.ddp_find_unused_parameters is True
+
+
 def test_the_trainer_records_the_token_ids_it_trained_with(tmp_path, tokenizer):
     """A config without [MASK]/<slack> ids, trained with the tokenizer's: the ids go into the config, so that the
     saved model's generate() suppresses and strips <slack> (it sampled all-<slack> rows)."""

@@ -31,6 +31,7 @@ except ImportError as error:  # pragma: no cover (the `rl` extra is not installe
 
 from ..generation_mdlm import GENERATION_FIELDS, MDLMGenerationConfig, mix_seed
 from .policy_log_probs import ESTIMATORS, completion_log_probs
+from .trainer import set_ddp_unused_parameter_search
 
 
 @dataclass
@@ -128,6 +129,7 @@ class MDLMGRPOTrainer(GRPOTrainer):
         if not isinstance(args, MDLMGRPOConfig):
             raise TypeError(f"args must be an MDLMGRPOConfig, got {type(args).__name__}")
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        set_ddp_unused_parameter_search(args, model)
         if getattr(base.config, "mask_token_id", None) is None:
             raise ValueError(f"{type(base).__name__} has no mask_token_id: MDLMGRPOTrainer trains masked diffusion "
                              "LMs (hf_mdlm models)")

@@ -50,6 +50,7 @@ class MDLMTrainer(Trainer):
                 "(hf_mdlm.hub.detach_hub_settings(args) takes both out; examples/finetune.py --push_to_hub does this)"
             )
         _check_trainer_settings(args, kwargs)
+        set_ddp_unused_parameter_search(args, model)
         tokenizer = kwargs.get("processing_class")
         config = getattr(model, "config", None)
         self.mask_id, self.slack_id, self.eos_id, _ = diffusion_token_ids(
@@ -249,6 +250,18 @@ class MDLMTrainer(Trainer):
         if "loss" in logs:  # a training log: add the loss parts averaged since the previous one
             logs.update(self._flush_metrics("train"))
         return super().log(logs, *args, **kwargs)
+
+
+def set_ddp_unused_parameter_search(args, model) -> None:
+    """Every weight of a dense hf_mdlm model takes part in every step, so DDP need not search the autograd graph for
+    unused parameters after each backward (Trainer searches when `ddp_find_unused_parameters` is unset and gradient
+    checkpointing is off). Experts no token chose are unused: MoE models keep the search. A set value is kept."""
+    if args.ddp_find_unused_parameters is not None:
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) == "mdlm" and not getattr(config, "num_experts", 0):
+        args.ddp_find_unused_parameters = False
 
 
 def _check_trainer_settings(args, kwargs) -> None:
