@@ -289,6 +289,27 @@ def test_a_text_that_is_not_a_string_is_an_error_naming_its_row(tmp_path, tok):
         preprocess_dataset(jsonl_rows(tmp_path, [{"text": "a document"}, {"text": 5}]), tok, args())
 
 
+def test_a_held_out_split_names_bad_rows_by_their_place_in_the_file(tmp_path, tok):
+    """eval_fraction shuffles the rows into two splits; a wrong-typed value was named by its index in the shuffled
+    split (row 75 for the file's row 49). The split itself is the one it always was."""
+    rows = [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(100)]
+    rows[49]["completion"] = 7
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    for fraction in (0.0, 0.3):  # row 49 lands in the training split with this seed, or it is the only split
+        with pytest.raises(ValueError, match=r"row 49: 'completion' must be a string"):
+            prepare_datasets(args(dataset=path, eval_fraction=fraction, dataset_cache_dir=str(tmp_path / "c")), tok)
+    rows[49]["completion"] = "A49"
+    path = write_jsonl(tmp_path / "good.jsonl", rows)
+    data_args = args(dataset=path, eval_fraction=0.3, dataset_cache_dir=str(tmp_path / "c"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train, ev = prepare_datasets(data_args, tok)
+    expected = load_raw_datasets(path, cache_dir=str(tmp_path / "c"))["train"].train_test_split(
+        test_size=30, seed=data_args.eval_split_seed, shuffle=True)
+    for ours, theirs in ((train, expected["train"]), (ev, expected["test"])):
+        assert [tok.decode(r[:-1]) for r in ours["response_ids"]] == theirs["completion"]
+
+
 def test_empty_response_is_skipped(tok, chat_tok):
     rows = [{"prompt": "Q", "completion": c} for c in ("", "<eos>", "A")]
     with pytest.warns(UserWarning, match="2 examples skipped: empty response"):

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 _TEXT_SUFFIXES = (".txt", ".text")
 
 _JSON_SUFFIXES = (".json", ".jsonl")
+_SOURCE_ROW = "__hf_mdlm_source_row__"
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zstd")
 
@@ -245,6 +246,7 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, 
         raise ValueError(f"train split {data_args.train_split!r} not found; the dataset has splits {list(raw)}")
     train_raw = raw[data_args.train_split]
     eval_raw, eval_name = None, None
+    train_rows = eval_rows = None  # each row's index in its file, where a split reorders them
     split_processed = False
 
     es = data_args.eval_split
@@ -269,8 +271,11 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, 
         if len(train_raw) >= 2:
             n_eval = max(1, round(data_args.eval_fraction * len(train_raw)))
             n_eval = min(n_eval, len(train_raw) - 1)
-            parts = train_raw.train_test_split(test_size=n_eval, seed=data_args.eval_split_seed, shuffle=True)
-            train_raw, eval_raw = parts["train"], parts["test"]
+            # (the index column changes nothing in the split; it lets errors name a row by its place in the file)
+            indexed = train_raw.add_column(_SOURCE_ROW, list(range(len(train_raw))))
+            parts = indexed.train_test_split(test_size=n_eval, seed=data_args.eval_split_seed, shuffle=True)
+            train_rows, eval_rows = parts["train"][_SOURCE_ROW], parts["test"][_SOURCE_ROW]
+            train_raw, eval_raw = (parts[name].remove_columns(_SOURCE_ROW) for name in ("train", "test"))
             eval_name = f"the {n_eval} training rows held out by eval_fraction"
             logger.info("held out %d of %d training rows for evaluation", n_eval, len(train_raw) + n_eval)
         else:
@@ -283,6 +288,7 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, 
         split="train",
         max_samples=None if split_processed else data_args.max_train_samples,
         max_length=max_length,
+        source_rows=train_rows,
     )
     eval_ds = None
     if eval_raw is not None:
@@ -295,7 +301,8 @@ def prepare_datasets(data_args: DataArguments, tokenizer, *, raw_datasets=None, 
                     f"it has columns {eval_raw.column_names}"
                 )
         eval_ds, eval_stats = preprocess_dataset(
-            eval_raw, tokenizer, data_args, split="eval", max_samples=data_args.max_eval_samples, max_length=max_length
+            eval_raw, tokenizer, data_args, split="eval", max_samples=data_args.max_eval_samples,
+            max_length=max_length, source_rows=eval_rows,
         )
         if len(eval_ds) == 0:  # an evaluation of no examples logs no eval_loss, silently
             raise ValueError(f"preprocessing left no eval examples from {eval_name}: {eval_stats.summary()}")

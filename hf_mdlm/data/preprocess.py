@@ -348,6 +348,7 @@ def preprocess_dataset(
     max_samples: int | None = None,
     report: bool = True,
     max_length: int | None = None,
+    source_rows: list[int] | None = None,
 ):
     """Turn raw rows into ``{prompt_ids, response_ids, example_id}`` rows; return ``(Dataset, PreprocessStats)``.
 
@@ -356,9 +357,13 @@ def preprocess_dataset(
     examples only (and stops reading early). ``max_length``: the model's position limit (e.g.
     ``config.max_position_embeddings``); prompts are left-truncated so that prompt + canvas fit it,
     counted in ``truncated_to_position_limit``. With ``report`` the counts are logged and every kind
-    of skip, drop or truncation is reported with ``warnings.warn``.
+    of skip, drop or truncation is reported with ``warnings.warn``. ``source_rows``: each row's index in the file
+    it came from (a split held out of it), which errors name; default its index in ``dataset``.
     """
     import datasets
+
+    def row(index):
+        return index if source_rows is None else source_rows[index]
 
     check_position_limit(data_args, max_length)
 
@@ -378,7 +383,7 @@ def preprocess_dataset(
             stats.rows += len(texts)
             for i, t in enumerate(texts):
                 if t is not None and not isinstance(t, str):
-                    raise _wrong_type(start + i, "text", "a string", t)
+                    raise _wrong_type(row(start + i), "text", "a string", t)
             docs = toks.encode([t or "" for t in texts])
             for ids in docs:
                 if builder.full:
@@ -394,7 +399,7 @@ def preprocess_dataset(
             size = len(next(iter(batch.values())))
             stats.rows += size
             if fmt == "chat":
-                rows = [_check_messages(m, start + i) for i, m in enumerate(batch["messages"])]
+                rows = [_check_messages(m, row(start + i)) for i, m in enumerate(batch["messages"])]
                 _process_chat_rows(rows, toks, builder, data_args.chat_all_assistant_turns)
             else:  # the form is each row's own: a message-list prompt makes it conversational
                 chats, prompts, completions = [], [], []
@@ -402,12 +407,13 @@ def preprocess_dataset(
                     if isinstance(p, (list, tuple)):
                         if isinstance(c, str) or c is None:
                             c = [{"role": "assistant", "content": c or ""}]
-                        p, c = _check_messages(p, start + i, "prompt"), _check_messages(c, start + i, "completion")
+                        p, c = (_check_messages(p, row(start + i), "prompt"),
+                                _check_messages(c, row(start + i), "completion"))
                         chats.append(p + c)
                         continue
                     for column, value in (("prompt", p), ("completion", c)):
                         if value is not None and not isinstance(value, str):  # str() would train on a Python repr
-                            raise _wrong_type(start + i, column, _PLAIN_EXPECTED[column], value)
+                            raise _wrong_type(row(start + i), column, _PLAIN_EXPECTED[column], value)
                     prompts.append(p or "")
                     completions.append(c or "")
                 if chats:
