@@ -310,6 +310,15 @@ def test_a_held_out_split_names_bad_rows_by_their_place_in_the_file(tmp_path, to
         assert [tok.decode(r[:-1]) for r in ours["response_ids"]] == theirs["completion"]
 
 
+def test_a_dataset_dict_or_a_streaming_dataset_is_named(tok):
+    rows = [{"prompt": "Q", "completion": "A"}]
+    split = datasets.Dataset.from_list(rows)
+    with pytest.raises(TypeError, match=r"one split, got a DatasetDict of \['train'\]: pass e.g. dataset\['train'\]"):
+        preprocess_dataset(datasets.DatasetDict(train=split), tok, args())
+    with pytest.raises(TypeError, match="got IterableDataset .*streaming=False"):
+        preprocess_dataset(split.to_iterable_dataset(), tok, args())
+
+
 def test_empty_response_is_skipped(tok, chat_tok):
     rows = [{"prompt": "Q", "completion": c} for c in ("", "<eos>", "A")]
     with pytest.warns(UserWarning, match="2 examples skipped: empty response"):

@@ -369,6 +369,12 @@ def preprocess_dataset(
 
     if isinstance(dataset, list):
         dataset = datasets.Dataset.from_list(dataset)
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise TypeError(f"preprocess_dataset takes one split, got a {type(dataset).__name__} of {list(dataset)}: "
+                        "pass e.g. dataset['train']")
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"preprocess_dataset takes a datasets.Dataset or a list of dicts, got "
+                        f"{type(dataset).__name__} (a streaming dataset: load it with streaming=False)")
     fmt = detect_data_format(dataset.column_names, data_args.data_format)
     toks = _Tokens(tokenizer)
     stats = PreprocessStats(split=split, data_format=fmt)
