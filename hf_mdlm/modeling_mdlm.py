@@ -266,6 +266,12 @@ class MDLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MDLMRMSNorm):
             init.ones_(module.weight)
 
+    def save_pretrained(self, *args, **kwargs):
+        # A config changed since it was built (e.g. resize_token_embeddings below the [MASK] id) would save a folder
+        # that does not load: refuse it now, naming the field.
+        self.config._check()
+        return super().save_pretrained(*args, **kwargs)
+
 
 class MDLMModel(MDLMPreTrainedModel):
     """The transformer body: token embeddings, bidirectional blocks and the final norm."""

@@ -442,3 +442,12 @@ def test_block_causal_canvas_cache_slice_equals_the_full_forward():
     torch.testing.assert_close(out.logits, full.logits[:, 8:12], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="block_size must be a positive integer or None"):
         tiny_config(block_size=0)
+
+
+def test_a_model_whose_vocabulary_no_longer_holds_its_special_tokens_is_not_saved(tmp_path):
+    """resize_token_embeddings below the [MASK] id saved a folder that then failed to load."""
+    model = MDLMForMaskedLM(tiny_config())
+    model.resize_token_embeddings(90)
+    with pytest.raises(ValueError, match="mask_token_id=95 is not a token id"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
