@@ -20,6 +20,7 @@ Writes into --output_dir: results.json, results.md, training_curves.png and a fo
 import argparse
 import os
 from dataclasses import fields
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +31,7 @@ from hf_mdlm.cli import add_bool_flag, require_plotting
 from hf_mdlm.hub import OutputFolder, OutputFolderError
 from replication import A2DPreset, resolve_a2d_preset, run_a2d_experiment
 from replication.presets import add_preset_arguments
+from replication.provenance import provenance_line, stamp
 from replication.run import configure_run
 
 
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    provenance = provenance_line(__file__, argv)  # the code as it is when the run starts
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     try:  # what would fail after minutes of work fails now
         preset = resolve_a2d_preset(mode, {f.name: getattr(args, f.name) for f in fields(A2DPreset)})
@@ -61,7 +64,7 @@ def main(argv=None):
     except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
     with output:
-        return run(args, mode, preset)
+        return run(args, mode, preset, provenance)
 
 
 # What the experiment writes into --output_dir: the judge, the causal LM and its conversion, one folder per arm, the
@@ -70,10 +73,13 @@ A2D_OUTPUTS = ("judge", "causal", "converted", "scratch", "scratch_*", "a2d", "a
                "*.png")
 
 
-def run(args, mode, preset):
+def run(args, mode, preset, provenance):
+    """The experiment; its results.md starts with `provenance` (the commit and the command)."""
     configure_run(args.threads)
-    return run_a2d_experiment(args.output_dir, preset, mode=mode, seed=args.seed, device=args.device,
-                              judge_folder=args.judge)
+    results = run_a2d_experiment(args.output_dir, preset, mode=mode, seed=args.seed, device=args.device,
+                                 judge_folder=args.judge)
+    stamp(Path(args.output_dir) / "results.md", provenance)
+    return results
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ before it) are compared per seed. Within each run, slack-CTC against CE is in th
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 
 from hf_mdlm.evaluation import load_judge  # noqa: E402
 from hf_mdlm.evaluation.judge import score_texts, win_rate_from_scores  # noqa: E402
+from replication.provenance import provenance_line  # noqa: E402
 from replication.seeds import outcomes_of, pool_outcomes  # noqa: E402
 
 SAMPLER = "ancestral"
@@ -92,11 +92,11 @@ def main(argv=None):
     parser.add_argument("--num_bootstrap", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=None, help="also write the table here (markdown)")
     args = parser.parse_args(argv)
+    provenance = provenance_line(__file__, argv)
     table = "\n".join(compare(seed_results(args.blocks), seed_results(args.bidirectional), args.num_bootstrap))
     print(table)
     if args.output is not None:
-        command = "python experiments/block_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        args.output.write_text(f"Written by `{command}`.\n\n{table}\n")
+        args.output.write_text(f"{provenance}.\n\n{table}\n")
 
 
 if __name__ == "__main__":

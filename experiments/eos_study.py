@@ -23,6 +23,7 @@ from hf_mdlm.data import DataArguments, load_heldout, spread_indices  # noqa: E4
 from hf_mdlm.evaluation import generate_continuations, generative_perplexity, load_judge  # noqa: E402
 from hf_mdlm.cli import add_bool_flag, parse_numbers  # noqa: E402
 from hf_mdlm.loading import load_for_inference  # noqa: E402
+from replication.provenance import provenance_line  # noqa: E402
 
 
 def main(argv=None):
@@ -39,6 +40,7 @@ def main(argv=None):
     p.add_argument("--heldout", default=None, help="held-out text file for the prompts (default: the bundled one)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    print(f"{provenance_line(__file__, argv)}.\n", flush=True)  # the printed table is the results file: it names both
     model, tokenizer = load_for_inference(args.model)
     judge, judge_tokenizer = load_judge(args.judge)
     canvas = model.generation_config.max_new_tokens

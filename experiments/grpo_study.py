@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import torch  # noqa: E402
 
+from replication.provenance import provenance_line  # noqa: E402
 from sort_task import write_task  # noqa: E402
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t quantiles by degrees of freedom
@@ -105,7 +106,7 @@ def main(argv=None):
     paths = write_task(out / "data", length=4, sft=3000, prompts=1500, heldout=300)
     heldout = [json.loads(line) for line in paths["heldout"].read_text().splitlines()]
     fill = {"sft_steps": args.sft_steps, "grpo_steps": args.grpo_steps}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    provenance = provenance_line(__file__, argv)  # the code as it is when the run starts
 
     sft_dir = out / "sft"
     sft_time = run_script("finetune", [f.format(**fill) for f in SFT_FLAGS] + [
@@ -137,8 +138,8 @@ def main(argv=None):
     lines = [
         "# GRPO in miniature: sorting 4 digits",
         "",
-        f"Commit {commit.strip()}; command: `python experiments/grpo_study.py --output_dir {args.output_dir} "
-        f"--seeds {args.seeds} --sft_steps {args.sft_steps} --grpo_steps {args.grpo_steps}`; CPU, one process.",
+        f"{provenance}; seeds {args.seeds}, {args.sft_steps} SFT steps, {args.grpo_steps} GRPO steps; CPU, one "
+        "process.",
         "",
         f"SFT ({args.sft_steps} steps, batch 32, from scratch): held-out exact match **{before:.3f}** greedy, "
         f"**{before_sampled:.3f}** sampled at temperature 1 ({len(heldout)} lists never seen in training); "

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from hf_mdlm.evaluation import load_judge  # noqa: E402
 from hf_mdlm.evaluation.judge import score_texts, summarize_scores, win_rate_from_scores  # noqa: E402
+from replication.provenance import provenance_line  # noqa: E402
 from replication.seeds import outcomes_of, pool_outcomes  # noqa: E402
 
 
@@ -79,6 +80,7 @@ def main(argv=None):
     p.add_argument("--num_bootstrap", type=int, default=2000)
     p.add_argument("--output", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
+    provenance = provenance_line(__file__, argv)
     runs = [labelled(r, "runs") for r in args.runs]
     judge_specs = [("own", None)] + [labelled(j, "judges") for j in args.judges]
     if args.output:
@@ -121,7 +123,7 @@ def main(argv=None):
     print(legend)
     table = "\n".join(lines) + legend
     if args.output:
-        Path(args.output).write_text(table)
+        Path(args.output).write_text(f"{provenance}.\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ whose folder holds a finished run with the same settings is reused, not rerun (r
 import argparse
 import os
 from dataclasses import fields
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +38,7 @@ import torch  # noqa: E402
 from hf_mdlm.cli import add_bool_flag, parse_numbers, require_plotting  # noqa: E402
 from hf_mdlm.hub import OutputFolder, OutputFolderError  # noqa: E402
 from replication.presets import Preset, add_preset_arguments, resolve_preset  # noqa: E402
+from replication.provenance import provenance_line, stamp  # noqa: E402
 from replication.repeats import (  # noqa: E402
     RepeatsPreset,
     repeats_settings,
@@ -91,6 +93,7 @@ REPEATS_NAMES = {f.name for f in fields(RepeatsPreset)} - {"slack_prob"}
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    provenance = provenance_line(__file__, argv)  # the code as it is when the run starts
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     try:  # everything that would fail after minutes of work fails now: the preset, the plots, the output folder
         seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
@@ -123,7 +126,7 @@ def main(argv=None):
     except (ValueError, ImportError, OutputFolderError) as err:
         raise SystemExit(str(err)) from None
     with output:
-        return run(args, mode, preset, seeds)
+        return run(args, mode, preset, seeds, provenance)
 
 
 # What a run writes into --output_dir (judge, base, one folder per arm, the report), and with --seeds.
@@ -131,29 +134,37 @@ RUN_OUTPUTS = ("judge", "base", "tokenizer", "ce", "ce_*", "results.json", "resu
 SEEDS_OUTPUTS = ("seed_*", "results.json", "results.md")
 
 
-def run(args, mode, preset, seeds):
+def run(args, mode, preset, seeds, provenance):
+    """The run(s); every results.md written starts with `provenance` (the commit and the command)."""
     configure_run(args.threads)
 
     def run_one(seed, folder):
         if args.task == "repeats":
-            return run_repeats(folder, preset, mode=mode, seed=seed, device=args.device)
-        try:
-            return run_replication(folder, preset, mode=mode, seed=seed, scale=args.scale,
-                                   ctc_weights=args.ctc_weight, slack_probs=args.slack_prob, ablation=args.ablation,
-                                   judge_folder=args.judge, device=args.device, dataset=args.dataset,
-                                   heldout=args.heldout, block_size=args.block_size)
-        except ReplicationDataError as err:  # the data checks: before any training
-            raise SystemExit(f"replicate.py: {err}") from None
+            results = run_repeats(folder, preset, mode=mode, seed=seed, device=args.device)
+        else:
+            try:
+                results = run_replication(folder, preset, mode=mode, seed=seed, scale=args.scale,
+                                          ctc_weights=args.ctc_weight, slack_probs=args.slack_prob,
+                                          ablation=args.ablation, judge_folder=args.judge, device=args.device,
+                                          dataset=args.dataset, heldout=args.heldout, block_size=args.block_size)
+            except ReplicationDataError as err:  # the data checks: before any training
+                raise SystemExit(f"replicate.py: {err}") from None
+        stamp(Path(folder) / "results.md", provenance)
+        return results
 
     if args.seeds is None:
         return run_one(args.seed, args.output_dir)
     settings = repeats_settings(mode, preset) if args.task == "repeats" else run_settings(
         mode, preset, dataset=args.dataset, heldout=args.heldout, scale=args.scale, slack_probs=args.slack_prob,
         ctc_weights=args.ctc_weight, ablation=args.ablation, block_size=args.block_size)
+    reused = [s for s in seeds if (Path(args.output_dir) / f"seed_{s}" / "results.json").is_file()]
     try:
-        return run_seeds(run_one, seeds, args.output_dir, args.task, preset.num_bootstrap, settings)
+        summary = run_seeds(run_one, seeds, args.output_dir, args.task, preset.num_bootstrap, settings)
     except SeedFolderError as err:
         raise SystemExit(f"replicate.py: {err}") from None
+    note = f" (seeds {', '.join(map(str, reused))} reused from earlier runs: their own results.md name theirs)"
+    stamp(Path(args.output_dir) / "results.md", provenance + (note if reused else ""))
+    return summary
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ def test_replicate_smoke_and_evaluate_script(tmp_path):
         assert [r["shift_rate"] for r in model["samplers"]["ancestral"]["per_rate"]] == [0.0, 0.2]
     assert "nll_difference" in results["models"]["ce+slack_ctc"]["elbo_vs_baseline"]
     assert "| ce+slack_ctc |" in (out / "results.md").read_text()
+    first = (out / "results.md").read_text().splitlines()[0]  # the commit and the command, first
+    assert re.match(r"Commit ([0-9a-f]{7,}( with uncommitted changes)?|unknown); command: `python "
+                    r"experiments/replicate\.py --smoke --output_dir \S+`\.$", first), first
     assert (out / "shift_robustness.png").stat().st_size > 1000
     assert (out / "training_curves.png").stat().st_size > 1000
 
@@ -179,6 +183,7 @@ def test_replicate_smoke_on_a_user_corpus(tmp_path, corpus):
     assert [row[3] for row in rows] == ["own", "seed 2's"]
     assert rows[0][4].split(", ")[1] == rows[1][4].split(", ")[1]  # seed 2 judged by its own judge both times
     assert rows[0][5].startswith(f"{pooled['win_rate']:.3f}")
+    assert table.read_text().startswith("Commit ") and "`python experiments/judge_study.py --runs " in table.read_text()
     results = json.loads((out / "seed_0" / "results.json").read_text())
     stored = results["models"]["ce+slack_ctc"]["win_rate_vs_baseline"]["ancestral"]
     stored["wins"] += 1
@@ -296,6 +301,9 @@ def test_repeats_task_smoke_with_two_seeds(tmp_path):
     assert summary["seeds"] == [0, 1] and "exact match" in summary["models"]["ce+ctc"]["pooled_win_rate"]
     assert summary["models"]["ce+slack_ctc"]["pooled_win_rate"]["exact match vs ce+ctc"]["num_pairs"] == 16
     assert "| ce+ctc | dropped repeated tokens |" in (out / "results.md").read_text()
+    command = f"python experiments/replicate.py --task repeats --smoke --seeds 0,1 --output_dir {out} --threads 1`"
+    for report in (out / "results.md", out / "seed_0" / "results.md"):  # the summary and each seed's report
+        assert report.read_text().startswith("Commit ") and command in report.read_text().splitlines()[0]
     with pytest.raises(SystemExit, match="does not apply|drop --dataset"):
         _script().main(["--task", "repeats", "--smoke", "--judge_steps", "3", "--output_dir", str(tmp_path / "x")])
 
@@ -344,6 +352,8 @@ def test_a2d_experiment_smoke(tmp_path):
         assert (out / name).is_file()
     assert json.loads((out / "results.json").read_text())["models"]["a2d"]["init"].startswith("A2D")
     assert "## A2D: a diffusion LM from a causal LM (smoke mode, seed 0)" in (out / "results.md").read_text()
+    assert f"command: `python experiments/a2d_experiment.py --smoke --output_dir {out} --seed 0`." in \
+        (out / "results.md").read_text().splitlines()[0]
 
     # The conversion holds the causal LM's weights exactly; the A2D arm was trained from it, the scratch arm was not.
     source = LlamaForCausalLM.from_pretrained(out / "causal").state_dict()
@@ -425,6 +435,8 @@ def test_block_diffusion_replication_and_block_study(tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
     assert [row.split("|")[1].strip() for row in rows] == ["`ce`", "`ce+slack_ctc`"]
     assert "Blocks of 4 against the bidirectional model" in (tmp_path / "study.md").read_text()
+    assert (tmp_path / "study.md").read_text().startswith("Commit ")
+    assert "command: `python experiments/block_study.py --blocks " in (tmp_path / "study.md").read_text()
     with pytest.raises(SystemExit, match="holds no seed_\\*/results.json"):
         study.main(["--blocks", str(tmp_path), "--bidirectional", str(runs["bidirectional"])])
     other = tmp_path / "other" / "seed_5"
@@ -450,3 +462,60 @@ def test_block_diffusion_replication_and_block_study(tmp_path, capsys):
     judge.save_pretrained(copy / "seed_0" / "judge")
     with pytest.raises(SystemExit, match="the judges of .* differ: the runs did not train the same judge"):
         study.main(["--blocks", str(runs["blocks"]), "--bidirectional", str(copy)])
+
+
+# ----------------------------------------------------------------------------- provenance of results files
+
+COMMIT = re.compile(r"\bcommit\s+`?[0-9a-f]{7,40}\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "results").glob("*.md"))
+                         + sorted((ROOT / "bench" / "results").glob("*.md")), ids=lambda p: p.name)
+def test_every_results_file_names_its_commit_and_command(path):
+    """The project's rule: every results file names the commit and the command that wrote it."""
+    text = path.read_text()
+    assert COMMIT.search(text), f"{path.name} names no commit (`Commit <7+ hex digits>`)"
+    # a command: a python script, or (bench/device_check.sh, which runs several) the shell script
+    assert any("python " in line or "bash bench/" in line for line in text.splitlines()), \
+        f"{path.name} names no command"
+
+
+def _git(folder, *args):
+    subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, text=True)
+
+
+def test_provenance_line_names_commit_command_and_uncommitted_changes(tmp_path, monkeypatch):
+    from replication.provenance import command_of, commit_of, provenance_line, stamp
+
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    script = repo / "tools" / "study.py"
+    script.write_text("print('hi')\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "tools/study.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false", "commit", "-q",
+         "-m", "first")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)  # the path shown is relative to the work tree's root, wherever the run starts
+    argv = ["--output", "out dir/r.md", "--judges", "a=b"]
+    assert commit_of(script) == head and re.fullmatch(r"[0-9a-f]{7,}", head)
+    assert command_of(script, argv) == "python tools/study.py --output 'out dir/r.md' --judges a=b"
+    assert provenance_line(script, argv) == f"Commit {head}; command: `python tools/study.py --output 'out dir/r.md' " \
+                                            "--judges a=b`"
+    (repo / "notes.txt").write_text("untracked files do not count")
+    assert commit_of(script) == head
+    script.write_text("print('changed')\n")  # a tracked file changed: flagged
+    assert provenance_line(script, []) == f"Commit {head} with uncommitted changes; command: `python tools/study.py`"
+    monkeypatch.setattr(sys, "argv", ["tools/study.py", "--seed", "3"])  # default: this process's arguments
+    assert command_of(script) == "python tools/study.py --seed 3"
+
+    outside = tmp_path / "plain"  # no git here (tmp_path is outside any work tree)
+    outside.mkdir()
+    (outside / "s.py").write_text("")
+    monkeypatch.chdir(outside)
+    assert commit_of(outside / "s.py") == "unknown" and command_of(outside / "s.py", ["-x"]) == "python s.py -x"
+    report = outside / "results.md"
+    report.write_text("## Table\n")
+    stamp(report, provenance_line(outside / "s.py", ["--quick"]))
+    assert report.read_text() == "Commit unknown; command: `python s.py --quick`.\n\n## Table\n"
