@@ -172,7 +172,7 @@ def test_converter_config_errors_name_the_problem(tmp_path):
     sdar = json.loads((FIXTURES / "sdar-tiny" / "config.json").read_text())
     with pytest.raises(ValueError, match="SDAR config field 'block_size'=None: an SDAR checkpoint names its block size"):
         sdar_config_to_mdlm({**sdar, "block_size": None})
-    with pytest.raises(ValueError, match="A2D converts llama, qwen2, qwen3 causal LMs, not model_type='gpt2'"):
+    with pytest.raises(ValueError, match="A2D converts llama, mistral, qwen2, qwen3 causal LMs, not model_type='gpt2'"):
         a2d_config_to_mdlm({"model_type": "gpt2"}, 10, 1, 2)
     qwen3 = {"model_type": "qwen3", "hidden_act": "silu", "layer_types": ["full_attention", "sliding_attention"]}
     with pytest.raises(ValueError, match=r"'layer_types' has \['sliding_attention'\] layers"):
@@ -215,6 +215,29 @@ def test_moe_router_logits_equal_the_reference(moe):
 
 
 # ----------------------------------------------------------------------------- original folders converted on the fly
+
+
+def test_a_conversion_made_by_other_converter_code_is_made_again(tmp_path, monkeypatch):
+    """The cache key held the source's files only: a conversion by an older (perhaps wrong) converter outlived its
+    fix."""
+    from hf_mdlm.convert import families
+
+    monkeypatch.setenv("HF_MDLM_CACHE", str(tmp_path / "cache"))
+    first = families.native_folder(str(DREAM))
+    assert families.native_folder(str(DREAM)) == first
+    monkeypatch.setattr(families, "_converter_digest", lambda: "other converters")
+    assert families.native_folder(str(DREAM)) != first
+
+
+def test_a_causal_lm_of_a_family_not_converted_is_refused(tmp_path):
+    """Loaded as a masked LM, a Mistral-with-sliding-window or Phi-3 folder lost its LM head (an unexpected weight)."""
+    from hf_mdlm.convert import native_folder
+
+    folder = tmp_path / "phi"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}))
+    with pytest.raises(ValueError, match=f"{folder}: config.json with model_type='phi3' .* is not a family"):
+        native_folder(str(folder))
 
 
 def test_original_folders_are_converted_once_on_the_fly(tmp_path, monkeypatch, caplog):

@@ -11,6 +11,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -40,7 +42,8 @@ def _tokenizer(mask=False):
 def _source(tmp_path, kind, vocab=300, mask=False, **extra):
     torch.manual_seed(0)
     config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-                                 "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[kind]
+                                 "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+                                 "mistral": (MistralConfig, MistralForCausalLM)}[kind]
     model = model_class(config_class(vocab_size=vocab, **SHAPE, **extra)).eval()
     folder = tmp_path / kind
     model.save_pretrained(folder)
@@ -50,8 +53,8 @@ def _source(tmp_path, kind, vocab=300, mask=False, **extra):
 
 @pytest.mark.parametrize("kind,extra", [
     ("llama", {}), ("llama", {"attention_bias": True, "mlp_bias": True}), ("qwen2", {}),
-    ("qwen3", {"head_dim": 24}), ("qwen3", {"tie_word_embeddings": True}),
-], ids=["llama", "llama-biases", "qwen2", "qwen3", "qwen3-tied"])
+    ("qwen3", {"head_dim": 24}), ("qwen3", {"tie_word_embeddings": True}), ("mistral", {"sliding_window": None}),
+], ids=["llama", "llama-biases", "qwen2", "qwen3", "qwen3-tied", "mistral"])
 def test_converted_model_with_a_causal_mask_gives_the_source_logits(tmp_path, kind, extra):
     source, folder = _source(tmp_path, kind, **extra)
     assert detect_family(json.loads((folder / "config.json").read_text())) == "a2d"
@@ -120,9 +123,49 @@ def test_spare_embedding_rows_take_the_new_tokens(tmp_path):
 @pytest.mark.parametrize("kind,extra,field", [
     ("qwen2", {"use_sliding_window": True, "sliding_window": 8}, "use_sliding_window"),
     ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, "rope_type"),
+    ("mistral", {"sliding_window": 8}, "sliding_window"),
 ])
 def test_unsupported_sources_are_refused_by_name(tmp_path, kind, extra, field):
     _, folder = _source(tmp_path, kind, **extra)
     with pytest.raises(ValueError, match=field):
         convert_a2d_checkpoint(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _edit_config(folder, **fields):
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_the_rotary_base_and_type_are_read_as_transformers_reads_them(tmp_path):
+    """An older-style `"type"` key in rope_parameters converted as plain rope (logits off by 0.35 on Qwen3), and a
+    top-level rope_theta beside rope_parameters' own won (0.24): transformers reads rope_parameters first."""
+    source, folder = _source(tmp_path, "qwen3", rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    _edit_config(folder, rope_theta=10000.0)
+    ids = torch.randint(3, 250, (2, 11), generator=torch.Generator().manual_seed(1))
+    convert_checkpoint(folder, tmp_path / "out", block_size=1)
+    model = MDLMForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert (model(ids).logits[..., :250] - source(ids).logits[..., :250]).abs().max() < 1e-4
+    _edit_config(folder, rope_parameters={"type": "linear", "factor": 4.0, "rope_theta": 10000.0})
+    with pytest.raises(ValueError, match="rope_type='linear'"):
+        convert_a2d_checkpoint(folder, tmp_path / "out2")
+
+
+def test_new_rows_are_the_mean_of_the_trained_rows_and_every_stop_token_is_kept(tmp_path):
+    """A matrix with fewer rows than the tokenizer has tokens: the mean took in the zero padding rows (and the tokens
+    past the matrix got zeros); a generation_config.json's extra EOS (Qwen's chat turn end) was dropped."""
+    from transformers import AutoTokenizer
+
+    source, folder = _source(tmp_path, "llama", vocab=280)
+    known = len(AutoTokenizer.from_pretrained(folder))
+    assert known > 280
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 2]}))
+    config = convert_a2d_checkpoint(folder, tmp_path / "out")
+    model = MDLMForMaskedLM.from_pretrained(tmp_path / "out")
+    mean = source.get_input_embeddings().weight[:280].mean(0)
+    embed = model.get_input_embeddings().weight
+    for token in [*range(280, known), config.mask_token_id, config.slack_token_id]:
+        assert torch.allclose(embed[token], mean, atol=1e-6)
+    eos = json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"]
+    assert eos == [config.eos_token_id, *[t for t in (1, 2) if t != config.eos_token_id]]

@@ -1,4 +1,5 @@
-"""A2D: a causal LM (Llama, Qwen2, Qwen3) adapted to masked diffusion, as an hf_mdlm folder ready for fine-tuning.
+"""A2D: a causal LM (Llama, Mistral, Qwen2, Qwen3) adapted to masked diffusion, an hf_mdlm folder ready for
+fine-tuning. Sliding-window attention and scaled rotary embeddings (e.g. Llama 3.1's "llama3") are refused.
 
 The weights are the causal model's, unchanged: only the attention stops being causal and position i is read as the
 prediction of token i + 1 (`prediction_alignment="next_token"`), as the causal model was trained. `[MASK]` and
@@ -11,6 +12,7 @@ LM itself), ready for block-diffusion fine-tuning.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from .common import llada_generation_config, read_source_config, refuse, write_c
 
 logger = logging.getLogger(__name__)
 
-A2D_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+A2D_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def is_a2d_config(config: dict) -> bool:
@@ -31,12 +33,28 @@ def is_a2d_config(config: dict) -> bool:
 
 
 def _rope_theta(source: dict) -> float:
+    """The rotary base as transformers reads it: `rope_parameters` first (its type may be named by the older key
+    "type"), then a top-level `rope_theta`. Scaled rotary embeddings are refused."""
     parameters = source.get("rope_parameters") or {}
-    if parameters.get("rope_type", "default") != "default":
-        raise ValueError(f"{source['model_type']} config field 'rope_parameters' has rope_type="
-                         f"{parameters['rope_type']!r}: only the default rotary embedding is supported")
+    kind = parameters.get("rope_type", parameters.get("type", "default"))
+    if kind != "default":
+        raise ValueError(f"{source['model_type']} config field 'rope_parameters' has rope_type={kind!r}: only the "
+                         "default rotary embedding is supported")
     refuse(source["model_type"], source, "rope_scaling", (None,))
-    return float(source.get("rope_theta") or parameters.get("rope_theta") or 10000.0)
+    return float(parameters.get("rope_theta") or source.get("rope_theta") or 10000.0)
+
+
+def _stop_ids(eos, src: Path):
+    """The config's EOS ids and those of the source's generation_config.json (Qwen's chat models end a turn with
+    <|im_end|> there besides <|endoftext|>), in that order."""
+    ids = []
+    path = src / "generation_config.json"
+    source_eos = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    for value in (eos, source_eos):
+        for token in value if isinstance(value, list) else [value]:
+            if token is not None and token not in ids:
+                ids.append(token)
+    return ids[0] if len(ids) == 1 else ids or None
 
 
 def a2d_config_to_mdlm(source: dict, vocab_size: int, mask_token_id: int, slack_token_id: int) -> MDLMConfig:
@@ -45,6 +63,8 @@ def a2d_config_to_mdlm(source: dict, vocab_size: int, mask_token_id: int, slack_
         raise ValueError(f"A2D converts {', '.join(A2D_MODEL_TYPES)} causal LMs, not model_type={kind!r}")
     refuse(kind, source, "hidden_act", ("silu",))
     refuse(kind, source, "use_sliding_window", (False,))
+    if kind == "mistral":  # Llama's architecture, attending over a sliding window when it has one
+        refuse(kind, source, "sliding_window", (None,))
     sliding = [t for t in source.get("layer_types") or [] if t != "full_attention"]
     if sliding:
         raise ValueError(f"{kind} config field 'layer_types' has {sorted(set(sliding))} layers: sliding-window "
@@ -81,6 +101,10 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
     if had_mask:
         logger.info("the tokenizer already has a mask token, %r (id %d): reused as [MASK]", tokenizer.mask_token,
                     added["mask_token_id"])
+    if old_len > source["vocab_size"]:
+        logger.warning("the tokenizer has %d tokens but the model's embedding only %d rows: tokens %d-%d get the "
+                       "mean row, as [MASK] and <slack> do", old_len, source["vocab_size"], source["vocab_size"],
+                       old_len - 1)
     rows = max(source["vocab_size"], len(tokenizer))
     config = a2d_config_to_mdlm(source, rows, added["mask_token_id"], added["slack_token_id"])
     if block_size is not None:
@@ -93,13 +117,16 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
     def grow(key, tensor):
         if key not in ("model.embed_tokens.weight", "lm_head.weight"):
             return tensor
+        trained = min(old_len, tensor.shape[0])  # rows of tokens that existed (not spare rows beyond the tokenizer)
+        mean = tensor[:trained].float().mean(0).to(tensor.dtype)
         if tensor.shape[0] < rows:
-            tensor = torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], tensor.shape[1])])
+            tensor = torch.cat([tensor, mean.expand(rows - tensor.shape[0], -1)])
         if new_ids:  # the mean of the rows of the tokens that existed
-            tensor[new_ids] = tensor[:old_len].float().mean(0).to(tensor.dtype)
+            tensor[new_ids] = mean
         return tensor
 
     generation = llada_generation_config(config)
+    generation.eos_token_id = _stop_ids(config.eos_token_id, Path(src_dir))
     if block_size is not None:  # sample the model's own blocks, one token per step
         generation.update(**block_sampling(block_size), steps=None)
     described = f"num_hidden_layers={config.num_hidden_layers}, tie_word_embeddings={config.tie_word_embeddings}"

@@ -23,7 +23,8 @@ def main(argv=None):
              "llada-moe": "a LLaDA-MoE checkpoint folder", "dream": "a Dream checkpoint folder",
              "llada2": "a LLaDA2.0 / 2.1 checkpoint folder (block diffusion, MoE)",
              "sdar": "an SDAR checkpoint folder (block diffusion, Qwen3)",
-             "a2d": "a local Llama / Qwen2 / Qwen3 causal LM folder (weights + tokenizer), adapted to diffusion"}
+             "a2d": "a local Llama / Mistral / Qwen2 / Qwen3 causal LM folder (weights + tokenizer), adapted to "
+                    "diffusion"}
     for family in CONVERTERS:
         command = sub.add_parser(family, help=helps[family])
         command.add_argument("src_dir")

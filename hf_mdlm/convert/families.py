@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -34,8 +35,8 @@ FAMILIES = ("mdlm", *CONVERTERS)
 
 
 def detect_family(config: dict) -> str:
-    """"mdlm" (already ours), "llada", "llada-moe", "dream", "llada2", "sdar" or "a2d" (a Llama/Qwen2/Qwen3 causal
-    LM); an unknown config is an error listing them."""
+    """"mdlm" (already ours), "llada", "llada-moe", "dream", "llada2", "sdar" or "a2d" (a Llama/Mistral/Qwen2/Qwen3
+    causal LM); an unknown config is an error listing them."""
     if config.get("model_type") == "mdlm":
         return "mdlm"
     if is_llada_config(config):
@@ -91,8 +92,10 @@ def _local_folder(source) -> Path | None:
 def native_folder(source, dtype=None) -> str:
     """An hf_mdlm folder for `source` (a local folder or a Hub id): `source` itself when it is ours (or no family
     we convert, e.g. a BERT, which the caller loads as it is), else its conversion, made once and kept in
-    `$HF_MDLM_CACHE/converted` (default ~/.cache/hf_mdlm) under a key of the source's path, sizes and times, so that
-    the same checkpoint is converted once. Converting reads config.json and the weights; no code of the folder runs.
+    `$HF_MDLM_CACHE/converted` (default ~/.cache/hf_mdlm) under a key of the source's path, sizes and times and of the
+    converters' code, so that the same checkpoint is converted once by the same code. A causal LM of a family no
+    converter knows is an error (loaded as a masked LM it would lose its LM head). Converting reads config.json and
+    the weights; no code of the folder runs.
     """
     check_folder_files(source)  # a corrupt file, an adapter or a mistyped path is named before anything
     folder = _local_folder(source)
@@ -101,13 +104,20 @@ def native_folder(source, dtype=None) -> str:
     config = json.loads((folder / "config.json").read_text())
     try:
         family = detect_family(config)
-    except ValueError:
-        return str(source)
+    except ValueError as error:
+        if any(str(name).endswith("ForCausalLM") for name in config.get("architectures") or []):
+            # loaded as it is, it would be a masked LM without its LM head (dropped as an unexpected weight)
+            raise ValueError(f"{source}: {error}") from None
+        return str(source)  # e.g. a BERT: the caller loads it as a masked LM
     if family == "mdlm":
         return str(folder) if not os.path.isdir(source) else str(source)
-    stamp = [str(folder.resolve()), str(dtype)] + [
+    stamp = [str(folder.resolve()), str(dtype), _converter_digest()] + [
         f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(folder.iterdir()) if p.is_file()]
     target = _conversion_cache() / f"{family}-{hashlib.sha256('|'.join(stamp).encode()).hexdigest()[:16]}"
+    if family == "a2d":
+        logger.warning("%s is a causal LM: its conversion attends both ways and reads position i as token i + 1, a "
+                       "start for diffusion fine-tuning that samples poorly until fine-tuned (python -m "
+                       "hf_mdlm.convert a2d SRC DST --block_size 1 gives the causal LM itself)", source)
     if (target / "config.json").exists():
         logger.info("using the conversion of %s (%s) in %s", source, family, target)
         return str(target)
@@ -129,6 +139,16 @@ def native_folder(source, dtype=None) -> str:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+@functools.lru_cache(maxsize=1)
+def _converter_digest() -> str:
+    """A digest of the converters' code: a conversion made by other code (an older, perhaps wrong, release) is not
+    reused."""
+    code = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(path.read_bytes())
+    return code.hexdigest()[:16]
 
 
 @contextlib.contextmanager
