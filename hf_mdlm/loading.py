@@ -118,7 +118,8 @@ def model_from_scratch(model_args: ModelArguments):
     added."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or bundled_corpus_files()["tokenizer"])
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or bundled_corpus_files()["tokenizer"],
+                                              trust_remote_code=False)
     add_diffusion_tokens(tokenizer)
     config = MDLMConfig(
         vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,

@@ -310,6 +310,15 @@ def test_a_held_out_split_names_bad_rows_by_their_place_in_the_file(tmp_path, to
         assert [tok.decode(r[:-1]) for r in ours["response_ids"]] == theirs["completion"]
 
 
+def test_json_nested_too_deeply_is_named_not_a_recursion_error(tmp_path, tok):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep)
+    (tmp_path / "deep.jsonl").write_text('{"text": "a"}\n{"text": ' + deep + "}\n")
+    for name, message in (("deep.json", "nested too deeply"), ("deep.jsonl", "line 2 is nested too deeply")):
+        with pytest.raises(ValueError, match=f"{name}.*{message}"):
+            prepare_datasets(args(dataset=str(tmp_path / name), dataset_cache_dir=str(tmp_path / "c")), tok)
+
+
 def test_a_dataset_dict_or_a_streaming_dataset_is_named(tok):
     rows = [{"prompt": "Q", "completion": "A"}]
     split = datasets.Dataset.from_list(rows)

@@ -725,3 +725,59 @@ def test_a_checkpoint_resumes_only_into_a_run_of_its_kind(tmp_path):
         check_checkpoint_kind(adapter, 0)
     with pytest.raises(OutputFolderError, match="holds a LoRA adapter of rank 8: resume it with --lora_r 8"):
         check_checkpoint_kind(adapter, 4)
+
+
+def test_links_out_of_the_folder_are_neither_exported_nor_uploaded(model_folder, tmp_path):
+    """git keeps symlinks, so a cloned folder can hold a link to ~/.ssh/id_rsa named merges.txt: the export copied
+    its target into the upload, and check_hub_folder saw nothing."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    folder = tmp_path / "linked"
+    shutil.copytree(model_folder, folder)
+    (folder / "merges.txt").symlink_to(secret)
+    with pytest.raises(ValueError, match=f"merges.txt is a link to {secret}, outside"):
+        export_for_hub(folder, None, tmp_path / "out", repo_id=REPO)
+    exported = export_for_hub(model_folder, None, tmp_path / "ok", repo_id=REPO)
+    (exported / "notes.txt").symlink_to(secret)
+    assert any(f"notes.txt is a link to {secret}, outside the folder" in p for p in check_hub_folder(exported))
+
+
+def test_the_export_ships_the_installed_code_and_refuses_code_of_another_repository(model_folder, tmp_path):
+    """A model folder with its own code files and an auto_map naming code in another repository was republished as
+    it was: everyone loading the user's repository with trust_remote_code=True would run that code."""
+    from hf_mdlm.configuration_mdlm import DEFAULT_AUTO_MAP
+    from hf_mdlm.hub.files import INSTALLED_CODE
+
+    folder = tmp_path / "foreign-code"
+    shutil.copytree(model_folder, folder)
+    (folder / "modeling_mdlm.py").write_text("import os  # someone else's code\n")
+    (folder / "extra_code.py").write_text("import os\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {**config["auto_map"], "AutoModelForMaskedLM": "attacker/repo--modeling_mdlm.MDLMForMaskedLM",
+                          "AutoModelForCausalLM": "extra_code.Extra"}
+    (folder / "config.json").write_text(json.dumps(config))
+    problems = check_hub_folder(folder)
+    assert any("modeling_mdlm.py is not the installed hf_mdlm's" in p for p in problems)
+    assert any("'attacker/repo--modeling_mdlm.MDLMForMaskedLM': code in another repository" in p for p in problems)
+    exported = export_for_hub(folder, None, tmp_path / "out", repo_id=REPO)
+    assert json.loads((exported / "config.json").read_text())["auto_map"] == DEFAULT_AUTO_MAP
+    assert (exported / "modeling_mdlm.py").read_bytes() == (INSTALLED_CODE / "modeling_mdlm.py").read_bytes()
+    assert not (exported / "extra_code.py").exists() and check_hub_folder(exported) == []
+
+
+def test_a_fine_tuned_model_is_saved_with_the_installed_code_whatever_its_start_carried(tokenizer, tmp_path):
+    """A start model whose config named code in another repository for AutoModelForMaskedLM: transformers' save
+    rewrote AutoConfig and AutoModel only, so the user's fine-tuned folder kept the other repository's entry."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerState
+
+    from hf_mdlm import DataArguments
+    from hf_mdlm.configuration_mdlm import DEFAULT_AUTO_MAP
+    from hf_mdlm.hub import save_model_folder
+
+    model = tiny_model_for(tokenizer)
+    model.config.auto_map = {**DEFAULT_AUTO_MAP, "AutoModelForMaskedLM": "attacker/repo--modeling_mdlm.X"}
+    trainer = SimpleNamespace(model=model, state=TrainerState(), args={"seed": 0})
+    save_model_folder(trainer, tokenizer, tmp_path / "run", DataArguments(canvas_length=16))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["auto_map"] == DEFAULT_AUTO_MAP

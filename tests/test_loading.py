@@ -223,3 +223,27 @@ def test_all_linear_targets_every_linear_module_but_the_output_head():
         assert lora_targets(model, "all-linear") == [name for name in linear if name != "lm_head"]
     with pytest.raises(ValueError, match="match no Linear module"):
         lora_targets(model, "all-linear,nothing_here")
+
+
+def test_tokenizer_code_does_not_run_even_when_someone_answers_yes(model_folder, tmp_path, monkeypatch):
+    """The loaders passed trust_remote_code=None for an hf_mdlm folder's tokenizer, so transformers asked on stdin and
+    a "y" ran the folder's tokenizer code (the same in the A2D converter and the judge loader)."""
+    import builtins
+
+    from hf_mdlm.hub.remote_code import load_tokenizer
+
+    folder = tmp_path / "tokenizer-code"
+    shutil.copytree(model_folder, folder)
+    marker = tmp_path / "tokenizer-code-ran"
+    (folder / "tokenization_canary.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass CanaryTokenizer(PreTrainedTokenizerFast):\n"
+        "    pass\n")
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings.update(auto_map={"AutoTokenizer": [None, "tokenization_canary.CanaryTokenizer"]},
+                    tokenizer_class="CanaryTokenizer")
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    monkeypatch.setattr(builtins, "input", lambda *args: "y")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_tokenizer(str(folder))
+    assert not marker.exists()

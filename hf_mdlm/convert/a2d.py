@@ -94,7 +94,7 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
     from transformers import AutoTokenizer
 
     source = read_source_config(Path(src_dir), "causal LM")
-    tokenizer = AutoTokenizer.from_pretrained(src_dir)
+    tokenizer = AutoTokenizer.from_pretrained(src_dir, trust_remote_code=False)  # a conversion runs no folder code
     had_mask = tokenizer.mask_token is not None
     old_len = len(tokenizer)
     added = add_diffusion_tokens(tokenizer)

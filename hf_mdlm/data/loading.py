@@ -126,6 +126,8 @@ def _check_json_file(path: str) -> None:
         text = handle.read().decode("utf-8")
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"data file {path} is not usable JSON: its values are nested too deeply") from None
     except ValueError as error:
         if getattr(error, "msg", None) != "Extra data":
             raise ValueError(f"data file {path} is not valid JSON ({error})") from None
@@ -142,6 +144,8 @@ def _check_json_lines(text: str, path: str, first_line: int) -> None:
             continue
         try:
             value = json.loads(row)
+        except RecursionError:
+            raise ValueError(f"data file {path}: line {first_line + offset} is nested too deeply") from None
         except ValueError as error:
             raise ValueError(f"data file {path}: line {first_line + offset} is not valid JSON ({error}): "
                              f"{row[:80]!r}") from None

@@ -370,7 +370,9 @@ def load_judge(path, device="cpu"):
     if is_mdlm_source(path):  # transformers would ask to run its code, then fail: it is not a causal LM
         raise ValueError(f"--judge {path} is an hf_mdlm (diffusion) model: the judge scores text with a causal LM "
                          "(e.g. a GPT-2 or Qwen folder)")
-    return AutoModelForCausalLM.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
+    # trust_remote_code=False, not None: transformers would ask on stdin, and a "y" would run the folder's code
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
 def load_judge_checked(folder, width: int, layers: int, device="cpu"):

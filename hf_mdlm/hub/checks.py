@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 from ..tokenization import SLACK_TOKEN
-from .files import HUB_CODE_FILES, PICKLE_SUFFIXES, TOKENIZER_VOCAB_FILES
+from .files import HUB_CODE_FILES, INSTALLED_CODE, PICKLE_SUFFIXES, TOKENIZER_VOCAB_FILES, link_outside
 
 _LARGE_FILE = 64 * 1024 * 1024  # files scanned for a leaked token are smaller than this
 
@@ -27,7 +27,10 @@ def check_hub_folder(folder) -> list[str]:
     if not folder.is_dir():
         return [f"{folder} is not a folder"]
     names = hub_files(folder)
-    problems = [
+    problems = [f"{name} is a link to {target}, outside the folder: an upload would send that file; copy what you "
+                "mean to publish into the folder" for name in names
+                for target in [link_outside(folder / name, folder)] if target is not None]
+    problems += [
         f"{name}: a pickle file; weights must be safetensors (save_pretrained(..., safe_serialization=True)) "
         "and pickles must not be uploaded"
         for name in names if name.lower().endswith(PICKLE_SUFFIXES)
@@ -126,15 +129,30 @@ def _check_model_folder(folder: Path, names: list[str]) -> list[str]:
 
 
 def _check_auto_map(folder: Path, config: dict) -> list[str]:
+    """The code that `trust_remote_code=True` will run: an hf_mdlm model's is the installed hf_mdlm's (export_for_hub
+    puts it there), never code of another repository."""
+    from ..configuration_mdlm import DEFAULT_AUTO_MAP
+
     auto_map = config.get("auto_map")
     if not isinstance(auto_map, dict) or not auto_map:
         return ["config.json has no auto_map: AutoModel.from_pretrained(..., trust_remote_code=True) "
                 "cannot find the model classes"]
     problems = [f"config.json auto_map has no {key!r} entry" for key in ("AutoConfig", "AutoModel")
                 if key not in auto_map]
+    if config.get("model_type") == "mdlm":
+        if auto_map != DEFAULT_AUTO_MAP:
+            problems.append(f"config.json auto_map is {auto_map}, not hf_mdlm's {DEFAULT_AUTO_MAP}: loaders would run "
+                            "other code (export the folder with export_for_hub, which writes hf_mdlm's)")
+        problems += [f"{name} is not the installed hf_mdlm's: loaders would run other code (export the folder with "
+                     "export_for_hub, which writes hf_mdlm's)" for name in HUB_CODE_FILES if (folder / name).is_file()
+                     and (folder / name).read_bytes() != (INSTALLED_CODE / name).read_bytes()]
     for key, refs in auto_map.items():
         for ref in refs if isinstance(refs, (list, tuple)) else [refs]:
-            if ref is None or "--" in str(ref):  # None: no class of that kind; "repo--module.Class": code elsewhere
+            if ref is None:  # no class of that kind
+                continue
+            if "--" in str(ref):
+                problems.append(f"config.json auto_map[{key!r}] is {ref!r}: code in another repository, which would "
+                                "run under this repository's name; ship the code in the folder")
                 continue
             module, _, class_name = str(ref).rpartition(".")
             path = folder / (module.replace(".", "/") + ".py")

@@ -20,7 +20,7 @@ from .checks import (
     check_hub_folder,
     hub_files,
 )
-from .files import ADAPTER_FILES, HUB_CODE_FILES, RUN_FILES, TOKENIZER_FILES
+from .files import ADAPTER_FILES, HUB_CODE_FILES, RUN_FILES, TOKENIZER_FILES, link_outside, own_hub_code
 from .outputs import PROBE_PREFIX, STAGING_NAME, check_apart, publish_staged, staging_folder
 from .records import _args_dict, _blank_secrets, _jsonable, _run_info_from_args
 
@@ -35,6 +35,10 @@ def _copy_files(src: Path, dst: Path, names) -> None:
     """Copy `names` from `src`; weights are hard-linked where the filesystem allows (an 8B model is 16 GB; our saves
     replace a folder's files rather than rewrite them, so the export keeps its own bytes)."""
     for name in names:
+        target = link_outside(src / name, src)
+        if target is not None:
+            raise ValueError(f"{src / name} is a link to {target}, outside {src}: exporting it would publish that "
+                             "file; copy what you mean to publish into the folder")
         if (src / name).is_file():
             if name.endswith(".safetensors"):
                 with contextlib.suppress(OSError):  # the target of a link (a Hub cache snapshot is links to blobs/)
@@ -48,6 +52,8 @@ def _model_dir_files(src: Path) -> list[str]:
     names = {"config.json", "generation_config.json", "model.safetensors.index.json", *HUB_CODE_FILES}
     names.update(p.name for p in src.glob("*.safetensors"))
     config = json.loads((src / "config.json").read_text(encoding="utf-8")) if (src / "config.json").exists() else {}
+    if config.get("model_type") == "mdlm":  # its code is the installed one (own_hub_code), never the folder's
+        return sorted(names - set(HUB_CODE_FILES))
     for refs in (config.get("auto_map") or {}).values():
         for ref in refs if isinstance(refs, (list, tuple)) else [refs]:
             if ref and "--" not in str(ref):
@@ -64,7 +70,7 @@ def _save_tokenizer(tokenizer, out: Path) -> None:
             return
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
     tokenizer.save_pretrained(str(out))
 
 
@@ -200,7 +206,7 @@ def export_for_hub(
     if not is_adapter and (out / "config.json").exists():
         model_config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         if model_config.get("model_type") == "mdlm":
-            _complete_mdlm_code(out, model_config)
+            own_hub_code(out)
     if is_adapter:
         adapter_config_path = out / "adapter_config.json"
         adapter_config = json.loads(adapter_config_path.read_text(encoding="utf-8"))
@@ -298,17 +304,3 @@ def check_adapter_base(base_model, trained_on=None) -> None:
 # The config fields that fix the shapes of the weights an adapter applies to.
 _SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
                  "intermediate_size", "num_experts", "moe_intermediate_size")
-
-
-def _complete_mdlm_code(out: Path, config: dict) -> None:
-    """An hf_mdlm folder always carries the model code and an auto_map (older saves may lack them)."""
-    from ..configuration_mdlm import DEFAULT_AUTO_MAP
-
-    missing = [name for name in HUB_CODE_FILES if not (out / name).exists()]
-    if missing:
-        package = Path(__file__).parent
-        for name in missing:
-            shutil.copyfile(package / name, out / name)
-    if not config.get("auto_map"):
-        config["auto_map"] = dict(DEFAULT_AUTO_MAP)
-        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

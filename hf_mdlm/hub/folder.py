@@ -7,6 +7,7 @@ import math
 import shutil
 
 from ..generation_mdlm import MDLMGenerationConfig
+from .files import own_hub_code
 from .outputs import OutputFolderError, publish_staged, staging_folder
 from .records import save_run_record
 
@@ -38,6 +39,8 @@ def save_model_folder(trainer, tokenizer, output_dir, data_args, *, lora: bool =
         model.generation_config.save_pretrained(staging / "adapter")
     try:
         model.save_pretrained(staging)
+        if getattr(model.config, "model_type", None) == "mdlm":  # the installed code, whatever the start model carried
+            own_hub_code(staging)
         tokenizer.save_pretrained(staging)
         trainer.state.save_to_json(str(staging / "trainer_state.json"))  # the loss curve, for model cards
         save_run_record(trainer.args, staging, data_args=data_args,  # world size, hardware, versions, data

@@ -63,7 +63,7 @@ def load_model(source, auto_class=None, *, trust_remote_code: bool = False, init
     else:
         if auto_class is None:
             from transformers import AutoModel as auto_class
-        model, info = auto_class.from_pretrained(source, trust_remote_code=trust_remote_code,
+        model, info = auto_class.from_pretrained(source, trust_remote_code=bool(trust_remote_code),
                                                  output_loading_info=True, **kwargs)
     check_loading_info(source, info, init_missing_weights=init_missing_weights)
     return model
@@ -78,5 +78,6 @@ def load_tokenizer(source, *, trust_remote_code: bool = False):
     if is_mdlm_source(source):
         # Handing AutoTokenizer our config keeps it from reading config.json as a generic config, which warns
         # "You are using a model of type `mdlm` to instantiate a model of type ``" on every load.
-        return AutoTokenizer.from_pretrained(source, config=MDLMConfig.from_pretrained(source))
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, config=MDLMConfig.from_pretrained(source),
+                                             trust_remote_code=False)  # not None: transformers would ask on stdin
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=bool(trust_remote_code))  # None would ask on stdin
