@@ -169,3 +169,29 @@ def test_new_rows_are_the_mean_of_the_trained_rows_and_every_stop_token_is_kept(
         assert torch.allclose(embed[token], mean, atol=1e-6)
     eos = json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"]
     assert eos == [config.eos_token_id, *[t for t in (1, 2) if t != config.eos_token_id]]
+
+
+def test_a_tied_checkpoint_that_stores_its_head_converts(tmp_path):
+    """transformers loads a tied checkpoint that also stores lm_head.weight (the head is the embedding again); the
+    converter refused it as an unexpected tensor."""
+    from safetensors.torch import load_file, save_file
+
+    source, folder = _source(tmp_path, "qwen3", tie_word_embeddings=True)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    convert_checkpoint(folder, tmp_path / "out", block_size=1)
+    model = MDLMForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(3, 250, (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(ids).logits[..., :250] - source(ids).logits[..., :250]).abs().max() < 1e-4
+
+
+def test_the_command_line_names_a_dtype_that_is_not_one(tmp_path, capsys):
+    from hf_mdlm.convert.cli import main
+
+    _, folder = _source(tmp_path, "llama")
+    with pytest.raises(SystemExit):
+        main(["a2d", str(folder), str(tmp_path / "out"), "--dtype", "bf16"])
+    assert "'bf16' is not a torch floating-point dtype" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

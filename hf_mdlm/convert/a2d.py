@@ -130,6 +130,11 @@ def convert_a2d_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None = N
     if block_size is not None:  # sample the model's own blocks, one token per step
         generation.update(**block_sampling(block_size), steps=None)
     described = f"num_hidden_layers={config.num_hidden_layers}, tie_word_embeddings={config.tie_word_embeddings}"
-    return write_converted(src_dir, dst_dir, config, lambda key: None if key.endswith("rotary_emb.inv_freq") else key,
-                           generation, f"{source['model_type']} (A2D)", described, dtype, transform=grow,
-                           tokenizer=tokenizer)
+    tied = config.tie_word_embeddings
+
+    def rename(key):
+        # rotary buffers are recomputed; a tied model's stored head is the embedding again (transformers drops it)
+        return None if key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight") else key
+
+    return write_converted(src_dir, dst_dir, config, rename, generation, f"{source['model_type']} (A2D)", described,
+                           dtype, transform=grow, tokenizer=tokenizer)

@@ -15,6 +15,15 @@ CONVERTED_FILES = ("config.json", "generation_config.json", "model.safetensors",
                    "model.safetensors.index.json", *HUB_CODE_FILES, *TOKENIZER_FILES)
 
 
+def _dtype_name(name: str) -> str:
+    import torch
+
+    if not isinstance(getattr(torch, name, None), torch.dtype) or not getattr(torch, name).is_floating_point:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a torch floating-point dtype (e.g. bfloat16, float16, "
+                                         "float32)")
+    return name
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hf_mdlm.convert",
                                      description="Convert a checkpoint of another family into an hf_mdlm folder.")
@@ -29,7 +38,8 @@ def main(argv=None):
         command = sub.add_parser(family, help=helps[family])
         command.add_argument("src_dir")
         command.add_argument("dst_dir")
-        command.add_argument("--dtype", default=None, help="cast weights, e.g. bfloat16 (default: keep)")
+        command.add_argument("--dtype", default=None, type=_dtype_name,
+                             help="cast weights, e.g. bfloat16 (default: keep)")
         add_bool_flag(command, "--overwrite",
                       help="replace an earlier conversion in dst_dir (a folder holding other files is refused)")
         if family == "a2d":
