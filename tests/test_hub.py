@@ -454,6 +454,20 @@ def test_a_second_run_into_the_same_folder_fails_at_once(tmp_path):
     OutputFolder(out).close()  # released: the next run may go
 
 
+def test_a_folder_the_command_made_and_left_empty_is_removed(tmp_path):
+    """A run refused after its output folder was checked (e.g. --push_to_hub offline) left an empty folder behind."""
+    from hf_mdlm.hub import OutputFolder
+
+    OutputFolder(tmp_path / "new" / "run").close()
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    OutputFolder(tmp_path / "mine").close()
+    assert (tmp_path / "mine").is_dir()
+    with OutputFolder(tmp_path / "written") as folder:  # one the command wrote into stays
+        (folder.path / "config.json").write_text("{}")
+    assert (tmp_path / "written" / "config.json").exists()
+
+
 def test_a_lock_taken_on_the_file_a_finishing_run_removed_is_taken_again(tmp_path, monkeypatch):
     """A run that opens the lock file just before its holder ends, removes the file and lets go, would lock a file
     no longer there while a third run locks the new one: the lock is taken again on the file at the path."""
@@ -462,6 +476,7 @@ def test_a_lock_taken_on_the_file_a_finishing_run_removed_is_taken_again(tmp_pat
     from hf_mdlm.hub import OutputFolder, OutputFolderError
 
     out = tmp_path / "run"
+    out.mkdir()  # (a folder the holder made would go with it when it ends empty)
     holder = OutputFolder(out)
     real_flock, calls = fcntl.flock, []
 

@@ -78,7 +78,6 @@ def _convert(args):
                          f"`python -m hf_mdlm.convert {family} {src} {dst}`")
     # the family's own options, as parsed
     extra = {name: getattr(args, name) for name in ("mask_token_id", "block_size") if hasattr(args, name)}
-    created = not dst.exists()
     # new or empty, locked while converting; --overwrite replaces an earlier conversion's files only
     with OutputFolder(dst, overwrite=args.overwrite, what="dst_dir", writes=CONVERTED_FILES, flag="--overwrite"):
         # written whole into a hidden folder, then moved into place (config.json last): a killed conversion leaves
@@ -86,8 +85,8 @@ def _convert(args):
         staging = staging_folder(dst)
         try:
             config = CONVERTERS[args.family](src, staging, dtype=args.dtype, **extra)
-        except BaseException:  # a refused conversion leaves nothing behind: no staging, no folder it made
-            shutil.rmtree(dst if created else staging, ignore_errors=True)
+        except BaseException:  # a refused conversion leaves nothing behind: no staging (and OutputFolder removes
+            shutil.rmtree(staging, ignore_errors=True)  # the folder it made)
             raise
         publish_staged(staging, dst)
     return config

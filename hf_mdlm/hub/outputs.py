@@ -10,6 +10,7 @@ is removed, with a warning, by the next run that takes the lock.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
@@ -123,6 +124,7 @@ class OutputFolder:
 
     def __init__(self, path, *, resume=None, overwrite: bool = False, what: str = "output_dir",
                  writes=RUN_OUTPUT_PATTERNS, flag: str = "--overwrite_output_dir", reuse: bool = False):
+        self.created = not Path(path).exists()  # made by this command: removed again if it ends empty
         self.path = check_writable_dir(path, what)
         self.writes, self.flag = tuple(writes), flag  # what this command writes; the flag that replaces it
         self.reuse = reuse  # the command itself picks up what it wrote before (and checks it): keep its files
@@ -205,12 +207,16 @@ class OutputFolder:
         logger.info("%s: removed the earlier run's files from %s", self.flag, self.path)
 
     def close(self) -> None:
-        """Release the lock and remove its file, so that a finished folder holds only what the run wrote."""
+        """Release the lock and remove its file, so that a finished folder holds only what the run wrote (and a
+        folder this command made and left empty, e.g. refused before any work, goes too)."""
         if self._handle is not None:
             if _same_file(self._handle, self.path / LOCK_NAME):
                 (self.path / LOCK_NAME).unlink(missing_ok=True)  # while still held: no one else can be using it
             self._handle.close()  # releases the lock
             self._handle = None
+            if self.created:
+                with contextlib.suppress(OSError):  # not empty: the run's files stay
+                    self.path.rmdir()
 
     def __enter__(self):
         return self
