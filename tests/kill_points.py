@@ -9,7 +9,19 @@ import tempfile
 import time
 
 
+def _stop_tqdm_monitor():
+    """tqdm's monitor thread takes tqdm's lock now and then: forked while it held it, a child that opens a progress
+    bar waits for that lock forever (seen under load). Without the thread, only this one runs at the fork."""
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
+    if tqdm.tqdm.monitor is not None:
+        tqdm.tqdm.monitor.exit()
+        tqdm.tqdm.monitor = None
+
+
 def _forked(operation, *args, record_calls_of=None, record_to=None, kill_inside=None):
+    _stop_tqdm_monitor()
     pid = os.fork()
     if pid == 0:  # the child: run, then leave at once (pytest's own exit handlers must not run twice)
         code = 1

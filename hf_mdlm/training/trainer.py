@@ -199,7 +199,10 @@ class MDLMTrainer(Trainer):
             self._eval_total = len(dataloader.dataset)
         except TypeError:  # an iterable dataset: times stratified per batch
             self._eval_total = None
-        output = super().evaluation_loop(dataloader, *args, **kwargs)
+        try:
+            output = super().evaluation_loop(dataloader, *args, **kwargs)
+        finally:  # a prediction_step called on its own afterwards scores its batch alone
+            self._eval_total = None
         prefix = kwargs.get("metric_key_prefix", "eval")
         parts = self._flush_metrics("eval")
         for name, value in parts.items():
