@@ -40,7 +40,8 @@ def is_llada2_config(config: dict) -> bool:
 
 
 def llada2_config_to_mdlm(source: dict, mask_token_id: int | None = None,
-                          block_size: int = LLADA2_BLOCK_LENGTH) -> MDLMConfig:
+                          block_size: int = LLADA2_BLOCK_LENGTH, src=None) -> MDLMConfig:
+    """`src`: the checkpoint folder, whose tokenizer may name the [MASK] (`source_mask_token_id`)."""
     family = "LLaDA2"
     refuse(family, source, "rope_scaling", (None,))
     refuse(family, source, "hidden_act", ("silu",))
@@ -48,7 +49,7 @@ def llada2_config_to_mdlm(source: dict, mask_token_id: int | None = None,
     refuse(family, source, "score_function", ("sigmoid",))
     refuse(family, source, "norm_head", (False,))
     vocab, layers = source["vocab_size"], source["num_hidden_layers"]
-    mask_token_id = source_mask_token_id(family, source, LLADA2_MASK_TOKEN_ID, mask_token_id)
+    mask_token_id = source_mask_token_id(family, source, LLADA2_MASK_TOKEN_ID, mask_token_id, src)
     heads = source["num_attention_heads"]
     head_dim = source.get("head_dim") or source["hidden_size"] // heads
     experts = source.get("num_experts") or 0
@@ -115,9 +116,7 @@ def convert_llada2_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | None 
                               mask_token_id: int | None = None) -> MDLMConfig:
     """Convert a LLaDA2.0 / 2.1 folder into a block-diffusion hf_mdlm folder (`block_size` 32)."""
     source = read_source_config(Path(src_dir), "LLaDA2")
-    # the folder's tokenizer may name the [MASK] (the config does not): what native_folder's conversion relies on
-    config = llada2_config_to_mdlm(source, source_mask_token_id("LLaDA2", source, LLADA2_MASK_TOKEN_ID, mask_token_id,
-                                                                src_dir))
+    config = llada2_config_to_mdlm(source, mask_token_id, src=src_dir)
     described = (f"num_hidden_layers={config.num_hidden_layers}, num_experts={config.num_experts}, "
                  f"first_k_dense_replace={source.get('first_k_dense_replace')}")
     return write_converted(src_dir, dst_dir, config, llada2_key_renamer(config), llada2_generation_config(config),

@@ -32,7 +32,8 @@ def is_llada_moe_config(config: dict) -> bool:
     return config.get("model_type") in ("llada", "lladamoe") and "num_experts" in config
 
 
-def llada_moe_config_to_mdlm(source: dict, mask_token_id: int | None = None) -> MDLMConfig:
+def llada_moe_config_to_mdlm(source: dict, mask_token_id: int | None = None, src=None) -> MDLMConfig:
+    """`src`: the checkpoint folder, whose tokenizer may name the [MASK] (`source_mask_token_id`)."""
     refuse("LLaDA-MoE", source, "rope_scaling", (None,))
     refuse("LLaDA-MoE", source, "clip_qkv", (None,))
     refuse("LLaDA-MoE", source, "hidden_act", ("silu",))
@@ -40,7 +41,7 @@ def llada_moe_config_to_mdlm(source: dict, mask_token_id: int | None = None) -> 
     if ignored:
         logger.info("LLaDA-MoE config fields the reference code ignores, ignored here too: %s", ignored)
     vocab = source["vocab_size"]
-    mask_token_id = source_mask_token_id("LLaDA-MoE", source, LLADA_MOE_MASK_TOKEN_ID, mask_token_id)
+    mask_token_id = source_mask_token_id("LLaDA-MoE", source, LLADA_MOE_MASK_TOKEN_ID, mask_token_id, src)
     freq = source.get("moe_layer_freq", 1)
     layers = source["num_hidden_layers"]
     moe_layers = [i for i in range(layers) if (freq[i] if isinstance(freq, list) else freq)]
@@ -78,9 +79,7 @@ def convert_llada_moe_checkpoint(src_dir, dst_dir, dtype: str | torch.dtype | No
                                  mask_token_id: int | None = None) -> MDLMConfig:
     """Convert a LLaDA-MoE folder; it samples with LLaDA's sampler (blocks, low-confidence remasking)."""
     source = read_source_config(Path(src_dir), "LLaDA-MoE")
-    # the folder's tokenizer may name the [MASK] (the config does not): what native_folder's conversion relies on
-    config = llada_moe_config_to_mdlm(source, source_mask_token_id(
-        "LLaDA-MoE", source, LLADA_MOE_MASK_TOKEN_ID, mask_token_id, src_dir))
+    config = llada_moe_config_to_mdlm(source, mask_token_id, src_dir)
     generation = llada_generation_config(config)
     described = (f"num_hidden_layers={config.num_hidden_layers}, moe_layer_freq={source.get('moe_layer_freq')}, "
                  f"num_experts={config.num_experts}")

@@ -231,9 +231,9 @@ def export_for_hub(
                     record = json.loads((out / name).read_text(encoding="utf-8"))
                 except ValueError:
                     continue  # not JSON: left to check_hub_folder's token scan
-                if _blank_secrets(record) != record:
-                    (out / name).write_text(json.dumps(_blank_secrets(record), indent=2, sort_keys=True) + "\n",
-                                            encoding="utf-8")
+                blanked = _blank_secrets(record)
+                if blanked != record:
+                    (out / name).write_text(json.dumps(blanked, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if trainer_state is not None:
         _write_trainer_state(trainer_state, out)
     if training_args is not None:
