@@ -152,7 +152,7 @@ def test_the_rotary_base_and_type_are_read_as_transformers_reads_them(tmp_path):
         convert_a2d_checkpoint(folder, tmp_path / "out2")
 
 
-def test_new_rows_are_the_mean_of_the_trained_rows_and_every_stop_token_is_kept(tmp_path):
+def test_new_rows_are_the_mean_of_the_trained_rows_and_every_stop_token_is_kept(tmp_path, caplog):
     """A matrix with fewer rows than the tokenizer has tokens: the mean took in the zero padding rows (and the tokens
     past the matrix got zeros); a generation_config.json's extra EOS (Qwen's chat turn end) was dropped."""
     from transformers import AutoTokenizer
@@ -161,7 +161,9 @@ def test_new_rows_are_the_mean_of_the_trained_rows_and_every_stop_token_is_kept(
     known = len(AutoTokenizer.from_pretrained(folder))
     assert known > 280
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 2]}))
-    config = convert_a2d_checkpoint(folder, tmp_path / "out")
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.convert.a2d"):
+        config = convert_a2d_checkpoint(folder, tmp_path / "out")
+    assert f"the tokenizer has {known} tokens but the model's embedding only 280 rows" in caplog.text
     model = MDLMForMaskedLM.from_pretrained(tmp_path / "out")
     mean = source.get_input_embeddings().weight[:280].mean(0)
     embed = model.get_input_embeddings().weight
@@ -169,6 +171,16 @@ def test_new_rows_are_the_mean_of_the_trained_rows_and_every_stop_token_is_kept(
         assert torch.allclose(embed[token], mean, atol=1e-6)
     eos = json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"]
     assert eos == [config.eos_token_id, *[t for t in (1, 2) if t != config.eos_token_id]]
+
+
+def test_a_causal_lm_converted_on_the_fly_says_it_is_a_start_for_fine_tuning(tmp_path, monkeypatch, caplog):
+    from hf_mdlm.convert import native_folder
+
+    monkeypatch.setenv("HF_MDLM_CACHE", str(tmp_path / "cache"))
+    _, folder = _source(tmp_path, "qwen2")
+    with caplog.at_level(logging.WARNING, logger="hf_mdlm.convert.families"):
+        native_folder(str(folder))
+    assert "is a causal LM: its conversion attends both ways" in caplog.text and "--block_size 1" in caplog.text
 
 
 def test_a_tied_checkpoint_that_stores_its_head_converts(tmp_path):

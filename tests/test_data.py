@@ -631,7 +631,7 @@ def test_collator_shapes_and_padding():
     assert "example_id" not in DiffusionCollator(PAD, 5)([{"prompt_ids": [], "response_ids": [5]}])
     with pytest.raises(ValueError, match="example 3: response has 6 tokens"):
         DiffusionCollator(PAD, 5)([{"prompt_ids": [1], "response_ids": [5] * 6, "example_id": 3}])
-    with pytest.raises(KeyError, match="response_ids"):
+    with pytest.raises(KeyError, match="response_ids.*raw rows become them through hf_mdlm.data.preprocess_dataset"):
         DiffusionCollator(PAD, 5)([{"prompt_ids": [1]}])
 
 

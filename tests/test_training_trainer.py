@@ -292,6 +292,10 @@ def test_trainer_settings_it_would_ignore_or_break_on_are_refused(tmp_path):
         MDLMTrainer(model=MDLMForMaskedLM(tiny_config()), args=MDLMTrainingArguments(output_dir=str(tmp_path)),
                     data_collator=DiffusionCollator(pad_token_id=0, canvas_length=CANVAS), train_dataset=toy_dataset(),
                     compute_loss_func=lambda *args: 0)
+    with pytest.MonkeyPatch.context() as patch:  # several processes without even batches: a hang at the last one
+        patch.setattr(MDLMTrainingArguments, "world_size", property(lambda self: 2))
+        with pytest.raises(ValueError, match="even_batches=False with several processes"):
+            make_trainer(tmp_path, accelerator_config={"even_batches": False})
     raw = Dataset.from_list([{"text": "a line of text"}])
     with pytest.raises(ValueError, match=r"train_dataset has columns \['text'\].*hf_mdlm.data.preprocess_dataset"):
         MDLMTrainer(model=MDLMForMaskedLM(tiny_config()), args=MDLMTrainingArguments(output_dir=str(tmp_path)),
