@@ -9,23 +9,24 @@ import tempfile
 import time
 
 
-def _stop_tqdm_monitor():
-    """tqdm's monitor thread takes tqdm's lock now and then: forked while it held it, a child that opens a progress
-    bar waits for that lock forever (seen under load). Without the thread, only this one runs at the fork."""
+def _private_tqdm_lock():
+    """tqdm's lock is a multiprocessing semaphore, shared by every forked child: a child killed while it held the lock
+    (writing a progress bar) left it taken, and the next child waited for it forever (seen in CI under load). Each
+    child takes a lock of its own."""
+    import threading
+
     import tqdm
 
-    tqdm.tqdm.monitor_interval = 0
-    if tqdm.tqdm.monitor is not None:
-        tqdm.tqdm.monitor.exit()
-        tqdm.tqdm.monitor = None
+    for cls in (tqdm.std.tqdm, tqdm.auto.tqdm):
+        cls.set_lock(threading.RLock())
 
 
 def _forked(operation, *args, record_calls_of=None, record_to=None, kill_inside=None):
-    _stop_tqdm_monitor()
     pid = os.fork()
     if pid == 0:  # the child: run, then leave at once (pytest's own exit handlers must not run twice)
         code = 1
         try:
+            _private_tqdm_lock()
             import torch
 
             torch.set_num_threads(1)  # OpenMP thread pools do not survive a fork
